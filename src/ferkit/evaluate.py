@@ -1,0 +1,181 @@
+"""Evaluation of a checkpoint on a labelled folder (or manifest).
+
+Example::
+
+    ferkit evaluate runs/exp1 --test-dir data/test          # writes runs/exp1/eval-test/
+
+Output folder::
+
+    metrics.json             accuracy, macro-F1, per-class precision/recall/F1/support
+    report.txt               scikit-learn's classification report, with class names
+    confusion_matrix.png     counts and row-normalised, side by side
+    predictions.csv          file, true, predicted, confidence, one probability column per class
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import ImageSet, load_dataset, log
+from .errors import FerkitError
+from .models import load_checkpoint, resolve_checkpoint
+from .train import predict_logits, resolve_precision, select_device
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    macro_f1: float
+    report: dict            # scikit-learn classification_report(output_dict=True)
+    report_text: str
+    confusion: np.ndarray   # rows: true class, columns: predicted class
+    classes: tuple[str, ...]
+    out_dir: Path | None
+    n: int
+
+
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """Accuracy, macro-F1, per-class report and confusion matrix over ``classes`` (scikit-learn)."""
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+    labels = list(range(len(classes)))
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "report": classification_report(y_true, y_pred, labels=labels, target_names=list(classes),
+                                        output_dict=True, zero_division=0),
+        "report_text": classification_report(y_true, y_pred, labels=labels, target_names=list(classes),
+                                             digits=4, zero_division=0),
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels),
+    }
+
+
+def plot_confusion(cm: np.ndarray, classes, path: Path, title: str = "") -> None:
+    """Confusion matrix as counts and row-normalised (recall per true class), side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 2.2 * n, 1.5 + 0.9 * n))
+    for ax, data, fmt, name in ((axes[0], cm, "d", "counts"), (axes[1], norm, ".2f", "row-normalised")):
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(n), classes, rotation=45, ha="right")
+        ax.set_yticks(range(n), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(name)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".tmp{path.suffix}")
+    fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".").replace("jpg", "jpeg"))
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_predictions(path: Path, paths, y_true, probs: np.ndarray, classes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pred = probs.argmax(1)
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "true", "predicted", "confidence", *[f"p_{c}" for c in classes]])
+        for f, t, p, row in zip(paths, y_true, pred, probs):
+            w.writerow([f, classes[t], classes[p], f"{row[p]:.6f}", *[f"{v:.6f}" for v in row]])
+    os.replace(tmp, path)
+
+
+def _match_classes(model_classes: tuple[str, ...], test_source, shared_only: bool) -> tuple[str, ...]:
+    """The classes to evaluate on; the test data must have every model class unless shared_only."""
+    from .data import scan_source
+
+    found = scan_source(test_source, None, "test data").found_classes
+    missing = [c for c in model_classes if c not in found]
+    if not missing:
+        return model_classes
+    shared = tuple(c for c in model_classes if c in found)
+    if not shared_only:
+        raise FerkitError(f"test data classes ({', '.join(found)}) differ from the model's "
+                          f"({', '.join(model_classes)}): missing {', '.join(missing)}; "
+                          "pass --shared-classes to evaluate on the classes both have")
+    if not shared:
+        raise FerkitError(f"test data shares no class with the model ({', '.join(model_classes)})")
+    log(f"note: evaluating on shared classes only: {', '.join(shared)} (model also predicts {', '.join(missing)})")
+    return shared
+
+
+def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_only: bool = False,
+             strict: bool = False, precision: str = "auto", device: str = "auto",
+             cm_path: Path | None = None, progress: bool = True, data: ImageSet | None = None) -> EvalResult:
+    """Evaluate a checkpoint (or run folder) on labelled test data and write the reports.
+
+    Args:
+        model_path: checkpoint file or run folder.
+        test_dir: class-folder tree or manifest CSV.
+        out_dir: where reports go; default ``<run folder>/eval-<test folder name>``; False = write nothing.
+        shared_only: evaluate on the classes that model and test data share (else mismatch is an error).
+        cm_path: also write the confusion matrix here (``main.py``'s confusion_matrix_<name>.jpg).
+        data: an already-decoded test set (its classes must be the model's).
+    """
+    ckpt = resolve_checkpoint(model_path)
+    dev = select_device(device)
+    model, record = load_checkpoint(ckpt, dev)
+    model = model.to(memory_format=torch.channels_last)
+    model_classes = tuple(record["classes"])
+    if data is None:
+        eval_classes = _match_classes(model_classes, test_dir, shared_only)
+        data = load_dataset(test_dir, eval_classes, int(record["image_size"]), strict, progress=progress,
+                            role="test data")
+    # Labels in the model's index space, so shared-class evaluation compares like with like.
+    to_model = np.asarray([model_classes.index(c) for c in data.classes])
+    y_true = to_model[data.labels]
+    logits = predict_logits(model, data.images, dev, resolve_precision(precision, dev), batch_size)
+    if len(data.classes) < len(model_classes):  # shared classes: predict among them only
+        mask = torch.full((len(model_classes),), float("-inf"))
+        mask[torch.as_tensor(to_model)] = 0
+        logits = logits + mask
+    probs = torch.softmax(logits, 1).numpy()
+    keep = sorted(int(i) for i in to_model)   # evaluated classes, in model order
+    position = np.full(len(model_classes), -1)
+    position[keep] = np.arange(len(keep))
+    eval_classes = tuple(model_classes[i] for i in keep)
+    m = compute_metrics(position[y_true], position[probs.argmax(1)], eval_classes)
+    result = EvalResult(m["accuracy"], m["macro_f1"], m["report"], m["report_text"], m["confusion"],
+                        eval_classes, None, len(y_true))
+    if out_dir is not False:
+        out = Path(out_dir) if out_dir else ckpt.parent / f"eval-{Path(test_dir).stem}"
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FerkitError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+        _write_outputs(out, result, data.paths, y_true, probs, model_classes, ckpt, test_dir)
+        result.out_dir = out
+    if cm_path is not None:
+        plot_confusion(result.confusion, result.classes, Path(cm_path), title=f"accuracy {result.accuracy:.4f}")
+    return result
+
+
+def _write_outputs(out: Path, r: EvalResult, paths, y_true, probs, model_classes, ckpt, test_dir) -> None:
+    metrics = {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "n": r.n, "classes": list(r.classes),
+               "checkpoint": str(ckpt), "test_data": str(test_dir), "per_class": r.report,
+               "confusion_matrix": r.confusion.tolist()}
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, out / "metrics.json")
+    tmp = out / ".report.txt.tmp"
+    tmp.write_text(f"accuracy: {r.accuracy:.4f}\nmacro-F1: {r.macro_f1:.4f}\n\n{r.report_text}")
+    os.replace(tmp, out / "report.txt")
+    plot_confusion(r.confusion, r.classes, out / "confusion_matrix.png",
+                   title=f"{Path(test_dir).name}: accuracy {r.accuracy:.4f}, macro-F1 {r.macro_f1:.4f}")
+    _write_predictions(out / "predictions.csv", paths, y_true, probs, model_classes)
