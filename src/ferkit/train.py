@@ -246,8 +246,9 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool) -> bool:
     """Prepare the run folder. Returns True when an interrupted run should be resumed."""
     if run_dir.exists() and not run_dir.is_dir():
         raise FerkitError(f"output {run_dir} exists and is not a folder")
+    is_run = (run_dir / "config.json").exists() or (run_dir / "best.safetensors").exists()
     if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
+        if overwrite and is_run:
             shutil.rmtree(run_dir)
         elif (run_dir / "summary.json").exists():
             raise FerkitError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
@@ -257,10 +258,10 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool) -> bool:
                 raise FerkitError(f"{run_dir} holds an interrupted run with a different config; "
                                   "pass --overwrite to start over")
             return True
-        elif (run_dir / "config.json").exists():
+        elif is_run and not (run_dir / "best.safetensors").exists():
             shutil.rmtree(run_dir)  # interrupted before its first epoch: nothing to keep
         else:
-            raise FerkitError(f"{run_dir} is not empty and is not a ferkit run; choose another --out")
+            raise FerkitError(f"{run_dir} is not empty and is not a ferkit run folder; choose another --out")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"

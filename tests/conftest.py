@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny learnable datasets the tests make themselves."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Module-scoped fixtures run before the per-test cache below: keep their cache out of ~ and the repo.
+os.environ["FERKIT_CACHE"] = tempfile.mkdtemp(prefix="ferkit-test-cache-")
+
+
+def pattern_image(class_index: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:
+    """Noise plus a class-specific bright bar: learnable in one or two epochs."""
+    img = (rng.random((size, size)) * 90).astype(np.uint8)
+    k = size // 8
+    pos = (class_index * 2 + 1) * k % (size - k)
+    if class_index % 2 == 0:
+        img[pos:pos + k, :] = np.clip(img[pos:pos + k, :].astype(int) + 150, 0, 255)
+    else:
+        img[:, pos:pos + k] = np.clip(img[:, pos:pos + k].astype(int) + 150, 0, 255)
+    return img
+
+
+def make_folder(root: Path, classes, per_class: int, seed: int = 0, size: int = 40, ext: str = ".png") -> Path:
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for i, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            cv2.imwrite(str(d / f"{name}_{j:03d}{ext}"), pattern_image(i, rng, size))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own decoded-dataset cache."""
+    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def tiny_splits(tmp_path):
+    """Three-class train/val folders (FER2013 folder spelling for one class)."""
+    classes = ["angry", "happy", "surprise"]
+    train = make_folder(tmp_path / "data" / "train", classes, 24, seed=1)
+    val = make_folder(tmp_path / "data" / "val", classes, 10, seed=2)
+    return train, val

@@ -1,0 +1,121 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from ferkit import train as train_mod
+from ferkit.errors import FerkitError
+from ferkit.train import TrainConfig, train
+
+FAST = dict(image_size=32, batch_size=16, lr=1e-3, progress=False)
+
+
+def _history(run_dir):
+    with open(run_dir / "history.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_short_training_learns_and_writes_run_folder(tiny_splits, tmp_path):
+    train_dir, val_dir = tiny_splits
+    out = tmp_path / "run"
+    r = train(TrainConfig(str(train_dir), str(val_dir), str(out), epochs=4, patience=0, **FAST))
+    assert r.best_val_acc >= 0.8  # chance is 1/3
+    assert r.classes == ("angry", "happy", "surprised")
+    for name in ("config.json", "history.csv", "curves.png", "best.safetensors", "last.safetensors", "summary.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "state").exists()
+    rows = _history(out)
+    assert [int(h["epoch"]) for h in rows] == [1, 2, 3, 4]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_epoch"] == r.best_epoch
+    assert float(rows[r.best_epoch - 1]["val_loss"]) == pytest.approx(min(float(h["val_loss"]) for h in rows))
+    config = json.loads((out / "config.json").read_text())
+    assert config["train_counts"] == {"angry": 24, "happy": 24, "surprised": 24}
+
+
+def test_same_seed_same_history(tiny_splits, tmp_path):
+    train_dir, val_dir = tiny_splits
+    runs = [train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / f"r{i}"), epochs=2, seed=7, **FAST))
+            for i in range(2)]
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
+    assert strip(runs[0].history) == strip(runs[1].history)
+    other = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "r3"), epochs=2, seed=8, **FAST))
+    assert strip(other.history) != strip(runs[0].history)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiny_splits, tmp_path, monkeypatch):
+    train_dir, val_dir = tiny_splits
+    full = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "full"), epochs=3, seed=3, **FAST))
+
+    calls = {"n": 0}
+    real_validate = train_mod.validate
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_validate(*a, **k)
+    monkeypatch.setattr(train_mod, "validate", flaky)
+    cfg = dict(epochs=3, seed=3, **FAST)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **cfg))
+    assert (tmp_path / "cut" / "state" / "state.json").exists() and not (tmp_path / "cut" / "summary.json").exists()
+    monkeypatch.setattr(train_mod, "validate", real_validate)
+    with pytest.raises(FerkitError, match="different config"):
+        train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **{**cfg, "seed": 4}))
+    resumed = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **cfg))
+    strip = lambda h: [{k: round(float(v), 5) for k, v in row.items() if k != "seconds"} for row in h]
+    assert strip(resumed.history) == strip(full.history)
+    with pytest.raises(FerkitError, match="--overwrite"):
+        train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **cfg))
+
+
+def test_early_stopping_and_limits(tiny_splits, tmp_path):
+    train_dir, val_dir = tiny_splits
+    # a learning rate of ~0 never improves after epoch 1 -> stops after 1 + patience epochs
+    r = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "es"), epochs=20, patience=2,
+                          **{**FAST, "lr": 1e-12}, train_limit=16, val_limit=9))
+    assert r.epochs_run <= 4 and r.best_epoch <= 2
+    config = json.loads((tmp_path / "es" / "config.json").read_text())
+    assert config["train_limit"] == 16
+
+
+def test_partial_batch_and_augmentation(tmp_path):
+    from conftest import make_folder
+    tr = make_folder(tmp_path / "tr", ["sad", "happy"], 5)
+    va = make_folder(tmp_path / "va", ["sad", "happy"], 2)
+    r = train(TrainConfig(str(tr), str(va), str(tmp_path / "run"), epochs=1, augment=True, **FAST))
+    assert r.epochs_run == 1
+
+
+def test_augment_keeps_shape_and_range():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 32, 32)
+    y = train_mod.augment_batch(x, g)
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1 and not torch.equal(x, y)
+
+
+def test_bf16_path_agrees_with_fp32():
+    torch.manual_seed(0)
+    from ferkit.models import create_model
+    m = create_model("seed", 3, 32).eval()
+    x = (torch.rand(16, 32, 32) * 255).to(torch.uint8)
+    fp32 = torch.softmax(train_mod.predict_logits(m, x, torch.device("cpu"), None), 1)
+    bf16 = torch.softmax(train_mod.predict_logits(m, x, torch.device("cpu"), torch.bfloat16), 1)
+    assert (fp32 - bf16).abs().max() < 0.02
+
+
+def test_bad_config_and_class_mismatch(tiny_splits, tmp_path):
+    from conftest import make_folder
+    train_dir, _ = tiny_splits
+    with pytest.raises(FerkitError, match="epochs"):
+        TrainConfig("a", "b", "c", epochs=0)
+    val = make_folder(tmp_path / "val2", ["angry", "happy"], 3)
+    with pytest.raises(FerkitError, match="surprised"):
+        train(TrainConfig(str(train_dir), str(val), str(tmp_path / "x"), epochs=1, **FAST))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("keep me")
+    with pytest.raises(FerkitError, match="not a ferkit run"):
+        train(TrainConfig(str(train_dir), str(train_dir), str(tmp_path / "busy"), epochs=1, **FAST), overwrite=True)
+    assert (tmp_path / "busy" / "mine.txt").exists()
