@@ -90,3 +90,35 @@ def test_reference_main_py_readme_commands(tmp_path):
                          shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bad.returncode == 1
     _one_line_error(bad.stderr)
+
+
+def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--per-class", "8", "--epochs", "1", "--arch", "tiny", "--no-progress"]
+    assert run(args) == 0
+    first = capsys.readouterr()
+    assert any(l.startswith("accuracy: ") for l in first.out.splitlines())
+    for rel in ("data/train/happy", "data/val/sad", "data/test/angry", "run/best.safetensors", "run/curves.png",
+                "run/eval-test/confusion_matrix.png", "run/eval-test/report.txt", "demo.json"):
+        assert (out / rel).exists(), rel
+    stamp = (out / "run" / "best.safetensors").stat().st_mtime_ns
+    assert run(args) == 0
+    assert "reusing" in capsys.readouterr().err
+    assert (out / "run" / "best.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_synth_cli_bad_arguments(tmp_path, capsys):
+    assert run(["synth", "faces", "--out", str(tmp_path / "s"), "--per-class", "0"]) == 1
+    _one_line_error(capsys)
+    assert run(["synth", "faces", "--out", str(tmp_path / "s"), "--per-class", "2", "--classes", "happy,bored"]) == 1
+    _one_line_error(capsys)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("keep")
+    assert run(["synth", "faces", "--out", str(tmp_path / "full"), "--per-class", "2", "--no-progress"]) == 1
+    _one_line_error(capsys)
+    assert (tmp_path / "full" / "x.txt").read_text() == "keep"
+    assert run(["synth", "faces", "--out", str(tmp_path / "ok"), "--per-class", "2", "--classes", "happy,sad",
+                "--no-progress"]) == 0
+    assert len(list((tmp_path / "ok" / "happy").glob("*.png"))) == 2
+    assert run(["synth", "preview", "--out", str(tmp_path / "p.png"), "--per-class", "2"]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 0

@@ -1,0 +1,40 @@
+"""Shared helpers for the benchmark scripts (not part of the package)."""
+from __future__ import annotations
+
+import os
+import platform
+import tarfile
+from pathlib import Path
+
+import torch
+
+SHARED_TAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013-train-val.tar.gz"
+
+
+def fer2013_dir() -> Path | None:
+    """Extract the shared FER2013 archive once to ~/.cache/ferkit/fer2013 (never into the repo)."""
+    tar = Path(os.environ.get("FER2013_TAR", SHARED_TAR))
+    target = Path(os.environ.get("FER2013_DIR", Path.home() / ".cache" / "ferkit" / "fer2013"))
+    if (target / "train").is_dir() and (target / "validation").is_dir():
+        return target
+    if not tar.is_file():
+        return None
+    tmp = target.with_name(target.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tar) as fh:
+        fh.extractall(tmp, filter="data")
+    inner = next((p.parent for p in tmp.rglob("train") if p.is_dir()), tmp)
+    os.replace(inner, target)
+    return target
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
