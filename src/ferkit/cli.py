@@ -111,8 +111,284 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- synth
+def _intensity(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI such as 0.5,1.0, got {text!r}") from None
+    if not 0 <= lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f"need 0 <= LO <= HI <= 1, got {text!r}")
+    return lo, hi
+
+
+def _add_synth(sub):
+    p = sub.add_parser("synth", help="generate procedural expression faces (built-in data, synthetic data)",
+                       description="Procedural face generator: random identities, expressions built from "
+                                   "FACS action units, pose/lighting/noise variation. No weights, no download.")
+    ss = p.add_subparsers(dest="synth_command", metavar="SUBCOMMAND")
+    for name, helptext in (("faces", "write a dataset: one folder per class plus metadata.csv"),
+                           ("preview", "write a contact sheet PNG (rows = classes, columns = identities)")):
+        q = ss.add_parser(name, help=helptext, description=helptext)
+        q.add_argument("--out", required=True,
+                       help="output folder (faces) or PNG file (preview)")
+        q.add_argument("--classes", default=None,
+                       help="comma-separated classes (default: angry,disgusted,fearful,happy,sad,surprised,neutral)")
+        q.add_argument("--size", type=_positive_int, default=64, help="image side in pixels (default 64)")
+        q.add_argument("--seed", type=int, default=0, help="random seed; same seed, same images (default 0)")
+        q.add_argument("--color", action="store_true", help="colour images instead of grayscale")
+        q.add_argument("--intensity", type=_intensity, default=(0.5, 1.0), metavar="LO,HI",
+                       help="expression (action unit) intensity range; lower is harder (default 0.5,1.0)")
+        if name == "faces":
+            q.add_argument("--per-class", type=int, required=True, help="faces per class")
+            q.add_argument("--identities", type=int, default=None,
+                           help="draw faces from K identities (each shows several expressions); "
+                                "default: every face a new identity")
+            q.add_argument("--identity-offset", type=int, default=0,
+                           help="first identity id (use disjoint ranges for identity-disjoint splits)")
+            q.add_argument("--occluders", action="store_true", help="occlude ~30%% of faces (hand, bar, blob)")
+            q.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
+            q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+            q.add_argument("--no-progress", action="store_true")
+        else:
+            q.add_argument("--per-class", type=_positive_int, default=8, help="faces per row (default 8)")
+        q.set_defaults(func=_cmd_synth_faces if name == "faces" else _cmd_synth_preview)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _cmd_synth_faces(a) -> int:
+    from .synth import generate_faces
+
+    out = generate_faces(a.out, a.per_class, classes=a.classes, size=a.size, seed=a.seed, color=a.color,
+                         identities=a.identities, identity_offset=a.identity_offset, intensity=a.intensity,
+                         workers=a.workers, overwrite=a.overwrite, progress=not a.no_progress,
+                         occluders=a.occluders)
+    print(f"faces written to {out} (metadata: {Path(out) / 'metadata.csv'})")
+    return 0
+
+
+def _cmd_synth_preview(a) -> int:
+    from .synth import write_preview
+
+    out = write_preview(a.out, classes=a.classes, per_class=a.per_class, size=a.size, seed=a.seed,
+                        color=a.color, intensity=a.intensity)
+    print(f"preview written to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+def _add_demo(sub):
+    from .demo import DemoConfig
+
+    d = DemoConfig()
+    p = sub.add_parser("demo", help="built-in demo: generate faces, train the seed CNN, evaluate",
+                       description="Generate identity-disjoint train/val/test faces with `ferkit synth`, train "
+                                   "the reference (seed) CNN, evaluate it on the test identities. A few minutes "
+                                   "on a 2-core CPU. Writes <out>/data, <out>/run (checkpoint, curves) and "
+                                   "<out>/run/eval-test (report, confusion matrix, predictions), and "
+                                   "<out>/demo.json. Re-running reuses data and a finished run.")
+    p.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
+    p.add_argument("--per-class", type=_positive_int, default=d.per_class,
+                   help=f"training faces per class; val gets 1/4, test 1/2 (default {d.per_class})")
+    p.add_argument("--epochs", type=_positive_int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
+    p.add_argument("--arch", default=d.arch, help=f"architecture (default {d.arch})")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--overwrite", action="store_true", help="regenerate data and retrain")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(a) -> int:
+    from .demo import DemoConfig, run_demo
+    from .labels import REFERENCE_CLASSES
+
+    s = run_demo(DemoConfig(out=a.out, per_class=a.per_class, epochs=a.epochs, arch=a.arch, seed=a.seed,
+                            progress=not a.no_progress), overwrite=a.overwrite)
+    paths = s["paths"]
+    print(f"demo finished in {s['seconds']['total']:.0f}s "
+          f"(data {s['seconds']['data']:.0f}s, training {s['seconds']['train']:.0f}s)")
+    for key in ("data", "checkpoint", "curves", "reports", "confusion_matrix"):
+        print(f"  {key:17s} {paths[key]}")
+    print(f"test accuracy on unseen identities: {s['test_accuracy']:.4f} (macro-F1 {s['test_macro_f1']:.4f}, "
+          f"{s['test_images']} faces, chance {1 / len(REFERENCE_CLASSES):.3f})")
+    print(f"accuracy: {s['test_accuracy']:.4f}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- predict
+def _add_predict(sub):
+    p = sub.add_parser("predict", help="find faces in photos, folders, videos or a webcam and classify them",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Detect faces (OpenCV's bundled Haar cascade, offline) and classify their "
+                                   "expression. INPUT is any mix of image files, folders (searched recursively) "
+                                   "and video files (.mp4 .avi .mov .mkv .webm .m4v).",
+                       epilog="Output (--out DIR, default ./predictions):\n"
+                              "  predictions.csv    one row per face: source, frame, time_s (empty for images),\n"
+                              "                     x, y, w, h (detected box), label, confidence, p_<class>...;\n"
+                              "                     written as it goes, flushed after every batch\n"
+                              "  predictions.json   with --format json: a list of objects with the same fields\n"
+                              "                     (box as [x, y, w, h]); streamed to .predictions.jsonl.partial\n"
+                              "                     and turned into the JSON list when the run ends\n"
+                              "  summary.json       counts, images without faces, skipped inputs\n"
+                              "  annotated/         with --annotate: <name> copies of images, <stem>.mp4 videos\n"
+                              "--out - prints the predictions to stdout instead (the summary goes to stderr).\n"
+                              "Unreadable files are skipped and listed; the exit status is 1 only when nothing\n"
+                              "could be processed or the model/output is unusable.")
+    p.add_argument("model", help="run folder or .safetensors checkpoint; an .onnx file with --backend onnx")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders, video files")
+    p.add_argument("--out", default="predictions", help="output folder (default: ./predictions); '-' = stdout")
+    p.add_argument("--format", choices=("csv", "json"), default="csv", help="predictions file format (default csv)")
+    p.add_argument("--annotate", action="store_true", help="write copies with boxes and labels to <out>/annotated/")
+    p.add_argument("--no-detect", action="store_true",
+                   help="no face detection: each image (or video frame) is one already-cropped face")
+    p.add_argument("--every", type=_positive_int, default=1, help="video: classify every N-th frame (default 1)")
+    p.add_argument("--camera", type=_nonneg_int, default=None, metavar="IDX",
+                   help="also read webcam IDX until Ctrl-C (or --max-frames)")
+    p.add_argument("--max-frames", type=_positive_int, default=None, help="camera: stop after N frames")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="torch (checkpoint) or onnx (file from `ferkit export`, run with onnxruntime)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="faces per classification batch (default 64)")
+    p.add_argument("--min-face", type=float, default=0.1,
+                   help="smallest face side as a fraction of the image's shorter side (default 0.1)")
+    p.add_argument("--cascade", default="alt2",
+                   help="OpenCV Haar cascade: alt2, default, alt, or a path to a cascade XML (default: alt2)")
+    p.add_argument("--device", default="auto", help="torch backend: auto, cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(a) -> int:
+    from .predict import predict_inputs
+
+    if not 0 < a.min_face < 1:
+        raise FerkitError(f"--min-face must be between 0 and 1, got {a.min_face}")
+    to_stdout = a.out == "-"
+    s = predict_inputs(a.model, a.inputs, None if to_stdout else a.out, a.format, annotate=a.annotate,
+                       detect=not a.no_detect, every=a.every, camera=a.camera, backend=a.backend,
+                       batch_size=a.batch_size, device=a.device, progress=not a.no_progress,
+                       max_frames=a.max_frames, min_face=a.min_face, cascade=a.cascade)
+    print(s.text(), file=sys.stderr if to_stdout else sys.stdout)
+    return 0
+
+
+# ----------------------------------------------------------------------------- export
+def _add_export(sub):
+    p = sub.add_parser("export", help="export a trained model to ONNX",
+                       description="Write an ONNX model: input 'input' float32 (batch, 1, S, S) = gray face / 255, "
+                                   "outputs 'logits' and 'probabilities'; dynamic batch axis. Class names, image "
+                                   "size and preprocessing are stored in the file's metadata (key 'ferkit', JSON). "
+                                   "Checks onnxruntime against PyTorch after writing.")
+    p.add_argument("model", help="run folder (uses best.safetensors) or checkpoint file")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
+    p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
+    p.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(a) -> int:
+    from .export import export_onnx
+
+    info = export_onnx(a.model, a.out, opset=a.opset)
+    diff = info.get("max_abs_diff")
+    print(f"wrote {info['path']} ({info['arch']}, {info['image_size']}x{info['image_size']}, "
+          f"classes: {', '.join(info['classes'])})")
+    if diff is not None:
+        print(f"onnxruntime vs PyTorch max |logit difference| on random inputs: {diff:.2e}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- mix / study
+def _add_mix(sub):
+    p = sub.add_parser("mix", help="build a real + k x generated training manifest (no copying)",
+                       description="Write a manifest CSV (path,class,source) of the real images plus K x (number "
+                                   "of real images) generated images, drawn per class so the real class balance is "
+                                   "kept (or --balance to equalise classes). `ferkit train --train-dir` accepts it.")
+    p.add_argument("--real", required=True, help="real data: class folders or manifest CSV")
+    p.add_argument("--synthetic", required=True, action="append",
+                   help="generated data (class folders or manifest); repeat for several sources")
+    p.add_argument("--ratio", required=True, help="K: generated images per real image (e.g. 2 or 0.5)")
+    p.add_argument("--out", required=True, help="manifest to write (.csv; written atomically)")
+    p.add_argument("--balance", action="store_true", help="equalise the classes of the mixed set")
+    p.add_argument("--replace", action="store_true",
+                   help="sample generated images with replacement when a class has too few")
+    p.add_argument("--seed", type=int, default=0, help="which generated images are drawn (default 0)")
+    p.add_argument("--classes", default=None, help="comma-separated classes (default: those of the real data)")
+    p.set_defaults(func=_cmd_mix)
+
+
+def _cmd_mix(a) -> int:
+    from .experiments import build_mix
+
+    r = build_mix(a.real, a.synthetic, a.ratio, a.out, balance=a.balance, replace=a.replace, seed=a.seed,
+                  classes=a.classes)
+    for c in r.classes:
+        print(f"{c:>10}: {r.real_counts[c]:6d} real + {r.synthetic_counts[c]:6d} generated")
+    if r.duplicates:
+        print(f"note: sampled with replacement: {r.duplicates} generated image(s) are repeats")
+    print(f"manifest: {r.manifest}  ({r.n_real} real + {r.n_synthetic} generated, k = {r.ratio:g})")
+    return 0
+
+
+def _add_study(sub):
+    p = sub.add_parser("study", help="how much do generated faces help? real vs real + k x generated, with error bars",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train on real only (k=0), real + augmentation, generated only and real + k x "
+                                   "generated for every k, per real-data size and seed; evaluate on the real test "
+                                   "data; tabulate mean +- sd and the difference to real only with a 95% CI.",
+                       epilog="--out receives runs/<run>/ (one run folder each), manifests/, runs.csv, table.csv,\n"
+                              "table.md, accuracy_vs_k.png and summary.md. Re-running the same command skips\n"
+                              "finished runs and resumes an interrupted one.")
+    p.add_argument("--real-train", required=True, help="real training data (class folders or manifest)")
+    p.add_argument("--val", required=True, help="validation data for early stopping (real, disjoint from training)")
+    p.add_argument("--test", required=True, help="real test data")
+    p.add_argument("--synthetic", required=True, action="append", help="generated data; repeat for several sources")
+    p.add_argument("--ratios", default="0,0.5,1,2,3,5,8", help="k values, comma-separated (default 0,0.5,1,2,3,5,8)")
+    p.add_argument("--seeds", default="3", help="number of seeds per setting (default 3)")
+    p.add_argument("--out", required=True, help="study folder")
+    p.add_argument("--real-per-class", default="all",
+                   help="real-data sizes: images per class, comma-separated, 'all' for all (default all)")
+    p.add_argument("--arch", default="seed", help="architecture (default seed; tiny for quick looks)")
+    p.add_argument("--epochs", type=_positive_int, default=50)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--patience", type=_nonneg_int, default=5)
+    p.add_argument("--image-size", type=_positive_int, default=64)
+    p.add_argument("--classes", default=None, help="comma-separated classes (default: reference six in the real data)")
+    p.add_argument("--jobs", default="1", help="runs in parallel processes (torch threads are divided; default 1)")
+    p.add_argument("--balance", action="store_true", help="equalise classes of the mixed sets")
+    p.add_argument("--replace", action="store_true", help="sample generated images with replacement when short")
+    p.add_argument("--synthetic-only-ratio", default=None,
+                   help="size of the generated-only set relative to the real set (default: the largest k, >= 1)")
+    p.add_argument("--no-augment-arm", action="store_true", help="skip the real + augmentation baseline")
+    p.add_argument("--no-synthetic-arm", action="store_true", help="skip the generated-only setting")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed choosing the real subsets (default 0)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_study)
+
+
+def _cmd_study(a) -> int:
+    from .experiments import StudyConfig, run_study
+
+    cfg = StudyConfig(real_train=a.real_train, val=a.val, test=a.test, synthetic=a.synthetic, out=a.out,
+                      ratios=a.ratios, seeds=a.seeds, real_per_class=a.real_per_class, arch=a.arch,
+                      epochs=a.epochs, batch_size=a.batch_size, patience=a.patience, lr=a.lr,
+                      image_size=a.image_size, classes=a.classes, balance=a.balance, replace=a.replace,
+                      synthetic_only_ratio=a.synthetic_only_ratio, augment_arm=not a.no_augment_arm,
+                      synthetic_arm=not a.no_synthetic_arm, subset_seed=a.subset_seed, jobs=a.jobs,
+                      precision=a.precision, device=a.device, progress=not a.no_progress)
+    r = run_study(cfg)
+    print(r.files["table_md"].read_text(), end="")
+    for line in r.summary:
+        print(line)
+    print(f"runs: {r.trained} trained, {r.skipped} already finished; results in {r.out} "
+          f"(summary.md, table.csv, table.md, accuracy_vs_k.png)")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
-COMMANDS = [_add_train, _add_evaluate]
+COMMANDS = [_add_train, _add_evaluate, _add_synth, _add_demo, _add_predict, _add_export, _add_mix, _add_study]
 
 
 def build_parser() -> argparse.ArgumentParser:

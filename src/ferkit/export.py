@@ -1,0 +1,142 @@
+"""Export a ferkit checkpoint to ONNX (for onnxruntime, OpenCV DNN, browsers, mobile runtimes).
+
+Example::
+
+    ferkit export runs/exp1 --format onnx --out model.onnx
+    ferkit predict model.onnx photos/ --backend onnx
+
+The ONNX graph takes ``input``: float32 (batch, 1, S, S), the gray face scaled to [0, 1]
+(uint8 / 255, after :func:`ferkit.data.preprocess_gray`), with a dynamic batch axis, and gives
+``logits`` and ``probabilities`` (softmax), both (batch, classes). The file's metadata_props hold
+``ferkit``: JSON with ``classes`` (in output order), ``image_size``, ``preprocessing``, ``arch``,
+``input``/``outputs`` descriptions and the ferkit version; plus plain ``classes`` (JSON list) and
+``image_size`` keys for tools that do not parse the record.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .data import log
+from .errors import FerkitError
+
+DEFAULT_OPSET = 17
+
+
+def _wrapped(model):
+    import torch
+    from torch import nn
+
+    class WithSoftmax(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            logits = self.net(x)
+            return logits, torch.softmax(logits, dim=1)
+
+    return WithSoftmax(model).eval()
+
+
+def _torch_export(module, example, path: Path, opset: int) -> None:
+    """torch.onnx.export with the TorchScript exporter (needs no onnxscript); the torch.export-based
+    exporter is the fallback where the legacy one is gone."""
+    import torch
+
+    kwargs = dict(input_names=["input"], output_names=["logits", "probabilities"],
+                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+                  opset_version=opset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, (example,), str(path), dynamo=False, **kwargs)
+            return
+        except TypeError:  # an old torch without the dynamo argument
+            torch.onnx.export(module, (example,), str(path), **kwargs)
+            return
+        except (RuntimeError, NotImplementedError, AttributeError) as exc:
+            legacy_error = exc
+        try:
+            torch.onnx.export(module, (example,), str(path), dynamo=True, **kwargs)
+        except ImportError as exc:
+            raise FerkitError(f"ONNX export failed ({str(legacy_error).splitlines()[0][:120]}) and the new "
+                              f"exporter needs {exc.name or 'onnxscript'}: pip install onnxscript") from None
+
+
+def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True) -> dict:
+    """Write ``out`` (.onnx) from a checkpoint or run folder. Returns info: path, classes, image_size and
+    (``check=True``) ``max_abs_diff`` between onnxruntime and PyTorch logits on random inputs."""
+    import torch
+
+    try:
+        import onnx
+    except ImportError:
+        raise FerkitError("ONNX export needs the onnx package: pip install 'ferkit[onnx]'") from None
+    from .data import PREPROCESSING
+    from .models import load_checkpoint, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(model_path)
+    model, record = load_checkpoint(ckpt, "cpu")
+    size = int(record["image_size"])
+    out = Path(out)
+    if out.is_dir():
+        raise FerkitError(f"--out {out} is a folder; give a file name such as {out / 'model.onnx'}")
+    if out.suffix.lower() != ".onnx":
+        log(f"note: {out} does not end in .onnx")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FerkitError(f"cannot create folder {out.parent}: {exc.strerror or exc}") from None
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        _torch_export(_wrapped(model), torch.zeros(2, 1, size, size), tmp, opset)
+        proto = onnx.load(str(tmp))
+        meta = {"format": "ferkit-onnx-1", "ferkit_version": __version__, "arch": record["arch"],
+                "classes": list(record["classes"]), "image_size": size,
+                "preprocessing": record.get("preprocessing", PREPROCESSING),
+                "input": f"input: float32 (batch, 1, {size}, {size}), gray face / 255 in [0, 1]",
+                "outputs": {"logits": "float32 (batch, classes)", "probabilities": "softmax of logits"},
+                "source_checkpoint": ckpt.name, "epoch": record.get("epoch"),
+                "val_metrics": record.get("val_metrics")}
+        for key, value in (("ferkit", json.dumps(meta)), ("classes", json.dumps(list(record["classes"]))),
+                           ("image_size", str(size))):
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.producer_name = "ferkit"
+        proto.producer_version = __version__
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise FerkitError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    info = {"path": str(out), "classes": list(record["classes"]), "image_size": size, "arch": record["arch"]}
+    if check:
+        info["max_abs_diff"] = parity(model, out, size)
+    return info
+
+
+def parity(model, onnx_path, image_size: int, n: int = 8, seed: int = 0, inputs: np.ndarray | None = None) -> float:
+    """Max |logits_onnxruntime - logits_torch| on ``inputs`` (float32 (N,1,S,S) in [0,1]) or random ones."""
+    import torch
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        log("note: onnxruntime is not installed; skipped the parity check")
+        return float("nan")
+    if inputs is None:
+        inputs = np.random.default_rng(seed).random((n, 1, image_size, image_size), dtype=np.float32)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(["logits"], {"input": inputs})[0]
+    with torch.inference_mode():
+        want = model.eval()(torch.from_numpy(inputs)).float().numpy()
+    return float(np.abs(got - want).max())
