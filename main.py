@@ -29,6 +29,7 @@ except ImportError:  # running from a source checkout without `pip install -e .`
 
 from ferkit.data import log
 from ferkit.errors import FerkitError
+from ferkit.files import make_dir
 from ferkit.labels import EXPRESSIONS, REFERENCE_CLASSES
 
 
@@ -80,8 +81,7 @@ def train_mode(a) -> None:
     # The reference overwrote its model files; an interrupted run is resumed instead.
     result = train(cfg, overwrite=(Path(a.model_save_dir) / "summary.json").exists())
     if _bool(a.save_fig):
-        out = Path(a.result_save_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = make_dir(a.result_save_dir, "result_save_dir")
         shutil.copyfile(result.run_dir / "curves.png", out / "plot.png")
         log(f"saved {out / 'plot.png'}")
     print(f"best epoch {result.best_epoch}: val_loss {result.best_val_loss:.4f}, val_acc {result.best_val_acc:.4f}")
@@ -97,11 +97,7 @@ def test_mode(a) -> None:
         log(f"note: --cnum={a.cnum} but the model has {len(record['classes'])} classes; using the model's")
     if int(record["image_size"]) != a.image_size:
         log(f"note: --image_size={a.image_size} but the model was trained at {record['image_size']}; using the model's")
-    out = Path(a.result_save_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FerkitError(f"cannot create {out}: {exc.strerror or exc}") from None
+    out = make_dir(a.result_save_dir, "result_save_dir")
     r = evaluate(a.model_save_dir, a.test_dir, out / f"eval_{a.CM_name}",
                  cm_path=out / f"confusion_matrix_{a.CM_name}.jpg")
     print(f"Test accuracy is:{r.accuracy}")

@@ -16,7 +16,7 @@ def trained(tmp_path_factory):
     classes = ["angry", "happy", "sad"]
     tr = make_folder(root / "train", classes, 24, seed=1)
     va = make_folder(root / "val", classes, 8, seed=2)
-    te = make_folder(root / "test", classes, 10, seed=3, ext=".jpg")
+    make_folder(root / "test", classes, 10, seed=3, ext=".jpg")
     train(TrainConfig(str(tr), str(va), str(root / "run"), epochs=3, image_size=32, batch_size=16, lr=1e-3,
                       progress=False))
     return root

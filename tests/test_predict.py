@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_folder, pattern_image
+from conftest import make_folder
 from ferkit.cli import run
 from ferkit.train import TrainConfig, train
 

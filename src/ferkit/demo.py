@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .data import log
-from .errors import FerkitError
+from .files import make_dir, write_json
 from .labels import REFERENCE_CLASSES
 
 
@@ -48,7 +48,7 @@ def _prepare_data(cfg: DemoConfig, overwrite: bool) -> Path:
     log(f"generating faces: {', '.join(f'{k} {v}/class' for k, v in sizes.items())}, identity-disjoint splits")
     generate_splits(data_dir, sizes, classes=list(REFERENCE_CLASSES), size=cfg.image_size, seed=cfg.seed,
                     overwrite=True, progress=cfg.progress)
-    stamp.write_text(json.dumps(cfg.data_identity()))
+    write_json(stamp, cfg.data_identity())
     return data_dir
 
 
@@ -59,12 +59,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict:
 
     t0 = time.time()
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise FerkitError(f"demo output {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FerkitError(f"cannot create {out}: {exc.strerror or exc}") from None
+    make_dir(out, "demo folder")
     data_dir = _prepare_data(cfg, overwrite)
     t_data = time.time() - t0
     run_dir = out / "run"
@@ -88,7 +83,5 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict:
                "paths": {"data": str(data_dir), "run": str(run_dir), "curves": str(run_dir / "curves.png"),
                          "checkpoint": str(run_dir / "best.safetensors"), "reports": str(ev.out_dir),
                          "confusion_matrix": str(ev.out_dir / "confusion_matrix.png")}}
-    tmp = out / ".demo.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / "demo.json")
+    write_json(out / "demo.json", summary)
     return summary

@@ -14,8 +14,6 @@ Output folder::
 from __future__ import annotations
 
 import csv
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import torch
 
 from .data import ImageSet, load_dataset, log
 from .errors import FerkitError
+from .files import atomic_path, make_dir, save_figure, write_json, write_text
 from .models import load_checkpoint, resolve_checkpoint
 from .train import predict_logits, resolve_precision, select_device
 
@@ -79,21 +78,16 @@ def plot_confusion(cm: np.ndarray, classes, path: Path, title: str = "") -> None
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".").replace("jpg", "jpeg"))
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def _write_predictions(path: Path, paths, y_true, probs: np.ndarray, classes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     pred = probs.argmax(1)
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["file", "true", "predicted", "confidence", *[f"p_{c}" for c in classes]])
         for f, t, p, row in zip(paths, y_true, pred, probs):
             w.writerow([f, classes[t], classes[p], f"{row[p]:.6f}", *[f"{v:.6f}" for v in row]])
-    os.replace(tmp, path)
 
 
 def _match_classes(model_classes: tuple[str, ...], test_source, shared_only: bool) -> tuple[str, ...]:
@@ -155,10 +149,7 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
                         eval_classes, None, len(y_true))
     if out_dir is not False:
         out = Path(out_dir) if out_dir else ckpt.parent / f"eval-{Path(test_dir).stem}"
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FerkitError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+        make_dir(out)
         _write_outputs(out, result, data.paths, y_true, probs, model_classes, ckpt, test_dir)
         result.out_dir = out
     if cm_path is not None:
@@ -170,12 +161,8 @@ def _write_outputs(out: Path, r: EvalResult, paths, y_true, probs, model_classes
     metrics = {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "n": r.n, "classes": list(r.classes),
                "checkpoint": str(ckpt), "test_data": str(test_dir), "per_class": r.report,
                "confusion_matrix": r.confusion.tolist()}
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out / "metrics.json")
-    tmp = out / ".report.txt.tmp"
-    tmp.write_text(f"accuracy: {r.accuracy:.4f}\nmacro-F1: {r.macro_f1:.4f}\n\n{r.report_text}")
-    os.replace(tmp, out / "report.txt")
+    write_json(out / "metrics.json", metrics)
+    write_text(out / "report.txt", f"accuracy: {r.accuracy:.4f}\nmacro-F1: {r.macro_f1:.4f}\n\n{r.report_text}")
     plot_confusion(r.confusion, r.classes, out / "confusion_matrix.png",
                    title=f"{Path(test_dir).name}: accuracy {r.accuracy:.4f}, macro-F1 {r.macro_f1:.4f}")
     _write_predictions(out / "predictions.csv", paths, y_true, probs, model_classes)

@@ -21,6 +21,7 @@ from torch import nn
 
 from . import __version__
 from .errors import FerkitError
+from .files import atomic_path
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 CHECKPOINT_FORMAT = "ferkit-checkpoint-1"
@@ -97,10 +98,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, record: dict) -> 
             raise ValueError(f"checkpoint record lacks {key!r}")
     full = {"format": CHECKPOINT_FORMAT, "ferkit_version": __version__, **record}
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"ferkit": json.dumps(full)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"ferkit": json.dumps(full)})
     return path
 
 

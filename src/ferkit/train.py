@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 
 from .data import PREPROCESSING, ImageSet, load_dataset, log, to_float
 from .errors import FerkitError
+from .files import atomic_path, make_dir, save_figure, write_json
 from .labels import parse_classes
 from .models import count_parameters, create_model, save_checkpoint
 
@@ -202,19 +202,11 @@ def validate(model, images, labels, device, amp_dtype) -> dict:
 
 
 # ----------------------------------------------------------------------------- run folder
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def write_history(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(history)
-    os.replace(tmp, path)
 
 
 def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
@@ -236,10 +228,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def _check_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool) -> bool:
@@ -262,13 +251,7 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool) -> bool:
             shutil.rmtree(run_dir)  # interrupted before its first epoch: nothing to keep
         else:
             raise FerkitError(f"{run_dir} is not empty and is not a ferkit run folder; choose another --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise FerkitError(f"cannot write to {run_dir}: {exc.strerror or exc}") from None
+    make_dir(run_dir, "run folder")
     return False
 
 
@@ -287,10 +270,9 @@ def _save_state(run_dir: Path, model, opt, gen: torch.Generator, cfg: TrainConfi
                     else st[k].detach().cpu().contiguous()
     tensors["rng.gen"] = gen.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
-    tmp = state_dir / ".state.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, state_dir / "state.safetensors")
-    _write_json(state_dir / "state.json", {"config": cfg.identity(), **progress})
+    with atomic_path(state_dir / "state.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json(state_dir / "state.json", {"config": cfg.identity(), **progress})
 
 
 def _load_state(run_dir: Path, model, opt, gen: torch.Generator) -> dict:
@@ -363,7 +345,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, Image
         opt.param_groups[0]["lr"] = cfg.lr / (1.0 + cfg.lr_decay * progress["step"])
         log(f"resuming {run_dir} after epoch {len(history)}")
     else:
-        _write_json(run_dir / "config.json", config_record)
+        write_json(run_dir / "config.json", config_record)
     log(f"training {cfg.arch} ({count_parameters(model):,} parameters) on {len(images)} images, "
         f"validating on {len(val_labels)}; classes: {', '.join(cfg.classes)}; device {device}, "
         f"{'autocast ' + str(amp_dtype).split('.')[-1] if amp_dtype else 'fp32'}")
@@ -404,7 +386,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, Image
     plot_curves(history, run_dir / "curves.png", title=f"{cfg.arch} on {Path(cfg.train_dir).name}")
     result = RunResult(run_dir, tuple(cfg.classes), best["epoch"], best["val_loss"], best["val_acc"],
                        len(history), history, seconds=round(time.time() - t0, 1))
-    _write_json(run_dir / "summary.json", {"best_epoch": best["epoch"], "best_val": best,
+    write_json(run_dir / "summary.json", {"best_epoch": best["epoch"], "best_val": best,
                                            "epochs_run": len(history), "stopped_early": stopped_early,
                                            "seconds": result.seconds, "classes": list(cfg.classes)})
     shutil.rmtree(run_dir / "state", ignore_errors=True)
