@@ -58,6 +58,7 @@ import numpy as np
 
 from .data import ImageSet, default_classes, load_dataset, log, scan_source
 from .errors import FerkitError
+from .files import atomic_path, make_dir, save_figure, write_json, write_text
 from .labels import parse_classes
 
 MANIFEST_FIELDS = ("path", "class", "source")
@@ -199,13 +200,11 @@ def write_manifest(path: Path, paths, class_names, sources) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(MANIFEST_FIELDS)
             for p, c, s in zip(paths, class_names, sources):
                 w.writerow([os.path.abspath(p), c, s])
-        os.replace(tmp, path)
     except OSError as exc:
         raise FerkitError(f"cannot write manifest {path}: {exc.strerror or exc}") from None
     return path
@@ -568,12 +567,7 @@ def _execute(job: dict, train_set: ImageSet, val: ImageSet | None = None, test: 
 
 
 def _check_study_dir(out: Path, cfg: StudyConfig) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FerkitError(f"cannot create study folder {out}: {exc.strerror or exc}") from None
-    if out.is_file():
-        raise FerkitError(f"--out {out} is a file; give a folder")
+    make_dir(out, "study folder")
     record = out / "study.json"
     ident = cfg.identity()
     if record.exists():
@@ -587,9 +581,7 @@ def _check_study_dir(out: Path, cfg: StudyConfig) -> None:
                               "use another --out or the same settings")
     elif any(p for p in out.iterdir() if not p.name.startswith(".")):
         raise FerkitError(f"{out} is not empty and is not a ferkit study; choose another --out")
-    tmp = out / ".study.json.tmp"
-    tmp.write_text(json.dumps({"identity": ident, "config": asdict(cfg)}, indent=2, default=str) + "\n")
-    os.replace(tmp, record)
+    write_json(record, {"identity": ident, "config": asdict(cfg)})
 
 
 def run_study(cfg: StudyConfig) -> StudyResult:
@@ -698,20 +690,12 @@ RUN_FIELDS = ("run_id", "real_per_class", "setting", "label", "k", "gen_per_real
 
 
 def _write_csv(path: Path, fields, rows) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: (v if not isinstance(v, float) else f"{v:g}" if k in ("k", "gen_per_real")
                             else f"{v:.6f}") for k, v in r.items()})
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
@@ -827,10 +811,7 @@ def plot_study(table: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    tmp = path.with_name(f".tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 def summarise(out: Path, runs: list[dict], cfg: StudyConfig | None = None) -> StudyResult:
@@ -843,7 +824,7 @@ def summarise(out: Path, runs: list[dict], cfg: StudyConfig | None = None) -> St
     _write_csv(files["runs"], RUN_FIELDS, runs)
     _write_csv(files["table_csv"], TABLE_FIELDS, table)
     md = markdown_table(table)
-    _write_text(files["table_md"], md)
+    write_text(files["table_md"], md)
     if table:
         plot_study(table, files["plot"])
     lines = ["# Generated-data study", ""]
@@ -854,7 +835,7 @@ def summarise(out: Path, runs: list[dict], cfg: StudyConfig | None = None) -> St
     lines += [md, "## Best k", ""]
     best_lines = summary_lines(best, plateau, vs_aug)
     lines += best_lines
-    _write_text(files["summary"], "\n".join(lines) + "\n")
+    write_text(files["summary"], "\n".join(lines) + "\n")
     return StudyResult(out, runs, table, best, plateau, files=files, summary=best_lines)
 
 
