@@ -27,6 +27,7 @@ try:
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
+from ferkit.cli import report_errors
 from ferkit.data import log
 from ferkit.errors import FerkitError
 from ferkit.files import make_dir
@@ -107,17 +108,12 @@ def test_mode(a) -> None:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     modes = {"train": train_mode, "test": test_mode}
-    try:
+
+    def run_mode():
         if a.mode not in modes:
             raise FerkitError(f"--mode={a.mode!r} is not supported (use train or test)")
         modes[a.mode](a)
-    except FerkitError as exc:
-        print(f"main.py: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("main.py: interrupted (re-run the same command to resume)", file=sys.stderr)
-        return 130
-    return 0
+    return report_errors(run_mode, prog="main.py")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,13 @@ def make_folder(root: Path, classes, per_class: int, seed: int = 0, size: int = 
     return root
 
 
+def face_photo() -> Path:
+    """A real face photo that ships with matplotlib (a ferkit dependency): Grace Hopper, 512x600, one face."""
+    from matplotlib import cbook
+
+    return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own decoded-dataset cache."""

@@ -9,17 +9,12 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from conftest import make_folder  # noqa: E402
+from conftest import face_photo, make_folder  # noqa: E402
 from ferkit.cli import run  # noqa: E402
 from ferkit.train import TrainConfig, train  # noqa: E402
 
 CLASSES = ("angry", "happy", "sad")
 
-
-def face_photo() -> Path:
-    from matplotlib import cbook
-
-    return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_folder
+from conftest import face_photo, make_folder
 from ferkit.cli import run
 from ferkit.train import TrainConfig, train
 
 CLASSES = ("angry", "happy", "sad")
 
-
-def face_photo() -> Path:
-    """A real face photo that ships with matplotlib (a ferkit dependency): Grace Hopper, 512x600, one face."""
-    from matplotlib import cbook
-
-    return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
 
 @pytest.fixture(scope="module")

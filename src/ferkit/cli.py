@@ -407,16 +407,21 @@ def run(argv: list[str] | None, parser: argparse.ArgumentParser | None = None) -
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return report_errors(lambda: args.func(args))
+
+
+def report_errors(fn, prog: str = "ferkit") -> int:
+    """Run ``fn()``; a user error becomes one line on stderr and exit status 1, Ctrl-C 130."""
     try:
-        return args.func(args) or 0
+        return fn() or 0
     except FerkitError as exc:
-        print(f"ferkit: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("ferkit: interrupted (re-run the same command to resume)", file=sys.stderr)
+        print(f"{prog}: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 130
     except MemoryError:
-        print("ferkit: error: out of memory (try a smaller --batch-size)", file=sys.stderr)
+        print(f"{prog}: error: out of memory (try a smaller --batch-size)", file=sys.stderr)
         return 1
 
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from .data import IMAGE_EXTENSIONS, bgr_to_gray, decode_gray, log, preprocess_gray
 from .errors import FerkitError
+from .files import make_dir
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 CASCADES = {"default": "haarcascade_frontalface_default.xml", "alt2": "haarcascade_frontalface_alt2.xml",
@@ -716,14 +717,7 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
         raise FerkitError("--annotate needs an output folder (--out DIR), not stdout")
     out_dir = None if out is None else Path(out)
     if out_dir is not None:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise FerkitError(f"output {out_dir} exists and is not a folder")
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FerkitError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
-        if not os.access(out_dir, os.W_OK):
-            raise FerkitError(f"output folder {out_dir} is not writable")
+        make_dir(out_dir)
     items, bad = collect_inputs(inputs)
     if not items and camera is None:
         raise FerkitError("no usable input: " + "; ".join(f"{p}: {why}" for p, why in bad))
