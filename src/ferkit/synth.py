@@ -854,7 +854,9 @@ def _run_tasks(tasks: list[tuple], workers: int | None, progress: bool, desc: st
                 bar.update()
         else:
             import multiprocessing as mp
-            with mp.get_context().Pool(workers, initializer=_init_worker) as pool:
+            # spawn, not fork: forking a process that already runs torch/OpenMP or OpenCV threads
+            # can deadlock the children (seen under pytest after a training test).
+            with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
                 for row in pool.imap(_render_task, tasks, chunksize=max(1, min(64, len(tasks) // (workers * 8)))):
                     rows.append(row)
                     bar.update()
