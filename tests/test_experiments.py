@@ -277,3 +277,13 @@ def test_study_bad_input(faces, tmp_path, capsys):
     err = _one_line_error(capsys, run(args[:i + 1] + [str(tmp_path / "empty")] + args[i + 2:]))
     assert "no class folders" in err
     assert not out.exists()
+
+
+def test_summary_lines_wording():
+    from ferkit.experiments import summary_lines
+    no_gain, = summary_lines({50: 8}, {50: 0}, {})
+    assert "best k = 8, but no k is significantly better than real only" in no_gain
+    plateau, = summary_lines({50: 5}, {50: 2}, {50: (0.05, 0.01, 0.09, "t")})
+    assert "beyond k = 2" in plateau and "versus augmentation: +0.0500 [+0.0100, +0.0900]" in plateau
+    none, = summary_lines({50: 0}, {50: 0}, {})
+    assert "did not help" in none

@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -119,3 +120,27 @@ def test_bad_config_and_class_mismatch(tiny_splits, tmp_path):
     with pytest.raises(FerkitError, match="not a ferkit run"):
         train(TrainConfig(str(train_dir), str(train_dir), str(tmp_path / "busy"), epochs=1, **FAST), overwrite=True)
     assert (tmp_path / "busy" / "mine.txt").exists()
+
+
+def test_monitor_val_acc_picks_the_most_accurate_epoch(tiny_splits, tmp_path):
+    train_dir, val_dir = tiny_splits
+    r = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "acc"), epochs=5, patience=0,
+                          monitor="val_acc", **FAST))
+    hist = _history(tmp_path / "acc")
+    key = [(float(h["val_acc"]), -float(h["val_loss"])) for h in hist]
+    assert r.best_epoch == 1 + key.index(max(key))
+    summary = json.loads((tmp_path / "acc" / "summary.json").read_text())
+    assert summary["best_val"]["val_acc"] == pytest.approx(max(k[0] for k in key))
+    assert json.loads((tmp_path / "acc" / "config.json").read_text())["monitor"] == "val_acc"
+
+
+def test_better_rule():
+    best = {"epoch": 3, "val_loss": 1.5, "val_acc": 0.40}
+    assert train_mod._better({"val_loss": 1.4, "val_acc": 0.30}, best, "val_loss")
+    assert not train_mod._better({"val_loss": 1.4, "val_acc": 0.30}, best, "val_acc")
+    assert train_mod._better({"val_loss": 1.9, "val_acc": 0.45}, best, "val_acc")
+    assert train_mod._better({"val_loss": 1.4, "val_acc": 0.40}, best, "val_acc")  # tie: lower loss wins
+    assert train_mod._better({"val_loss": 9.0, "val_acc": 0.0}, {"epoch": 0, "val_loss": math.inf,
+                                                                "val_acc": 0.0}, "val_acc")
+    with pytest.raises(FerkitError, match="monitor"):
+        TrainConfig("a", "b", "c", monitor="accuracy")

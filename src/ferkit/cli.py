@@ -56,7 +56,10 @@ def _add_train(sub):
                    help="comma-separated classes, in model order (default: the reference six "
                         "angry,disgusted,fearful,happy,sad,surprised that the data has; 'all7' adds neutral)")
     p.add_argument("--patience", type=_nonneg_int, default=5,
-                   help="stop after N epochs without validation-loss improvement; 0 disables (default 5)")
+                   help="stop after N epochs without improvement of --monitor; 0 disables (default 5)")
+    p.add_argument("--monitor", choices=("val_loss", "val_acc"), default="val_loss",
+                   help="validation metric that picks best.safetensors and drives early stopping "
+                        "(default val_loss, the reference's; val_acc suits very small training sets)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--augment", action="store_true", help="flip, shift, rotate and zoom training images")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -73,7 +76,8 @@ def _cmd_train(a) -> int:
 
     cfg = TrainConfig(train_dir=a.train_dir, val_dir=a.val_dir, out=a.out, arch=a.arch, image_size=a.image_size,
                       classes=a.classes, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, patience=a.patience,
-                      seed=a.seed, augment=a.augment, precision=a.precision, device=a.device, strict=a.strict,
+                      monitor=a.monitor, seed=a.seed, augment=a.augment, precision=a.precision, device=a.device,
+                      strict=a.strict,
                       progress=not a.no_progress)
     r = train(cfg, overwrite=a.overwrite)
     print(f"best epoch {r.best_epoch}: val_loss {r.best_val_loss:.4f}, val_acc {r.best_val_acc:.4f} "
@@ -352,6 +356,9 @@ def _add_study(sub):
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--patience", type=_nonneg_int, default=5)
+    p.add_argument("--monitor", choices=("val_loss", "val_acc"), default="val_loss",
+                   help="validation metric for model selection and early stopping (default val_loss; "
+                        "val_acc for very small real sets)")
     p.add_argument("--image-size", type=_positive_int, default=64)
     p.add_argument("--classes", default=None, help="comma-separated classes (default: reference six in the real data)")
     p.add_argument("--jobs", default="1", help="runs in parallel processes (torch threads are divided; default 1)")
@@ -373,7 +380,7 @@ def _cmd_study(a) -> int:
 
     cfg = StudyConfig(real_train=a.real_train, val=a.val, test=a.test, synthetic=a.synthetic, out=a.out,
                       ratios=a.ratios, seeds=a.seeds, real_per_class=a.real_per_class, arch=a.arch,
-                      epochs=a.epochs, batch_size=a.batch_size, patience=a.patience, lr=a.lr,
+                      epochs=a.epochs, batch_size=a.batch_size, patience=a.patience, monitor=a.monitor, lr=a.lr,
                       image_size=a.image_size, classes=a.classes, balance=a.balance, replace=a.replace,
                       synthetic_only_ratio=a.synthetic_only_ratio, augment_arm=not a.no_augment_arm,
                       synthetic_arm=not a.no_synthetic_arm, subset_seed=a.subset_seed, jobs=a.jobs,

@@ -339,6 +339,7 @@ class StudyConfig:
     epochs: int = 50
     batch_size: int = 64
     patience: int = 5
+    monitor: str = "val_loss"        # val_loss | val_acc (see ferkit.train.MONITORS)
     lr: float = 1e-4
     image_size: int = 64
     classes: tuple[str, ...] | None = None
@@ -371,6 +372,8 @@ class StudyConfig:
             setattr(self, name, value)
         if self.patience < 0:
             raise FerkitError("patience must be 0 (off) or positive")
+        if self.monitor not in ("val_loss", "val_acc"):
+            raise FerkitError(f"monitor must be val_loss or val_acc (got {self.monitor!r})")
         if self.synthetic_only_ratio is None:
             self.synthetic_only_ratio = max(1.0, max(self.ratios))
         else:
@@ -616,8 +619,8 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         jobs[spec.run_id] = (spec, {"run_id": spec.run_id, "test_path": str(cfg.test), "train": dict(
             train_dir=str(manifest), val_dir=str(cfg.val), out=str(run_dir), arch=cfg.arch,
             image_size=cfg.image_size, classes=classes, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-            patience=cfg.patience, seed=spec.seed, augment=spec.arm.augment, precision=cfg.precision,
-            device=cfg.device, num_threads=threads, progress=cfg.progress and cfg.jobs == 1)})
+            patience=cfg.patience, monitor=cfg.monitor, seed=spec.seed, augment=spec.arm.augment,
+            precision=cfg.precision, device=cfg.device, num_threads=threads, progress=cfg.progress and cfg.jobs == 1)})
     if done:
         log(f"study {out}: {len(done)} of {len(specs)} runs already finished, skipping them")
     results = dict(done)
@@ -830,7 +833,8 @@ def summarise(out: Path, runs: list[dict], cfg: StudyConfig | None = None) -> St
     lines = ["# Generated-data study", ""]
     if cfg is not None:
         lines += [f"real: `{cfg.real_train}`, generated: {', '.join(f'`{s}`' for s in cfg.synthetic)}, "
-                  f"test: `{cfg.test}`; arch {cfg.arch}, up to {cfg.epochs} epochs, {cfg.seeds} seed(s); "
+                  f"test: `{cfg.test}`; arch {cfg.arch}, lr {cfg.lr:g}, up to {cfg.epochs} epochs (patience "
+                  f"{cfg.patience} on {cfg.monitor}), {cfg.seeds} seed(s); "
                   f"accuracy on the real test set, mean ± sd over seeds; differences paired by seed.", ""]
     lines += [md, "## Best k", ""]
     best_lines = summary_lines(best, plateau, vs_aug)
@@ -843,7 +847,9 @@ def summary_lines(best: dict, plateau: dict, vs_aug: dict) -> list[str]:
     lines = []
     for n, k in best.items():
         s = f"- real {n}/class: best k = {_fmt_k(k)}"
-        if plateau.get(n) is not None and plateau[n] != k:
+        if plateau.get(n) == 0 and k != 0:
+            s += ", but no k is significantly better than real only (k = 0)"
+        elif plateau.get(n) is not None and plateau[n] != k:
             s += f"; beyond k = {_fmt_k(plateau[n])} more generated data gives no significant gain"
         elif k == 0:
             s += " (generated data did not help)"

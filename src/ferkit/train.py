@@ -37,6 +37,10 @@ from .labels import parse_classes
 from .models import count_parameters, create_model, save_checkpoint
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+# Metric that picks the best epoch -> True when higher is better. val_loss is the reference's; val_acc
+# suits very small training sets, where any model more confident than the untrained one raises the
+# validation loss long before it stops improving accuracy.
+MONITORS = {"val_loss": False, "val_acc": True}
 
 
 @dataclass
@@ -53,7 +57,8 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-4
     lr_decay: float = 1e-6          # Keras-style time decay: lr / (1 + decay * step)
-    patience: int = 5               # early stopping on val loss; 0 disables
+    patience: int = 5               # early stopping on the monitored metric; 0 disables
+    monitor: str = "val_loss"       # what picks the best epoch and drives early stopping: val_loss | val_acc
     seed: int = 0
     augment: bool = False           # flips, small shifts and rotations
     precision: str = "auto"         # auto | fp32 | bf16
@@ -74,6 +79,8 @@ class TrainConfig:
             raise FerkitError("patience must be 0 (off) or positive")
         if not self.lr > 0:
             raise FerkitError("learning rate must be positive")
+        if self.monitor not in MONITORS:
+            raise FerkitError(f"monitor must be one of {', '.join(MONITORS)} (got {self.monitor!r})")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise FerkitError(f"precision must be auto, fp32 or bf16 (got {self.precision!r})")
 
@@ -83,6 +90,8 @@ class TrainConfig:
         for k in ("out", "progress", "num_threads", "epochs", "patience"):
             d.pop(k)
         d["classes"] = list(d["classes"]) if d["classes"] else None
+        if d["monitor"] == "val_loss":
+            d.pop("monitor")  # runs saved before --monitor existed stay resumable
         return d
 
 
@@ -290,6 +299,15 @@ def _load_state(run_dir: Path, model, opt, gen: torch.Generator) -> dict:
 
 
 # ----------------------------------------------------------------------------- main entry
+def _better(row: dict, best: dict, monitor: str) -> bool:
+    """Is this epoch better than the best so far on the monitored metric (ties: the loss decides)?"""
+    if best["epoch"] == 0:
+        return True
+    if MONITORS[monitor]:
+        return (row[monitor], -row["val_loss"]) > (best[monitor], -best["val_loss"])
+    return row[monitor] < best[monitor]
+
+
 def load_train_val(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
     """Decode training and validation data with one class list (from the training data)."""
     train = load_dataset(cfg.train_dir, cfg.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
@@ -364,7 +382,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, Image
         val = validate(model, val_images, val_labels, device, amp_dtype)
         row.update(val_loss=val["val_loss"], val_acc=val["val_acc"], seconds=round(time.time() - t_ep, 2))
         history.append(row)
-        improved = row["val_loss"] < best["val_loss"]
+        improved = _better(row, best, cfg.monitor)
         if improved:
             from sklearn.metrics import f1_score
             best = {"val_loss": row["val_loss"], "val_acc": row["val_acc"], "epoch": epoch,
@@ -379,7 +397,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, Image
         _save_state(run_dir, model, opt, gen, cfg,
                     {"history": history, "best": best, "bad_epochs": bad_epochs, "step": sched.last_epoch})
     if stopped_early:
-        log(f"early stop: validation loss has not improved for {cfg.patience} epochs")
+        log(f"early stop: {cfg.monitor.replace('val_', 'validation ')} has not improved for {cfg.patience} epochs")
 
     save_checkpoint(model, run_dir / "last.safetensors",
                     {**record, "epoch": len(history), "val_metrics": {k: history[-1][k] for k in ("val_loss", "val_acc")}})
