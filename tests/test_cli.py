@@ -27,7 +27,8 @@ def test_train_then_evaluate(tiny_splits, tmp_path, capsys):
                 "--epochs", "2", "--batch-size", "16", "--image-size", "32", "--lr", "1e-3", "--no-progress"]) == 0
     assert (out / "best.safetensors").exists()
     capsys.readouterr()
-    assert run(["evaluate", str(out / "best.safetensors"), "--test-dir", str(val_dir), "--out", str(tmp_path / "ev")]) == 0
+    assert run(["evaluate", str(out / "best.safetensors"), "--test-dir", str(val_dir), "--out", str(tmp_path / "ev"),
+                "--no-progress"]) == 0
     stdout = capsys.readouterr().out
     acc_lines = [l for l in stdout.splitlines() if l.startswith("accuracy: ")]
     assert len(acc_lines) == 1 and 0.0 <= float(acc_lines[0].split()[1]) <= 1.0

@@ -100,6 +100,7 @@ def _add_evaluate(sub):
     p.add_argument("--strict", action="store_true", help="fail on undecodable images instead of skipping them")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -107,7 +108,7 @@ def _cmd_evaluate(a) -> int:
     from .evaluate import evaluate
 
     r = evaluate(a.model, a.test_dir, a.out, batch_size=a.batch_size, shared_only=a.shared_classes,
-                 strict=a.strict, precision=a.precision, device=a.device)
+                 strict=a.strict, precision=a.precision, device=a.device, progress=not a.no_progress)
     print(r.report_text)
     print(f"macro_f1: {r.macro_f1:.4f}")
     print(f"reports: {r.out_dir}")
