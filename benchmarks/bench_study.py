@@ -90,8 +90,8 @@ def study_config(a, images: Path, val: Path, pool: Path, synth: Path, out: Path)
 
     return StudyConfig(real_train=str(pool), val=str(val), test=str(images / "validation"), synthetic=[str(synth)],
                        out=str(out), ratios=a.ratios, seeds=a.seeds, real_per_class=a.sizes, arch=a.arch,
-                       epochs=a.epochs, patience=a.patience, monitor=a.monitor, lr=a.lr, batch_size=a.batch_size, image_size=a.image_size,
-                       classes=CLASSES, jobs=a.jobs)
+                       epochs=a.epochs, patience=a.patience, monitor=a.monitor, lr=a.lr, batch_size=a.batch_size,
+                       image_size=a.image_size, classes=CLASSES, jobs=a.jobs)
 
 
 def command_line(cfg) -> str:
@@ -99,7 +99,8 @@ def command_line(cfg) -> str:
     return (f"ferkit study --real-train {cfg.real_train} --val {cfg.val} --test {cfg.test} "
             f"--synthetic {cfg.synthetic[0]} --ratios {','.join(f'{k:g}' for k in cfg.ratios)} "
             f"--seeds {cfg.seeds} --real-per-class {sizes} --arch {cfg.arch} --epochs {cfg.epochs} "
-            f"--patience {cfg.patience} --monitor {cfg.monitor} --lr {cfg.lr:g} --batch-size {cfg.batch_size} --image-size {cfg.image_size} "
+            f"--patience {cfg.patience} --monitor {cfg.monitor} --lr {cfg.lr:g} --batch-size {cfg.batch_size} "
+            f"--image-size {cfg.image_size} "
             f"--classes {','.join(cfg.classes)} --jobs {cfg.jobs} --out {cfg.out}")
 
 
@@ -162,7 +163,8 @@ def main(argv=None) -> None:
     p.add_argument("--arch", default="seed")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--monitor", default="val_loss", choices=("val_loss", "val_acc"))
+    p.add_argument("--monitor", default="val_loss", choices=("val_loss", "val_acc"),
+                   help="val_acc for very small real sets (see README)")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4, the reference's)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=48, help="FER2013 is 48x48 (default 48)")

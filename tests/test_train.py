@@ -144,3 +144,19 @@ def test_better_rule():
                                                                 "val_acc": 0.0}, "val_acc")
     with pytest.raises(FerkitError, match="monitor"):
         TrainConfig("a", "b", "c", monitor="accuracy")
+
+
+def test_resume_accepts_state_saved_before_a_new_field(tiny_splits, tmp_path):
+    train_dir, val_dir = tiny_splits
+    cfg = TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "r"), epochs=3, **FAST)
+    saved = cfg.identity()
+    del saved["monitor"]                  # as written before --monitor existed
+    assert cfg.matches(saved)
+    assert not TrainConfig(str(train_dir), str(val_dir), "x", monitor="val_acc", **FAST).matches(saved)
+    assert not cfg.matches({**saved, "lr": 0.5})
+    assert not cfg.matches({**saved, "unknown_field": 1})
+
+
+def test_cli_monitor_choices_match_train():
+    from ferkit.cli import MONITOR_CHOICES
+    assert tuple(train_mod.MONITORS) == MONITOR_CHOICES

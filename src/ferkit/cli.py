@@ -12,6 +12,9 @@ from pathlib import Path
 from . import __version__
 from .errors import FerkitError
 
+# ferkit.train.MONITORS, spelled out so that building the parser does not import torch
+MONITOR_CHOICES = ("val_loss", "val_acc")
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -57,7 +60,7 @@ def _add_train(sub):
                         "angry,disgusted,fearful,happy,sad,surprised that the data has; 'all7' adds neutral)")
     p.add_argument("--patience", type=_nonneg_int, default=5,
                    help="stop after N epochs without improvement of --monitor; 0 disables (default 5)")
-    p.add_argument("--monitor", choices=("val_loss", "val_acc"), default="val_loss",
+    p.add_argument("--monitor", choices=MONITOR_CHOICES, default="val_loss",
                    help="validation metric that picks best.safetensors and drives early stopping "
                         "(default val_loss, the reference's; val_acc suits very small training sets)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -357,7 +360,7 @@ def _add_study(sub):
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--patience", type=_nonneg_int, default=5)
-    p.add_argument("--monitor", choices=("val_loss", "val_acc"), default="val_loss",
+    p.add_argument("--monitor", choices=MONITOR_CHOICES, default="val_loss",
                    help="validation metric for model selection and early stopping (default val_loss; "
                         "val_acc for very small real sets)")
     p.add_argument("--image-size", type=_positive_int, default=64)

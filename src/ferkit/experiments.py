@@ -339,7 +339,7 @@ class StudyConfig:
     epochs: int = 50
     batch_size: int = 64
     patience: int = 5
-    monitor: str = "val_loss"        # val_loss | val_acc (see ferkit.train.MONITORS)
+    monitor: str = "val_loss"        # one of ferkit.train.MONITORS
     lr: float = 1e-4
     image_size: int = 64
     classes: tuple[str, ...] | None = None
@@ -372,8 +372,9 @@ class StudyConfig:
             setattr(self, name, value)
         if self.patience < 0:
             raise FerkitError("patience must be 0 (off) or positive")
-        if self.monitor not in ("val_loss", "val_acc"):
-            raise FerkitError(f"monitor must be val_loss or val_acc (got {self.monitor!r})")
+        from .train import MONITORS
+        if self.monitor not in MONITORS:
+            raise FerkitError(f"monitor must be one of {', '.join(MONITORS)} (got {self.monitor!r})")
         if self.synthetic_only_ratio is None:
             self.synthetic_only_ratio = max(1.0, max(self.ratios))
         else:

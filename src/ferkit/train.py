@@ -23,7 +23,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +90,14 @@ class TrainConfig:
         for k in ("out", "progress", "num_threads", "epochs", "patience"):
             d.pop(k)
         d["classes"] = list(d["classes"]) if d["classes"] else None
-        if d["monitor"] == "val_loss":
-            d.pop("monitor")  # runs saved before --monitor existed stay resumable
         return d
+
+    def matches(self, saved: dict) -> bool:
+        """Does a saved identity describe this config? Fields added to TrainConfig since the run was
+        saved count as their defaults, so older interrupted runs stay resumable."""
+        current = self.identity()
+        defaults = {f.name: f.default for f in fields(self) if f.name in current and f.default is not MISSING}
+        return {**defaults, **saved} == current
 
 
 @dataclass
@@ -252,7 +257,7 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool) -> bool:
             raise FerkitError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
         elif (run_dir / "state" / "state.json").exists():
             saved = json.loads((run_dir / "state" / "state.json").read_text())
-            if saved.get("config") != cfg.identity():
+            if not cfg.matches(saved.get("config") or {}):
                 raise FerkitError(f"{run_dir} holds an interrupted run with a different config; "
                                   "pass --overwrite to start over")
             return True
