@@ -27,7 +27,7 @@ try:
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from ferkit.cli import report_errors
+from ferkit.cli import OneLineErrorParser, report_errors
 from ferkit.data import log
 from ferkit.errors import FerkitError
 from ferkit.files import make_dir
@@ -39,7 +39,7 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Reference-compatible entry point (train/test) backed by ferkit.")
+    p = OneLineErrorParser(description="Reference-compatible entry point (train/test) backed by ferkit.")
     p.add_argument("--mode", default="train", help="train | test (display is not implemented, as in the reference)")
     p.add_argument("--train_dir", default="./data/train", help="training class folders")
     p.add_argument("--val_dir", default="./data/val", help="validation class folders")

@@ -53,6 +53,8 @@ def test_bad_input_one_line_nonzero(tmp_path, tiny_splits, capsys, case):
         with pytest.raises(SystemExit) as info:
             run(args)
         assert info.value.code == 2
+        err = capsys.readouterr().err  # argparse's usage block is replaced by one line
+        assert err.count("\n") == 1 and err.startswith("ferkit train: error: argument --epochs"), err
         return
     assert run(args) == 1
     _one_line_error(capsys)

@@ -43,7 +43,7 @@ def _add_train(sub):
                               "  config.json        config, classes, image size, data counts, skipped files\n"
                               "  history.csv        per-epoch train/val loss and accuracy\n"
                               "  curves.png         training curves (accuracy and loss, train vs validation)\n"
-                              "  best.safetensors   weights with the lowest validation loss (+ JSON metadata)\n"
+                              "  best.safetensors   weights of the best epoch by --monitor (+ JSON metadata)\n"
                               "  last.safetensors   weights after the last epoch\n"
                               "  summary.json       best epoch and its validation metrics\n"
                               "Re-running the same command resumes an interrupted run.")
@@ -402,8 +402,15 @@ def _cmd_study(a) -> int:
 COMMANDS = [_add_train, _add_evaluate, _add_synth, _add_demo, _add_predict, _add_export, _add_mix, _add_study]
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (plus where to look), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition toolkit.")
+    parser = OneLineErrorParser(prog="ferkit", description="Facial expression recognition toolkit.")
     parser.add_argument("--version", action="version", version=f"ferkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:

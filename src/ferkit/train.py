@@ -9,7 +9,7 @@ Run folder (RUN_DIR)::
     config.json        the training config, classes, image size, data counts, skipped files
     history.csv        per epoch: train/val loss and accuracy, learning rate, seconds
     curves.png         accuracy and loss per epoch, train vs validation
-    best.safetensors   weights with the lowest validation loss (+ JSON record in the header)
+    best.safetensors   weights of the best epoch by cfg.monitor (+ JSON record in the header)
     last.safetensors   weights after the last epoch
     summary.json       best epoch, its validation loss/accuracy/macro-F1, wall time
     state/             resume state while training runs (removed when the run completes)
