@@ -68,6 +68,10 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_splits, tmp_path, monke
     resumed = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **cfg))
     strip = lambda h: [{k: round(float(v), 5) for k, v in row.items() if k != "seconds"} for row in h]
     assert strip(resumed.history) == strip(full.history)
+    # the reported time covers the epochs run before the interruption too
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["seconds"] == pytest.approx(sum(float(h["seconds"]) for h in resumed.history), abs=0.1)
+    assert summary["seconds"] == resumed.seconds and resumed.wall_seconds > 0
     with pytest.raises(FerkitError, match="--overwrite"):
         train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **cfg))
 

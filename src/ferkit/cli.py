@@ -45,7 +45,7 @@ def _add_train(sub):
                               "  curves.png         training curves (accuracy and loss, train vs validation)\n"
                               "  best.safetensors   weights of the best epoch by --monitor (+ JSON metadata)\n"
                               "  last.safetensors   weights after the last epoch\n"
-                              "  summary.json       best epoch and its validation metrics\n"
+                              "  summary.json       best epoch, its validation metrics, training time\n"
                               "Re-running the same command resumes an interrupted run.")
     p.add_argument("--train-dir", required=True, help="training data: class folders or manifest CSV")
     p.add_argument("--val-dir", required=True, help="validation data (same classes)")
@@ -84,7 +84,7 @@ def _cmd_train(a) -> int:
                       progress=not a.no_progress)
     r = train(cfg, overwrite=a.overwrite)
     print(f"best epoch {r.best_epoch}: val_loss {r.best_val_loss:.4f}, val_acc {r.best_val_acc:.4f} "
-          f"({r.epochs_run} epochs, {r.seconds:.0f}s)")
+          f"({r.epochs_run} epochs, {r.seconds:.0f}s of training; this invocation {r.wall_seconds:.0f}s)")
     print(f"run folder: {r.run_dir}  (best.safetensors, last.safetensors, history.csv, curves.png)")
     return 0
 

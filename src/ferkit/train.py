@@ -11,7 +11,8 @@ Run folder (RUN_DIR)::
     curves.png         accuracy and loss per epoch, train vs validation
     best.safetensors   weights of the best epoch by cfg.monitor (+ JSON record in the header)
     last.safetensors   weights after the last epoch
-    summary.json       best epoch, its validation loss/accuracy/macro-F1, wall time
+    summary.json       best epoch, its validation loss/accuracy/macro-F1; seconds (all epochs, across
+                       resumes) and wall_seconds (the last invocation, decoding included)
     state/             resume state while training runs (removed when the run completes)
 
 An interrupted run resumes from its last finished epoch when the same command is run again.
@@ -109,7 +110,8 @@ class RunResult:
     best_val_acc: float
     epochs_run: int
     history: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0            # training + validation time of every epoch, across resumed invocations
+    wall_seconds: float = 0.0       # this invocation, decoding included
 
 
 # ----------------------------------------------------------------------------- hardware
@@ -408,9 +410,11 @@ def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, Image
                     {**record, "epoch": len(history), "val_metrics": {k: history[-1][k] for k in ("val_loss", "val_acc")}})
     plot_curves(history, run_dir / "curves.png", title=f"{cfg.arch} on {Path(cfg.train_dir).name}")
     result = RunResult(run_dir, tuple(cfg.classes), best["epoch"], best["val_loss"], best["val_acc"],
-                       len(history), history, seconds=round(time.time() - t0, 1))
+                       len(history), history, seconds=round(sum(float(h["seconds"]) for h in history), 1),
+                       wall_seconds=round(time.time() - t0, 1))
     write_json(run_dir / "summary.json", {"best_epoch": best["epoch"], "best_val": best,
                                            "epochs_run": len(history), "stopped_early": stopped_early,
-                                           "seconds": result.seconds, "classes": list(cfg.classes)})
+                                           "seconds": result.seconds, "wall_seconds": result.wall_seconds,
+                                           "classes": list(cfg.classes)})
     shutil.rmtree(run_dir / "state", ignore_errors=True)
     return result
