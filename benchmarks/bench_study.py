@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ferkit.cli import MONITOR_CHOICES
+
 TARBALL = Path(os.environ.get("FER2013_TAR", "/work/shared/data/fer2013-train-val.tar.gz"))
 CLASSES = ("angry", "disgusted", "fearful", "happy", "sad", "surprised")
 RATIOS = "0,0.5,1,2,3,5,8"
@@ -163,7 +165,7 @@ def main(argv=None) -> None:
     p.add_argument("--arch", default="seed")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--monitor", default="val_loss", choices=("val_loss", "val_acc"),
+    p.add_argument("--monitor", default="val_loss", choices=MONITOR_CHOICES,
                    help="val_acc for very small real sets (see README)")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4, the reference's)")
     p.add_argument("--batch-size", type=int, default=64)

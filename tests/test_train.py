@@ -65,13 +65,18 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_splits, tmp_path, monke
     monkeypatch.setattr(train_mod, "validate", real_validate)
     with pytest.raises(FerkitError, match="different config"):
         train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **{**cfg, "seed": 4}))
+    # mark the epochs finished before the interruption as slow, so their time must show in the total
+    state_file = tmp_path / "cut" / "state" / "state.json"
+    state = json.loads(state_file.read_text())
+    for row in state["history"]:
+        row["seconds"] = 1000.0
+    state_file.write_text(json.dumps(state))
     resumed = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **cfg))
     strip = lambda h: [{k: round(float(v), 5) for k, v in row.items() if k != "seconds"} for row in h]
     assert strip(resumed.history) == strip(full.history)
-    # the reported time covers the epochs run before the interruption too
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
-    assert summary["seconds"] == pytest.approx(sum(float(h["seconds"]) for h in resumed.history), abs=0.1)
-    assert summary["seconds"] == resumed.seconds and resumed.wall_seconds > 0
+    assert summary["seconds"] == resumed.seconds >= 1000.0 * (len(resumed.history) - 1)
+    assert 0 < summary["wall_seconds"] < 1000.0
     with pytest.raises(FerkitError, match="--overwrite"):
         train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **cfg))
 
