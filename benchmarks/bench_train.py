@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_train.py            # everything (FER2013 parts skip if absent)
     .venv/bin/python benchmarks/bench_train.py --quick    # throughput only
+    .venv/bin/python benchmarks/bench_train.py --quick --bf16   # and forced bf16 autocast
 
 Prints one line per figure; numbers go into the README with the machine line printed first.
 """
@@ -109,10 +110,39 @@ def fer2013_startup(root) -> None:
           f"validation on 3,589): {out[-1]} MB")
 
 
+def compute_ceiling(batch: int = 64) -> tuple[float, float, float]:
+    """What this CPU can do at best: (sgemm GFLOP/s, training GFLOP per image, inference GFLOP per image).
+
+    FLOPs are counted by torch's FlopCounterMode on the `seed` model at 64x64, six classes; the
+    sgemm rate is a large fp32 matrix product on every thread torch uses, the best case for oneDNN.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create_model("seed", num_classes=6, image_size=64)
+    x = torch.rand(batch, 1, 64, 64)
+    y = torch.zeros(batch, dtype=torch.long)
+    with FlopCounterMode(display=False) as fwd:
+        with torch.no_grad():
+            model.eval()(x)
+    model.train()
+    with FlopCounterMode(display=False) as step:
+        F.cross_entropy(model(x), y).backward()
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    reps, t = 20, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    gflops = 2 * 2048**3 * reps / (time.perf_counter() - t) / 1e9
+    return gflops, step.get_total_flops() / batch / 1e9, fwd.get_total_flops() / batch / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--n", type=int, default=1280, help="images per throughput measurement")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time bf16 autocast training (slow where the CPU emulates bf16)")
     a = ap.parse_args()
     print("machine:", machine())
     rng = np.random.default_rng(0)
@@ -123,8 +153,16 @@ def main() -> None:
     fk = ferkit_loop(images, labels, 64, a.n)
     print(f"train, ferkit default path ({resolve_precision('auto', torch.device('cpu')) or 'fp32'}, channels_last), "
           f"batch 64: {fk:.1f} images/s ({fk / eager:.2f}x the eager loop)")
+    if a.bf16:
+        bf = ferkit_loop(images, labels, 64, 256, precision="bf16")
+        print(f"train, bf16 autocast forced (--precision bf16), channels_last, batch 64, 256 images: {bf:.1f} images/s")
     print(f"evaluate, in-memory, batch 256: {eval_speed(images[:4096]):.1f} images/s")
     print(f"peak RSS of this process: {_peak_rss_mb():.0f} MB")
+    gflops, train_gf, infer_gf = compute_ceiling()
+    print(f"ceiling: fp32 sgemm (2048x2048) runs at {gflops:.1f} GFLOP/s; the seed model costs "
+          f"{train_gf:.3f} GFLOP per image trained and {infer_gf:.3f} per image classified, so at sgemm "
+          f"speed at most {gflops / train_gf:.0f} images/s training and {gflops / infer_gf:.0f} images/s inference; "
+          f"ferkit's training loop reaches {fk * train_gf:.1f} GFLOP/s")
     if a.quick:
         return
     root = fer2013_dir()
