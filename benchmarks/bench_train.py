@@ -121,9 +121,8 @@ def compute_ceiling(batch: int = 64) -> tuple[float, float, float]:
     model = create_model("seed", num_classes=6, image_size=64)
     x = torch.rand(batch, 1, 64, 64)
     y = torch.zeros(batch, dtype=torch.long)
-    with FlopCounterMode(display=False) as fwd:
-        with torch.no_grad():
-            model.eval()(x)
+    with FlopCounterMode(display=False) as fwd, torch.no_grad():
+        model.eval()(x)
     model.train()
     with FlopCounterMode(display=False) as step:
         F.cross_entropy(model(x), y).backward()
