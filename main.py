@@ -28,9 +28,9 @@ except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
 from ferkit.cli import OneLineErrorParser, report_errors
-from ferkit.data import log
+from ferkit.console import log
 from ferkit.errors import FerkitError
-from ferkit.files import make_dir
+from ferkit.files import atomic_path, make_dir
 from ferkit.labels import EXPRESSIONS, REFERENCE_CLASSES
 
 
@@ -79,11 +79,12 @@ def train_mode(a) -> None:
                       image_size=a.image_size, patience=max(a.stop_patient, 0),
                       train_limit=a.num_train if a.num_train > 0 else None,
                       val_limit=a.num_val if a.num_val > 0 else None)
+    out = make_dir(a.result_save_dir, "result_save_dir") if _bool(a.save_fig) else None  # checked before training
     # The reference overwrote its model files; an interrupted run is resumed instead.
     result = train(cfg, overwrite=(Path(a.model_save_dir) / "summary.json").exists())
-    if _bool(a.save_fig):
-        out = make_dir(a.result_save_dir, "result_save_dir")
-        shutil.copyfile(result.run_dir / "curves.png", out / "plot.png")
+    if out is not None:
+        with atomic_path(out / "plot.png") as tmp:
+            shutil.copyfile(result.run_dir / "curves.png", tmp)
         log(f"saved {out / 'plot.png'}")
     print(f"best epoch {result.best_epoch}: val_loss {result.best_val_loss:.4f}, val_acc {result.best_val_acc:.4f}")
     print(f"model saved in {result.run_dir}")
@@ -94,10 +95,10 @@ def test_mode(a) -> None:
     from ferkit.models import read_checkpoint_record
 
     record = read_checkpoint_record(a.model_save_dir)
-    if len(record["classes"]) != a.cnum:
-        log(f"note: --cnum={a.cnum} but the model has {len(record['classes'])} classes; using the model's")
-    if int(record["image_size"]) != a.image_size:
-        log(f"note: --image_size={a.image_size} but the model was trained at {record['image_size']}; using the model's")
+    if len(record.classes) != a.cnum:
+        log(f"note: --cnum={a.cnum} but the model has {len(record.classes)} classes; using the model's")
+    if record.image_size != a.image_size:
+        log(f"note: --image_size={a.image_size} but the model was trained at {record.image_size}; using the model's")
     out = make_dir(a.result_save_dir, "result_save_dir")
     r = evaluate(a.model_save_dir, a.test_dir, out / f"eval_{a.CM_name}",
                  cm_path=out / f"confusion_matrix_{a.CM_name}.jpg")

@@ -1,70 +1,117 @@
-"""Training/evaluation speed of the `seed` model, and FER2013 start-up time and memory.
+"""Architecture table: parameters, MFLOPs, CPU training and inference speed per registered model;
+FER2013 start-up time and memory.
 
     .venv/bin/python benchmarks/bench_train.py            # everything (FER2013 parts skip if absent)
-    .venv/bin/python benchmarks/bench_train.py --quick    # throughput only
-    .venv/bin/python benchmarks/bench_train.py --quick --bf16   # and forced bf16 autocast
+    .venv/bin/python benchmarks/bench_train.py --quick    # the architecture table only
+    .venv/bin/python benchmarks/bench_train.py --quick --precision fp32   # fp32 only (the CI machine's path)
 
-Prints one line per figure; numbers go into the README with the machine line printed first.
+Training speed is ferkit's own loop (Trainer.train_one_epoch: uint8 batches, the recipe's batched
+augmentation, channels_last, autocast when the CPU has native bf16), inference is batched
+``runtime.predict_logits`` (batch 256) and onnxruntime on the exported graph. Prints the machine
+line first; the README's architecture table is this script's output.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import fer2013_dir, machine  # noqa: E402
 
-from ferkit.models import create_model  # noqa: E402
-from ferkit.train import TrainConfig, predict_logits, resolve_precision, train_one_epoch  # noqa: E402
+from ferkit.data import ImageSet  # noqa: E402
+from ferkit.models import count_parameters, create_model  # noqa: E402
+from ferkit.runtime import predict_logits, resolve_precision  # noqa: E402
+from ferkit.train import resolve_config  # noqa: E402
+from ferkit.train.loop import _build_trainer  # noqa: E402
+
+#: (label, recipe, overrides): the rows of the README's architecture table.
+ROWS = [
+    ("seed (reference)", "reference", {}),
+    ("tiny", "fer2013", {"arch": "tiny"}),
+    ("vgg width 32", "fer2013", {"model_args": {"width": 32}}),
+    ("vgg width 48 (fer2013 recipe)", "fer2013", {}),
+    ("resnet width 32", "fer2013", {"arch": "resnet", "model_args": {"width": 32}}),
+]
 
 
-def eager_fp32_loop(images: torch.Tensor, labels: torch.Tensor, batch: int, steps: int) -> float:
-    """The plain PyTorch loop a user would write: fp32, NCHW, no tricks. Returns images/s."""
-    torch.manual_seed(0)
-    model = create_model("seed", 6, 64).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    for step in range(steps + 2):
-        if step == 2:
-            t = time.perf_counter()
-        i = torch.randint(0, len(labels), (batch,))
-        loss = F.cross_entropy(model(images[i].unsqueeze(1).float() / 255), labels[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return batch * steps / (time.perf_counter() - t)
+def _mflops(model, size: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model.eval()(torch.rand(1, 1, size, size))
+    return fc.get_total_flops() / 1e6
 
 
-def ferkit_loop(images: torch.Tensor, labels: torch.Tensor, batch: int, n: int, precision: str = "auto") -> float:
-    """ferkit's own train_one_epoch over n images. Returns images/s (after one warm-up batch)."""
-    torch.manual_seed(0)
-    device = torch.device("cpu")
-    model = create_model("seed", 6, 64).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    cfg = TrainConfig("-", "-", "-", batch_size=batch, progress=False, precision=precision)
-    gen = torch.Generator().manual_seed(0)
-    amp = resolve_precision(precision, device)
-    train_one_epoch(model, opt, sched, images[:batch], labels[:batch], cfg, gen, device, amp, "warm-up")
+def train_speed(cfg, n: int) -> float:
+    """Images/s of ferkit's training loop for ``cfg`` (after one warm-up batch)."""
+    rng = np.random.default_rng(0)
+    s = cfg.image_size
+    data = ImageSet(rng.integers(0, 256, (n, s, s), dtype=np.uint8), rng.integers(0, 7, n), [], cfg.classes)
+    tr = _build_trainer(cfg, data, torch.device("cpu"))
+    images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
+    tr.train_one_epoch(images[:cfg.batch_size], labels[:cfg.batch_size], 0)
     t = time.perf_counter()
-    train_one_epoch(model, opt, sched, images[:n], labels[:n], cfg, gen, device, amp, "bench")
+    tr.train_one_epoch(images, labels, 1)
     return n / (time.perf_counter() - t)
 
 
-def eval_speed(images: torch.Tensor) -> float:
-    model = create_model("seed", 6, 64).eval().to(memory_format=torch.channels_last)
-    predict_logits(model, images[:256], torch.device("cpu"))
+def infer_speed(model, spec, precision: str, n: int = 2048) -> float:
+    device = torch.device("cpu")
+    amp = resolve_precision(precision, device)
+    faces = torch.randint(0, 256, (n, spec.image_size, spec.image_size), dtype=torch.uint8)
+    model = model.eval().to(memory_format=torch.channels_last)
+    predict_logits(model, faces[:256], spec, device, amp)
     t = time.perf_counter()
-    predict_logits(model, images, torch.device("cpu"), resolve_precision("auto", torch.device("cpu")))
-    return len(images) / (time.perf_counter() - t)
+    predict_logits(model, faces, spec, device, amp)
+    return n / (time.perf_counter() - t)
+
+
+def onnx_speed(model, spec, n: int = 2048) -> float:
+    """Faces/s of onnxruntime on the graph `ferkit export` writes (fp32, batch 256)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return float("nan")
+    from ferkit.export import _torch_export, _wrapped
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/m.onnx"
+        _torch_export(_wrapped(model.eval(), spec), torch.zeros(2, 1, spec.image_size, spec.image_size), path, 17)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((256, 1, spec.image_size, spec.image_size), dtype=np.float32)
+    sess.run(None, {"input": x})
+    t = time.perf_counter()
+    for _ in range(n // 256):
+        sess.run(None, {"input": x})
+    return (n // 256) * 256 / (time.perf_counter() - t)
+
+
+def architecture_table(n: int, precisions: list[str]) -> None:
+    auto = resolve_precision("auto", torch.device("cpu"))
+    print(f"precision 'auto' on this CPU: {'bf16 autocast (native bf16)' if auto else 'fp32'}")
+    for label, recipe, over in ROWS:
+        cfg = resolve_config(recipe, train_dir="-", val_dir="-", out="-", classes="all7", progress=False, **over)
+        model = create_model(cfg.arch, 7, cfg.image_size, **cfg.model_args)
+        spec = _build_trainer(cfg, ImageSet(np.zeros((1, cfg.image_size, cfg.image_size), np.uint8),
+                                            np.zeros(1, np.int64), [], cfg.classes), torch.device("cpu")).spec
+        cells = [f"{label}: {count_parameters(model) / 1e6:.2f} M parameters",
+                 f"{_mflops(model, cfg.image_size):.0f} MFLOP/image at {cfg.image_size} px"]
+        for precision in precisions:
+            cfg.precision = precision
+            cells.append(f"train {train_speed(cfg, n):.0f} img/s ({precision})")
+            cells.append(f"classify {infer_speed(model, spec, precision):.0f} faces/s ({precision})")
+        cells.append(f"onnxruntime {onnx_speed(model, spec):.0f} faces/s (fp32)")
+        print("; ".join(cells), flush=True)
 
 
 def _peak_rss_mb() -> float:
@@ -83,11 +130,11 @@ def fer2013_startup(root) -> None:
     code = (
         "import time; t0=time.time()\n"
         "import sys, tempfile\n"
-        "from ferkit import train as T\n"
+        "from ferkit.train import loop as L\n"
         "def first_step(*a, **k):\n"
         "    print(f'{time.time()-t0:.2f}'); sys.exit(0)\n"
-        "T.train_one_epoch = first_step\n"
-        f"T.train(T.TrainConfig(r'{root}/train', r'{root}/validation', tempfile.mkdtemp() + '/run', classes='all7', "
+        "L.Trainer.train_one_epoch = first_step\n"
+        f"L.train(L.TrainConfig(r'{root}/train', r'{root}/validation', tempfile.mkdtemp() + '/run', classes='all7', "
         "progress=False))\n"
     )
     with tempfile.TemporaryDirectory() as cache:
@@ -110,58 +157,16 @@ def fer2013_startup(root) -> None:
           f"validation on 3,589): {out[-1]} MB")
 
 
-def compute_ceiling(batch: int = 64) -> tuple[float, float, float]:
-    """What this CPU can do at best: (sgemm GFLOP/s, training GFLOP per image, inference GFLOP per image).
-
-    FLOPs are counted by torch's FlopCounterMode on the `seed` model at 64x64, six classes; the
-    sgemm rate is a large fp32 matrix product on every thread torch uses, the best case for oneDNN.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = create_model("seed", num_classes=6, image_size=64)
-    x = torch.rand(batch, 1, 64, 64)
-    y = torch.zeros(batch, dtype=torch.long)
-    with FlopCounterMode(display=False) as fwd, torch.no_grad():
-        model.eval()(x)
-    model.train()
-    with FlopCounterMode(display=False) as step:
-        F.cross_entropy(model(x), y).backward()
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    for _ in range(3):
-        a @ b
-    reps, t = 20, time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    gflops = 2 * 2048**3 * reps / (time.perf_counter() - t) / 1e9
-    return gflops, step.get_total_flops() / batch / 1e9, fwd.get_total_flops() / batch / 1e9
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--n", type=int, default=1280, help="images per throughput measurement")
-    ap.add_argument("--bf16", action="store_true",
-                    help="also time bf16 autocast training (slow where the CPU emulates bf16)")
+    ap.add_argument("--quick", action="store_true", help="the architecture table only")
+    ap.add_argument("--n", type=int, default=1024, help="images per training-speed measurement")
+    ap.add_argument("--precision", action="append", choices=("fp32", "auto"),
+                    help="precision(s) to time (default: fp32 and auto)")
     a = ap.parse_args()
     print("machine:", machine())
-    rng = np.random.default_rng(0)
-    images = torch.from_numpy(rng.integers(0, 256, (max(a.n, 4096), 64, 64), dtype=np.uint8))
-    labels = torch.from_numpy(rng.integers(0, 6, len(images)))
-    eager = eager_fp32_loop(images, labels, 64, steps=a.n // 64)
-    print(f"train, plain fp32 eager PyTorch loop (NCHW), batch 64: {eager:.1f} images/s")
-    fk = ferkit_loop(images, labels, 64, a.n)
-    print(f"train, ferkit default path ({resolve_precision('auto', torch.device('cpu')) or 'fp32'}, channels_last), "
-          f"batch 64: {fk:.1f} images/s ({fk / eager:.2f}x the eager loop)")
-    if a.bf16:
-        bf = ferkit_loop(images, labels, 64, 256, precision="bf16")
-        print(f"train, bf16 autocast forced (--precision bf16), channels_last, batch 64, 256 images: {bf:.1f} images/s")
-    print(f"evaluate, in-memory, batch 256: {eval_speed(images[:4096]):.1f} images/s")
+    architecture_table(a.n, a.precision or ["fp32", "auto"])
     print(f"peak RSS of this process: {_peak_rss_mb():.0f} MB")
-    gflops, train_gf, infer_gf = compute_ceiling()
-    print(f"ceiling: fp32 sgemm (2048x2048) runs at {gflops:.1f} GFLOP/s; the seed model costs "
-          f"{train_gf:.3f} GFLOP per image trained and {infer_gf:.3f} per image classified, so at sgemm "
-          f"speed at most {gflops / train_gf:.0f} images/s training and {gflops / infer_gf:.0f} images/s inference; "
-          f"ferkit's training loop reaches {fk * train_gf:.1f} GFLOP/s")
     if a.quick:
         return
     root = fer2013_dir()

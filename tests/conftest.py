@@ -38,9 +38,9 @@ def make_folder(root: Path, classes, per_class: int, seed: int = 0, size: int = 
 
 def face_photo() -> Path:
     """A real face photo that ships with matplotlib (a ferkit dependency): Grace Hopper, 512x600, one face."""
-    from matplotlib import cbook
+    from ferkit.bundled import sample_photo
 
-    return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    return sample_photo()
 
 
 @pytest.fixture(autouse=True)

@@ -34,7 +34,8 @@ def test_any_format_becomes_gray_square_in_unit_range(tmp_path, ext, mode):
     Image.fromarray(arr, mode=mode if mode not in ("L", "I;16") else None).save(path)
     face = data.load_face(path, 64)
     assert face.shape == (64, 64) and face.dtype == np.uint8
-    x = data.to_float(face[None])
+    from ferkit.models import InputSpec
+    x = InputSpec(64).to_tensor(face[None])
     assert x.shape == (1, 1, 64, 64) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert float(x.max()) > 0  # not blank
 

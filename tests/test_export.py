@@ -48,12 +48,12 @@ def test_metadata_and_parity_with_pytorch(exported):
     meta = {p.key: p.value for p in proto.metadata_props}
     record = json.loads(meta["ferkit"])
     assert record["classes"] == list(CLASSES) and record["image_size"] == 32
-    assert record["preprocessing"]["color"] == "gray" and json.loads(meta["classes"]) == list(CLASSES)
-    model, _ = load_checkpoint(exported / "run")
-    assert parity(model, exported / "m.onnx", 32, n=7) < 1e-4                  # random inputs
+    assert record["input"]["decoding"]["color"] == "gray" and json.loads(meta["classes"]) == list(CLASSES)
+    model, rec = load_checkpoint(exported / "run")
+    assert parity(model, exported / "m.onnx", rec.input, n=7) < 1e-4                  # random inputs
     real = _real_faces(exported, 32)
     assert len(real) == 16
-    assert parity(model, exported / "m.onnx", 32, inputs=real) < 1e-4         # real and generated faces
+    assert parity(model, exported / "m.onnx", rec.input, inputs=real) < 1e-4         # real and generated faces
     sess = ort.InferenceSession(str(exported / "m.onnx"), providers=["CPUExecutionProvider"])
     for n in (1, 5):                                                            # dynamic batch axis
         logits, probs = sess.run(["logits", "probabilities"], {"input": real[:n]})
@@ -61,18 +61,27 @@ def test_metadata_and_parity_with_pytorch(exported):
         assert probs.sum(1) == pytest.approx(np.ones(n), abs=1e-5)
 
 
-def test_seed_architecture_exports_with_parity(tmp_path):
+@pytest.mark.parametrize("arch", ["seed", "tiny", "vgg", "resnet"])
+def test_every_architecture_exports_with_parity(tmp_path, arch):
+    """Each architecture, with a normalising input contract (as the fer2013 recipe writes), exports
+    to an ONNX graph that takes [0, 1] faces and matches PyTorch within 1e-4."""
     import torch
 
     from ferkit.export import export_onnx
-    from ferkit.models import create_model, save_checkpoint
+    from ferkit.models import CheckpointRecord, InputSpec, create_model, resolve_model_args, save_checkpoint
 
     torch.manual_seed(0)
-    model = create_model("seed", 6)
-    classes = ["angry", "disgusted", "fearful", "happy", "sad", "surprised"]
-    save_checkpoint(model, tmp_path / "seed.safetensors", {"arch": "seed", "classes": classes, "image_size": 64})
-    info = export_onnx(tmp_path / "seed.safetensors", tmp_path / "seed.onnx")
-    assert info["max_abs_diff"] < 1e-4 and info["classes"] == classes
+    args = resolve_model_args(arch, 48, {"width": 8} if arch in ("vgg", "resnet") else {})
+    model = create_model(arch, 6, 48, **args).eval()
+    for m in model.modules():  # non-trivial batch-norm statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    classes = ("angry", "disgusted", "fearful", "happy", "sad", "surprised")
+    rec = CheckpointRecord(arch, classes, InputSpec(48, mean=(0.5,), std=(0.25,)), args)
+    save_checkpoint(model, tmp_path / "m.safetensors", rec)
+    info = export_onnx(tmp_path / "m.safetensors", tmp_path / "m.onnx")
+    assert info["max_abs_diff"] < 1e-4 and info["classes"] == list(classes)
 
 
 def test_predict_with_onnx_backend_matches_torch(exported, tmp_path):

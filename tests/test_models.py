@@ -34,17 +34,76 @@ def test_registry_refuses_duplicates_and_unknown_names():
         models.create_model("resnet9000", 3)
 
 
+def _record(arch="seed", classes=("angry", "happy", "sad"), size=32, **model_args):
+    return models.CheckpointRecord(arch, tuple(classes), models.InputSpec(size), model_args)
+
+
 def test_checkpoint_round_trip_and_record(tmp_path):
     torch.manual_seed(0)
     m = models.create_model("seed", 3, 32).eval()
-    path = models.save_checkpoint(m, tmp_path / "w.safetensors",
-                                  {"arch": "seed", "classes": ["angry", "happy", "sad"], "image_size": 32})
+    path = models.save_checkpoint(m, tmp_path / "w.safetensors", _record())
     loaded, record = models.load_checkpoint(path)
-    assert record["classes"] == ["angry", "happy", "sad"] and record["image_size"] == 32
-    assert record["format"] == models.CHECKPOINT_FORMAT and "ferkit_version" in record
+    assert record.classes == ("angry", "happy", "sad") and record.image_size == 32
+    assert record.format_version == models.FORMAT_VERSION and record.ferkit_version
     x = torch.rand(2, 1, 32, 32)
     assert torch.equal(m(x), loaded(x))
     assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temp file
+
+
+@pytest.mark.parametrize("arch,args", [("vgg", {"width": 8, "depths": (1, 2, 1), "dropout": 0.1}),
+                                       ("resnet", {"width": 8, "depths": (1, 1, 1), "in_channels": 3})])
+def test_model_arguments_round_trip_through_a_checkpoint(tmp_path, arch, args):
+    torch.manual_seed(0)
+    full = models.resolve_model_args(arch, 40, args)
+    m = models.create_model(arch, 3, 40, **full).eval()
+    spec = models.InputSpec(40, channels=full["in_channels"], mean=(0.5,), std=(0.25,))
+    rec = models.CheckpointRecord(arch, ("angry", "happy", "sad"), spec, full)
+    path = models.save_checkpoint(m, tmp_path / "m.safetensors", rec)
+    loaded, back = models.load_checkpoint(path)
+    assert back.model_args == full and back.input == spec
+    faces = torch.randint(0, 256, (2, 40, 40), dtype=torch.uint8)
+    x = spec.to_tensor(faces)
+    assert x.shape == (2, full["in_channels"], 40, 40)
+    assert torch.equal(m(x), loaded(back.input.to_tensor(faces)))
+    # fp16 storage (the bundled model's): half the bytes, loads back as float32, outputs close
+    half = models.save_checkpoint(m, tmp_path / "h.safetensors", rec, dtype=torch.float16)
+    small, _ = models.load_checkpoint(half)
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    assert next(small.parameters()).dtype == torch.float32
+    assert torch.allclose(m(x), small(x), atol=1e-2)
+
+
+def test_checkpoint_of_ferkit_0_1_still_loads():
+    """tests/data/format1-tiny.safetensors was written by ferkit 0.1's save_checkpoint (format 1)."""
+    from pathlib import Path
+    model, rec = models.load_checkpoint(Path(__file__).parent / "data" / "format1-tiny.safetensors")
+    assert rec.format_version == 1 and rec.arch == "tiny" and rec.model_args == {}
+    assert rec.classes == ("angry", "happy", "sad") and rec.input == models.InputSpec(16)
+    x = rec.input.to_tensor(torch.linspace(0, 255, 16 * 16 * 2).reshape(2, 16, 16).round().to(torch.uint8))
+    want = torch.tensor([[0.0822, 0.0991, -0.1122], [0.0832, 0.1029, -0.1137]])  # logits under ferkit 0.1
+    with torch.no_grad():
+        assert torch.allclose(model(x), want, atol=2e-3)
+
+
+def test_newer_format_and_bad_model_arguments_are_one_clear_error(tmp_path):
+    import json
+    from safetensors.torch import save_file
+    m = models.create_model("tiny", 3, 16)
+    newer = tmp_path / "newer.safetensors"
+    save_file(m.state_dict(), str(newer), metadata={"ferkit": json.dumps(
+        {**_record("tiny", size=16).to_json(), "format": "ferkit-checkpoint-99"})})
+    with pytest.raises(FerkitError, match="newer ferkit"):
+        models.load_checkpoint(newer)
+    with pytest.raises(FerkitError, match="takes no argument depth .*accepted: width=32"):
+        models.create_model("vgg", 3, 48, depth=3)
+    with pytest.raises(FerkitError, match="too small for architecture 'seed' \\(minimum 24\\)"):
+        models.create_model("seed", 3, 20)
+    with pytest.raises(FerkitError, match="bad argument"):
+        models.create_model("vgg", 3, 48, width=0)
+    assert models.parse_model_args(["width=48", "depths=2,3", "dropout=0.5"]) == \
+        {"width": 48, "depths": (2, 3), "dropout": 0.5}
+    with pytest.raises(FerkitError, match="NAME=VALUE"):
+        models.parse_model_args(["width"])
 
 
 def test_bad_checkpoints_are_rejected_without_unpickling(tmp_path):
@@ -69,12 +128,13 @@ def test_bad_checkpoints_are_rejected_without_unpickling(tmp_path):
         models.load_checkpoint(plain)
 
     other = models.save_checkpoint(models.create_model("tiny", 3, 32), tmp_path / "tiny.safetensors",
-                                   {"arch": "tiny", "classes": ["a", "b", "c"], "image_size": 32})
+                                   _record("tiny", ("angry", "happy", "sad")))
     # a checkpoint whose record names another architecture than its weights
     from safetensors.torch import load_file
     weights = load_file(str(other))
     forged = tmp_path / "forged.safetensors"
-    save_file(weights, str(forged), metadata={"ferkit": '{"arch": "seed", "classes": ["a","b","c"], "image_size": 32}'})
+    import json
+    save_file(weights, str(forged), metadata={"ferkit": json.dumps(_record("seed").to_json())})
     with pytest.raises(FerkitError, match="do not match"):
         models.load_checkpoint(forged)
     with pytest.raises(FerkitError, match="not a ferkit run folder"):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ferkit import train as train_mod
+from ferkit.train.loop import Trainer, _better
 from ferkit.errors import FerkitError
 from ferkit.train import TrainConfig, train
 
@@ -25,7 +26,7 @@ def test_short_training_learns_and_writes_run_folder(tiny_splits, tmp_path):
     assert r.classes == ("angry", "happy", "surprised")
     for name in ("config.json", "history.csv", "curves.png", "best.safetensors", "last.safetensors", "summary.json"):
         assert (out / name).is_file(), name
-    assert not (out / "state").exists()
+    assert (out / "state" / "state.json").exists()   # kept: a larger --epochs continues the run
     rows = _history(out)
     assert [int(h["epoch"]) for h in rows] == [1, 2, 3, 4]
     summary = json.loads((out / "summary.json").read_text())
@@ -50,19 +51,19 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_splits, tmp_path, monke
     full = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "full"), epochs=3, seed=3, **FAST))
 
     calls = {"n": 0}
-    real_validate = train_mod.validate
+    real_validate = Trainer.validate
 
     def flaky(*a, **k):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
         return real_validate(*a, **k)
-    monkeypatch.setattr(train_mod, "validate", flaky)
+    monkeypatch.setattr(Trainer, "validate", flaky)
     cfg = dict(epochs=3, seed=3, **FAST)
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **cfg))
     assert (tmp_path / "cut" / "state" / "state.json").exists() and not (tmp_path / "cut" / "summary.json").exists()
-    monkeypatch.setattr(train_mod, "validate", real_validate)
+    monkeypatch.setattr(Trainer, "validate", real_validate)
     with pytest.raises(FerkitError, match="different config"):
         train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **{**cfg, "seed": 4}))
     # mark the epochs finished before the interruption as slow, so their time must show in the total
@@ -77,8 +78,12 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_splits, tmp_path, monke
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert summary["seconds"] == resumed.seconds >= 1000.0 * (len(resumed.history) - 1)
     assert 0 < summary["wall_seconds"] < 1000.0
-    with pytest.raises(FerkitError, match="--overwrite"):
+    with pytest.raises(FerkitError, match="larger --epochs to continue it, or --overwrite"):
         train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **cfg))
+    # a finished run continues with a larger --epochs, exactly as if it had been asked for 5 at once
+    longer = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **{**cfg, "epochs": 5}))
+    straight = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "five"), **{**cfg, "epochs": 5}))
+    assert len(longer.history) == 5 and strip(longer.history) == strip(straight.history)
 
 
 def test_early_stopping_and_limits(tiny_splits, tmp_path):
@@ -100,9 +105,10 @@ def test_partial_batch_and_augmentation(tmp_path):
 
 
 def test_augment_keeps_shape_and_range():
+    from ferkit.train import augment
     g = torch.Generator().manual_seed(0)
     x = torch.rand(8, 1, 32, 32)
-    y = train_mod.augment_batch(x, g)
+    y = augment.geometric(x, g)
     assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1 and not torch.equal(x, y)
 
 
@@ -111,8 +117,10 @@ def test_bf16_path_agrees_with_fp32():
     from ferkit.models import create_model
     m = create_model("seed", 3, 32).eval()
     x = (torch.rand(16, 32, 32) * 255).to(torch.uint8)
-    fp32 = torch.softmax(train_mod.predict_logits(m, x, torch.device("cpu"), None), 1)
-    bf16 = torch.softmax(train_mod.predict_logits(m, x, torch.device("cpu"), torch.bfloat16), 1)
+    from ferkit.models import InputSpec
+    from ferkit.runtime import predict_logits
+    fp32 = torch.softmax(predict_logits(m, x, InputSpec(32), torch.device("cpu"), None), 1)
+    bf16 = torch.softmax(predict_logits(m, x, InputSpec(32), torch.device("cpu"), torch.bfloat16), 1)
     assert (fp32 - bf16).abs().max() < 0.02
 
 
@@ -145,11 +153,11 @@ def test_monitor_val_acc_picks_the_most_accurate_epoch(tiny_splits, tmp_path):
 
 def test_better_rule():
     best = {"epoch": 3, "val_loss": 1.5, "val_acc": 0.40}
-    assert train_mod._better({"val_loss": 1.4, "val_acc": 0.30}, best, "val_loss")
-    assert not train_mod._better({"val_loss": 1.4, "val_acc": 0.30}, best, "val_acc")
-    assert train_mod._better({"val_loss": 1.9, "val_acc": 0.45}, best, "val_acc")
-    assert train_mod._better({"val_loss": 1.4, "val_acc": 0.40}, best, "val_acc")  # tie: lower loss wins
-    assert train_mod._better({"val_loss": 9.0, "val_acc": 0.0}, {"epoch": 0, "val_loss": math.inf,
+    assert _better({"val_loss": 1.4, "val_acc": 0.30}, best, "val_loss")
+    assert not _better({"val_loss": 1.4, "val_acc": 0.30}, best, "val_acc")
+    assert _better({"val_loss": 1.9, "val_acc": 0.45}, best, "val_acc")
+    assert _better({"val_loss": 1.4, "val_acc": 0.40}, best, "val_acc")  # tie: lower loss wins
+    assert _better({"val_loss": 9.0, "val_acc": 0.0}, {"epoch": 0, "val_loss": math.inf,
                                                                 "val_acc": 0.0}, "val_acc")
     with pytest.raises(FerkitError, match="monitor"):
         TrainConfig("a", "b", "c", monitor="accuracy")

@@ -6,14 +6,16 @@ User errors (FerkitError) end as one line on stderr and exit status 1; Ctrl-C ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
+from .choices import DEVICE_HELP, PRECISIONS, TTA_MODES
 from .errors import FerkitError
+from .train.config import MONITORS
 
-# ferkit.train.MONITORS, spelled out so that building the parser does not import torch
-MONITOR_CHOICES = ("val_loss", "val_acc")
+MONITOR_CHOICES = tuple(MONITORS)
 
 
 def _positive_int(text: str) -> int:
@@ -34,54 +36,162 @@ def _nonneg_int(text: str) -> int:
 
 
 # ----------------------------------------------------------------------------- train
+#: TrainConfig fields offered as `ferkit train` options, by group, with their help text. Type,
+#: choices and the recipes' values come from ferkit.train.config, so a new option is one line here.
+TRAIN_OPTIONS = {
+    "model and data": {
+        "arch": "architecture (see `ferkit models`)",
+        "image_size": "square input side in pixels",
+        "classes": "comma-separated classes, in model order ('all7' = the reference six + neutral; "
+                   "default: the reference six the data has)",
+        "input_mean": "model input = (pixel/255 - mean) / std",
+        "input_std": "see --input-mean",
+    },
+    "schedule of the run": {
+        "epochs": "maximum epochs (a larger value continues a finished run)",
+        "batch_size": "images per optimiser step",
+        "patience": "stop after N epochs without a better --monitor; 0 = never",
+        "monitor": "validation metric that picks best.safetensors (and drives early stopping)",
+        "seed": "random seed (same seed, same run)",
+        "train_limit": "images per epoch (a random subset each epoch; default all)",
+        "val_limit": "validation images (a fixed random subset; default all)",
+    },
+    "optimiser": {
+        "optimizer": "adam (the reference's), adamw, or sgd (Nesterov momentum)",
+        "lr": "learning rate (peak rate for cosine/onecycle)",
+        "momentum": "sgd momentum",
+        "weight_decay": "weight decay (L2 for adam/sgd, decoupled for adamw)",
+        "schedule": "time_decay (reference), cosine (after --warmup-epochs), onecycle, plateau (x0.5), constant",
+        "lr_decay": "time_decay: lr / (1 + decay x step)",
+        "warmup_epochs": "cosine: linear warm-up epochs",
+        "plateau_patience": "plateau: epochs without improvement before the rate halves",
+        "grad_clip": "clip the gradient norm to this; 0 = off",
+        "ema": "keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
+               "validate/save it; 0 = off",
+    },
+    "loss": {
+        "label_smoothing": "label smoothing of the cross-entropy",
+        "class_weights": "weight the loss by inverse class frequency (for rare classes such as disgust)",
+    },
+    "augmentation (in torch, on whole batches)": {
+        "augment": "random flip, rotation, shift, zoom and aspect change",
+        "rotate": "max rotation, degrees",
+        "shift": "max shift, fraction of the half-side",
+        "zoom": "max zoom in/out, fraction",
+        "aspect": "max aspect-ratio change, fraction",
+        "erase": "probability of random erasing per image",
+        "mixup": "mixup Beta alpha (e.g. 0.2); 0 = off",
+        "cutmix": "cutmix Beta alpha (e.g. 1.0); 0 = off; with --mixup one of the two per batch",
+    },
+    "machine": {
+        "precision": "auto: bf16/fp16 autocast where the CPU/GPU supports it natively, else fp32",
+        "device": DEVICE_HELP,
+        "num_threads": "torch CPU threads (default: torch's choice)",
+        "strict": "fail on undecodable images instead of skipping them",
+    },
+}
+
+
+def _train_option(group, f, text: str) -> None:
+    """One `ferkit train` option from a TrainConfig field; its default is None (= the recipe's value)."""
+    from .train.config import MONITORS, OPTIMIZERS, RECIPES, SCHEDULES
+
+    flag = "--" + f.name.replace("_", "-")
+    values = {name: recipe.get(f.name, f.default) for name, recipe in RECIPES.items()}
+    shown = ", ".join(f"{name} {_show(v)}" for name, v in values.items())
+    kinds = {"int": _positive_int, "int | None": _positive_int, "float": _finite_float}
+    choices = {"monitor": tuple(MONITORS), "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+               "precision": PRECISIONS}.get(f.name)
+    if f.type == "bool":
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{text} ({shown})")
+    elif f.name in ("seed", "patience"):
+        group.add_argument(flag, type=int if f.name == "seed" else _nonneg_int, default=None,
+                           help=f"{text} ({shown})")
+    else:
+        group.add_argument(flag, type=kinds.get(f.type, str), choices=choices, default=None,
+                           help=f"{text} ({shown})")
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "default" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _add_train(sub):
+    from .train.config import RECIPES, config_fields
+
     p = sub.add_parser("train", help="train an expression classifier on class folders",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train a classifier on a folder with one sub-folder per class "
-                                   "(or a manifest CSV from `ferkit mix`).",
+                       description="Train a classifier on a folder with one sub-folder per class (or a manifest "
+                                   "CSV from `ferkit mix`). A recipe sets every option below; any option you give "
+                                   "overrides it, and the run's config.json records the resolved values.\n\n"
+                                   "  ferkit train --train-dir data/train --val-dir data/val --out runs/ref\n"
+                                   "  ferkit train --recipe fer2013 --train-dir fer/train --val-dir fer/validation "
+                                   "--classes all7 --out runs/fer",
                        epilog="The run folder (--out) receives:\n"
-                              "  config.json        config, classes, image size, data counts, skipped files\n"
-                              "  history.csv        per-epoch train/val loss and accuracy\n"
+                              "  config.json        resolved config, classes, image size, data counts, skipped files\n"
+                              "  history.csv        per-epoch train/val loss and accuracy, learning rate, seconds\n"
                               "  curves.png         training curves (accuracy and loss, train vs validation)\n"
-                              "  best.safetensors   weights of the best epoch by --monitor (+ JSON metadata)\n"
+                              "  best.safetensors   weights of the best epoch by --monitor (+ JSON record)\n"
                               "  last.safetensors   weights after the last epoch\n"
                               "  summary.json       best epoch, its validation metrics, training time\n"
-                              "Re-running the same command resumes an interrupted run.")
+                              "  state/             resume state\n"
+                              "Re-running the same command resumes an interrupted run; a larger --epochs\n"
+                              "continues a finished one. Progress bars show only on a terminal.")
     p.add_argument("--train-dir", required=True, help="training data: class folders or manifest CSV")
     p.add_argument("--val-dir", required=True, help="validation data (same classes)")
-    p.add_argument("--out", required=True, help="run folder to create")
-    p.add_argument("--arch", default="seed", help="architecture (default: seed, the reference CNN; also: tiny)")
-    p.add_argument("--epochs", type=_positive_int, default=50, help="maximum epochs (default 50)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="batch size (default 64)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    p.add_argument("--image-size", type=_positive_int, default=64, help="square input side in pixels (default 64)")
-    p.add_argument("--classes", default=None,
-                   help="comma-separated classes, in model order (default: the reference six "
-                        "angry,disgusted,fearful,happy,sad,surprised that the data has; 'all7' adds neutral)")
-    p.add_argument("--patience", type=_nonneg_int, default=5,
-                   help="stop after N epochs without improvement of --monitor; 0 disables (default 5)")
-    p.add_argument("--monitor", choices=MONITOR_CHOICES, default="val_loss",
-                   help="validation metric that picks best.safetensors and drives early stopping "
-                        "(default val_loss, the reference's; val_acc suits very small training sets)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--augment", action="store_true", help="flip, shift, rotate and zoom training images")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 autocast where the CPU/GPU supports it natively, else fp32")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
-    p.add_argument("--strict", action="store_true", help="fail on undecodable images instead of skipping them")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", required=True, help="run folder to create (or resume)")
+    p.add_argument("--recipe", choices=tuple(RECIPES), default="reference",
+                   help="reference: the reference CNN and optimiser (default); fer2013: the recipe of the "
+                        "bundled model (VGG-style CNN, SGD + cosine, label smoothing, augmentation)")
+    p.add_argument("--model-arg", action="append", metavar="NAME=VALUE", default=None,
+                   help="architecture argument, repeatable (e.g. --model-arg width=64 --model-arg depths=2,2,2,2); "
+                        "`ferkit models` lists each architecture's arguments")
+    by_name = {f.name: f for f in config_fields()}
+    for title, options in TRAIN_OPTIONS.items():
+        group = p.add_argument_group(title)
+        for name, text in options.items():
+            _train_option(group, by_name[name], text)
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
     p.set_defaults(func=_cmd_train)
 
 
-def _cmd_train(a) -> int:
-    from .train import TrainConfig, train
+def train_config_from_args(a, **fixed):
+    """The TrainConfig that `ferkit train` arguments describe: the recipe, then every given option."""
+    from .models import parse_model_args
+    from .train import resolve_config
 
-    cfg = TrainConfig(train_dir=a.train_dir, val_dir=a.val_dir, out=a.out, arch=a.arch, image_size=a.image_size,
-                      classes=a.classes, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, patience=a.patience,
-                      monitor=a.monitor, seed=a.seed, augment=a.augment, precision=a.precision, device=a.device,
-                      strict=a.strict,
-                      progress=not a.no_progress)
+    given = {name: getattr(a, name) for options in TRAIN_OPTIONS.values() for name in options}
+    if a.model_arg:
+        given["model_args"] = parse_model_args(a.model_arg)
+        base = {} if given.get("arch") else _recipe_model_args(a.recipe)
+        given["model_args"] = {**base, **given["model_args"]}
+    return resolve_config(a.recipe, train_dir=a.train_dir, val_dir=a.val_dir, out=a.out,
+                          progress=not a.no_progress, **given, **fixed)
+
+
+def _recipe_model_args(recipe: str) -> dict:
+    from .train.config import RECIPES
+
+    return dict(RECIPES[recipe].get("model_args", {}))
+
+
+def _cmd_train(a) -> int:
+    from .train import train
+
+    cfg = train_config_from_args(a)
     r = train(cfg, overwrite=a.overwrite)
     print(f"best epoch {r.best_epoch}: val_loss {r.best_val_loss:.4f}, val_acc {r.best_val_acc:.4f} "
           f"({r.epochs_run} epochs, {r.seconds:.0f}s of training; this invocation {r.wall_seconds:.0f}s)")
@@ -94,15 +204,19 @@ def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="evaluate a trained model on a labelled folder",
                        description="Evaluate a checkpoint on labelled data. Prints 'accuracy: X' and writes "
                                    "metrics.json, report.txt, confusion_matrix.png and predictions.csv.")
-    p.add_argument("model", help="run folder (uses best.safetensors) or checkpoint file")
+    p.add_argument("model", help="run folder (uses best.safetensors), checkpoint file, or a bundled model's name "
+                                 "(see `ferkit models`)")
     p.add_argument("--test-dir", required=True, help="labelled data: class folders or manifest CSV")
     p.add_argument("--out", default=None, help="report folder (default: <run folder>/eval-<test folder name>)")
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--shared-classes", action="store_true",
                    help="if the test data lacks some of the model's classes, evaluate on the shared ones")
     p.add_argument("--strict", action="store_true", help="fail on undecodable images instead of skipping them")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--tta", choices=TTA_MODES, default="none",
+                   help="test-time augmentation: none; flip (average with the mirror image); crops (5 shifted "
+                        "crops x mirror); the metrics record which (default none)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -111,7 +225,7 @@ def _cmd_evaluate(a) -> int:
     from .evaluate import evaluate
 
     r = evaluate(a.model, a.test_dir, a.out, batch_size=a.batch_size, shared_only=a.shared_classes,
-                 strict=a.strict, precision=a.precision, device=a.device, progress=not a.no_progress)
+                 strict=a.strict, precision=a.precision, device=a.device, progress=not a.no_progress, tta=a.tta)
     print(r.report_text)
     print(f"macro_f1: {r.macro_f1:.4f}")
     print(f"reports: {r.out_dir}")
@@ -229,7 +343,11 @@ def _add_predict(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Detect faces (OpenCV's bundled Haar cascade, offline) and classify their "
                                    "expression. INPUT is any mix of image files, folders (searched recursively) "
-                                   "and video files (.mp4 .avi .mov .mkv .webm .m4v).",
+                                   "and video files (.mp4 .avi .mov .mkv .webm .m4v). With no model, the bundled "
+                                   "FER2013 model is used (see `ferkit models`):\n\n"
+                                   "  ferkit predict photo.jpg --annotate\n"
+                                   "  ferkit predict runs/exp1 photos/ clip.mp4\n"
+                                   "  ferkit predict model.onnx photos/ --format json",
                        epilog="Output (--out DIR, default ./predictions):\n"
                               "  predictions.csv    one row per face: source, frame, time_s (empty for images),\n"
                               "                     x, y, w, h (detected box), label, confidence, p_<class>...;\n"
@@ -242,8 +360,10 @@ def _add_predict(sub):
                               "--out - prints the predictions to stdout instead (the summary goes to stderr).\n"
                               "Unreadable files are skipped and listed; the exit status is 1 only when nothing\n"
                               "could be processed or the model/output is unusable.")
-    p.add_argument("model", help="run folder or .safetensors checkpoint; an .onnx file with --backend onnx")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders, video files")
+    p.add_argument("inputs", nargs="*", metavar="[MODEL] INPUT",
+                   help="optionally first a model (run folder, .safetensors, .onnx, or a bundled model's name), "
+                        "then image files, folders, video files")
+    p.add_argument("--model", default=None, help="the model, as an option instead of the first word")
     p.add_argument("--out", default="predictions", help="output folder (default: ./predictions); '-' = stdout")
     p.add_argument("--format", choices=("csv", "json"), default="csv", help="predictions file format (default csv)")
     p.add_argument("--annotate", action="store_true", help="write copies with boxes and labels to <out>/annotated/")
@@ -253,14 +373,16 @@ def _add_predict(sub):
     p.add_argument("--camera", type=_nonneg_int, default=None, metavar="IDX",
                    help="also read webcam IDX until Ctrl-C (or --max-frames)")
     p.add_argument("--max-frames", type=_positive_int, default=None, help="camera: stop after N frames")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="torch (checkpoint) or onnx (file from `ferkit export`, run with onnxruntime)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="auto (default: onnxruntime for .onnx files, else PyTorch), torch, or onnx")
+    p.add_argument("--tta", choices=TTA_MODES, default="none",
+                   help="test-time augmentation: none (default), flip, crops (10 views; slower)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="faces per classification batch (default 64)")
     p.add_argument("--min-face", type=float, default=0.1,
                    help="smallest face side as a fraction of the image's shorter side (default 0.1)")
     p.add_argument("--cascade", default="alt2",
                    help="OpenCV Haar cascade: alt2, default, alt, or a path to a cascade XML (default: alt2)")
-    p.add_argument("--device", default="auto", help="torch backend: auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help=f"torch backend: {DEVICE_HELP}")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predict)
 
@@ -270,8 +392,13 @@ def _cmd_predict(a) -> int:
 
     if not 0 < a.min_face < 1:
         raise FerkitError(f"--min-face must be between 0 and 1, got {a.min_face}")
+    from .bundled import is_model_path
+
+    model, inputs = a.model, list(a.inputs)
+    if model is None and inputs and is_model_path(inputs[0]):
+        model, inputs = inputs[0], inputs[1:]
     to_stdout = a.out == "-"
-    s = predict_inputs(a.model, a.inputs, None if to_stdout else a.out, a.format, annotate=a.annotate,
+    s = predict_inputs(model, inputs, None if to_stdout else a.out, a.format, annotate=a.annotate, tta=a.tta,
                        detect=not a.no_detect, every=a.every, camera=a.camera, backend=a.backend,
                        batch_size=a.batch_size, device=a.device, progress=not a.no_progress,
                        max_frames=a.max_frames, min_face=a.min_face, cascade=a.cascade)
@@ -398,8 +525,40 @@ def _cmd_study(a) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- models
+def _add_models(sub):
+    p = sub.add_parser("models", help="list the architectures and the bundled pretrained models",
+                       description="Registered architectures (for `ferkit train --arch`, with their arguments "
+                                   "for --model-arg) and the models bundled inside ferkit (for `ferkit predict`, "
+                                   "`ferkit evaluate` and Recognizer.load()). Nothing is downloaded.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_models)
+
+
+def _cmd_models(a) -> int:
+    import json
+
+    from .models import list_models_info
+
+    info = list_models_info()
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print("architectures (ferkit train --arch NAME [--model-arg NAME=VALUE ...]):")
+    for m in info["architectures"]:
+        args = ", ".join(f"{k}={_show(v)}" for k, v in m["arguments"].items()) or "no arguments"
+        print(f"  {m['name']:8s} {m['summary']}\n           arguments: {args}; minimum image size {m['min_image_size']}")
+    print("bundled models (ferkit predict [--model NAME]; the first is the default):")
+    for b in info["bundled"]:
+        status = (f"{b['arch']}, {len(b['classes'])} classes ({', '.join(b['classes'])}), {b['image_size']} px, "
+                  f"{b['size_mb']:.1f} MB" if b["available"] else "missing from this installation")
+        print(f"  {b['name']}: {b['summary']}\n           {status}; card: {b['card']}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
-COMMANDS = [_add_train, _add_evaluate, _add_synth, _add_demo, _add_predict, _add_export, _add_mix, _add_study]
+COMMANDS = [_add_train, _add_evaluate, _add_predict, _add_models, _add_export, _add_synth, _add_demo, _add_mix,
+            _add_study]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -441,6 +600,10 @@ def report_errors(fn, prog: str = "ferkit") -> int:
     except MemoryError:
         print(f"{prog}: error: out of memory (try a smaller --batch-size)", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stderr = open(os.devnull, "w")
+        sys.stdout = open(os.devnull, "w")
+        return 141
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,9 +2,9 @@
 
 A dataset source is either a folder with one sub-folder per class, or a manifest CSV with
 columns ``path,class[,source]`` (paths relative to the manifest), as written by ``ferkit mix``.
-Every image goes through :func:`preprocess_gray` — the one preprocessing function shared by
-training, evaluation and prediction — and is kept as uint8; scaling to [0, 1] happens per
-batch in :func:`to_float`. Decoded datasets are cached on disk, keyed on the file list, sizes,
+Every image goes through :func:`decode_image` and :func:`preprocess_gray` — the one decoder and
+resizer shared by training, evaluation, prediction, the study and main.py — and is kept as uint8;
+scaling and normalisation happen per batch, from the model's input contract. Decoded datasets are cached on disk, keyed on the file list, sizes,
 mtimes and image size, so a second run on the same folder starts in seconds.
 
 Example::
@@ -20,51 +20,93 @@ import hashlib
 import io
 import json
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .console import log, progress_bar
 from .errors import FerkitError
 from .labels import EXPRESSIONS, REFERENCE_CLASSES, canonical_class
 
+__all__ = ["IMAGE_EXTENSIONS", "ImageSet", "Source", "bgr_to_gray", "cache_dir", "decode_gray", "decode_image",
+           "default_classes", "load_dataset", "load_face", "log", "max_pixels", "preprocess_gray", "scan_source"]
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2   # 2: EXIF orientation applied, 16-bit scaled by its bit depth
 
-#: How images become model input; stored in every checkpoint so prediction rebuilds it.
-PREPROCESSING = {"color": "gray", "gray_weights": "ITU-R 601-2 luma", "alpha": "composited on black",
-                 "resize": "area (down) / linear (up)", "scale": "x/255 -> [0,1]"}
-
-
-def log(message: str) -> None:
-    """Progress and notes go to stderr, so stdout stays parseable (e.g. ``accuracy: ...``)."""
-    print(message, file=sys.stderr, flush=True)
+#: Images larger than this many pixels are refused with a reason (not decoded): $FERKIT_MAX_PIXELS,
+#: at most Pillow's own decompression-bomb limit (about 179 megapixels).
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
-# ----------------------------------------------------------------------------- preprocessing
-def decode_gray(data: bytes | str | os.PathLike) -> np.ndarray:
-    """Decode an image file (path or bytes) to a uint8 grayscale array.
-
-    Pillow is used because it raises on truncated files instead of returning half an image.
-    Raises ValueError (with a short reason) when the file is not a decodable image.
-    """
-    from PIL import Image, UnidentifiedImageError
+def max_pixels() -> int:
+    from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                black = Image.new("RGBA", im.size, (0, 0, 0, 255))
-                im = Image.alpha_composite(black, im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                return np.clip(arr / max(arr.max(), 1) * 255, 0, 255).astype(np.uint8)
-            return np.asarray(im.convert("L"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        wanted = int(os.environ.get("FERKIT_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    except ValueError:
+        wanted = DEFAULT_MAX_PIXELS
+    bomb = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else wanted
+    return max(1, min(wanted, bomb))
+
+
+# ----------------------------------------------------------------------------- decoding
+def decode_image(data: bytes | str | os.PathLike, color: bool = False) -> np.ndarray:
+    """THE decoder: an image file (path or bytes) -> uint8 gray (H, W), or BGR (H, W, 3) with ``color``.
+
+    Used by training, evaluation, prediction, the study and main.py alike. It applies the EXIF
+    orientation (phone photos stand upright), composites transparency on black, converts palette,
+    CMYK and 16-bit images (scaled by their bit depth, not clipped), and refuses images above
+    :func:`max_pixels` before decoding them. Pillow is used because it raises on truncated files
+    instead of returning half an image.
+
+    Raises ValueError with a short reason when the file is not a usable image.
+    """
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    limit = max_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+                w, h = im.size
+                if w * h > limit:
+                    raise ValueError(f"image too large: {w}x{h} = {w * h / 1e6:.0f} megapixels, above the limit "
+                                     f"of {limit / 1e6:.0f} (FERKIT_MAX_PIXELS)")
+                im.load()
+                im = _normalise_mode(ImageOps.exif_transpose(im))
+                if color:
+                    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8)[:, :, ::-1])
+                return np.asarray(im.convert("L"), dtype=np.uint8)
+    except Image.DecompressionBombError:
+        raise ValueError(f"image too large: above the limit of {limit / 1e6:.0f} megapixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, TypeError) as exc:
         raise ValueError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+def _normalise_mode(im):
+    """Any Pillow mode -> L, RGB (8-bit per channel): alpha on black, 16/32-bit and float scaled."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im).convert("RGB")
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else (1.0 if im.mode == "F" and arr.max() <= 1 else arr.max())
+        return Image.fromarray(np.clip(arr / max(top, 1e-12) * 255 + 0.5, 0, 255).astype(np.uint8))
+    if im.mode in ("L", "RGB"):
+        return im
+    return im.convert("RGB")   # P, CMYK, YCbCr, LAB, HSV, 1, ...
+
+
+def decode_gray(data: bytes | str | os.PathLike) -> np.ndarray:
+    """:func:`decode_image` to uint8 gray."""
+    return decode_image(data)
 
 
 def bgr_to_gray(frame: np.ndarray) -> np.ndarray:
@@ -78,9 +120,10 @@ def bgr_to_gray(frame: np.ndarray) -> np.ndarray:
 
 
 def preprocess_gray(gray: np.ndarray, image_size: int) -> np.ndarray:
-    """THE preprocessing step: uint8 gray face of any size -> uint8 image_size x image_size.
+    """THE resizing step: uint8 gray face of any size -> uint8 image_size x image_size.
 
-    Used by training, evaluation and prediction alike (scaling to [0, 1] is :func:`to_float`).
+    Used by training, evaluation and prediction alike (scaling and normalisation follow the
+    model's input contract, :class:`ferkit.models.InputSpec`).
     """
     import cv2
 
@@ -91,17 +134,9 @@ def preprocess_gray(gray: np.ndarray, image_size: int) -> np.ndarray:
     return cv2.resize(gray, (image_size, image_size), interpolation=interp)
 
 
-def to_float(batch_uint8):
-    """uint8 tensor/array (N, H, W) -> float32 tensor (N, 1, H, W) in [0, 1]."""
-    import torch
-
-    t = torch.as_tensor(batch_uint8)
-    return t.unsqueeze(1).float().div_(255.0)
-
-
 def load_face(path: str | os.PathLike, image_size: int) -> np.ndarray:
     """Decode one image file and preprocess it (raises ValueError for undecodable files)."""
-    return preprocess_gray(decode_gray(path), image_size)
+    return preprocess_gray(decode_image(path), image_size)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -251,8 +286,6 @@ def _cache_key(files: list[Path], image_size: int) -> str:
 
 
 def _decode_all(files: list[Path], image_size: int, progress: bool) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-    from tqdm import tqdm
-
     def one(f: Path):
         try:
             return load_face(f, image_size), None
@@ -266,8 +299,8 @@ def _decode_all(files: list[Path], image_size: int, progress: bool) -> tuple[np.
     # Pillow and OpenCV release the GIL while decoding/resizing, so threads scale here.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(one, files, chunksize=64)
-        for i, (img, err) in enumerate(tqdm(results, total=len(files), desc="decode", unit="img",
-                                            disable=not progress or len(files) < 500, leave=False)):
+        for i, (img, err) in enumerate(progress_bar(results, enabled=progress and len(files) >= 500,
+                                                    total=len(files), desc="decode", unit="img", leave=False)):
             if img is None:
                 bad.append((str(files[i]), err))
             else:

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .data import log
+from .console import log
 from .files import make_dir, write_json
 from .labels import REFERENCE_CLASSES
 

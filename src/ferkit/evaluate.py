@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import ImageSet, load_dataset, log
+from .console import log
+from .data import ImageSet, load_dataset
 from .errors import FerkitError
 from .files import atomic_path, make_dir, save_figure, write_json, write_text
 from .models import load_checkpoint, resolve_checkpoint
-from .train import predict_logits, resolve_precision, select_device
+from .runtime import check_tta, predict_logits, resolve_precision, select_device
 
 
 @dataclass
@@ -37,6 +38,7 @@ class EvalResult:
     classes: tuple[str, ...]
     out_dir: Path | None
     n: int
+    tta: str = "none"
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) -> dict:
@@ -57,13 +59,12 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, 
 
 def plot_confusion(cm: np.ndarray, classes, path: Path, title: str = "") -> None:
     """Confusion matrix as counts and row-normalised (recall per true class), side by side."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .files import new_figure
 
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     n = len(classes)
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 2.2 * n, 1.5 + 0.9 * n))
+    fig = new_figure(figsize=(4 + 2.2 * n, 1.5 + 0.9 * n))
+    axes = fig.subplots(1, 2)
     for ax, data, fmt, name in ((axes[0], cm, "d", "counts"), (axes[1], norm, ".2f", "row-normalised")):
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for i in range(n):
@@ -96,22 +97,28 @@ def _match_classes(model_classes: tuple[str, ...], test_source, shared_only: boo
 
     found = scan_source(test_source, None, "test data").found_classes
     missing = [c for c in model_classes if c not in found]
-    if not missing:
+    extra = [c for c in found if c not in model_classes]
+    if not missing and not extra:
         return model_classes
     shared = tuple(c for c in model_classes if c in found)
     if not shared_only:
+        what = "; ".join(x for x in (f"the test data lacks {', '.join(missing)}" if missing else "",
+                                     f"the model does not know {', '.join(extra)}" if extra else "") if x)
         raise FerkitError(f"test data classes ({', '.join(found)}) differ from the model's "
-                          f"({', '.join(model_classes)}): missing {', '.join(missing)}; "
-                          "pass --shared-classes to evaluate on the classes both have")
+                          f"({', '.join(model_classes)}): {what}; pass --shared-classes to evaluate on the "
+                          "classes both have")
     if not shared:
         raise FerkitError(f"test data shares no class with the model ({', '.join(model_classes)})")
-    log(f"note: evaluating on shared classes only: {', '.join(shared)} (model also predicts {', '.join(missing)})")
+    log(f"note: evaluating on shared classes only: {', '.join(shared)}"
+        + (f" (model also predicts {', '.join(missing)})" if missing else "")
+        + (f" (test images of {', '.join(extra)} left out)" if extra else ""))
     return shared
 
 
 def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_only: bool = False,
              strict: bool = False, precision: str = "auto", device: str = "auto",
-             cm_path: Path | None = None, progress: bool = True, data: ImageSet | None = None) -> EvalResult:
+             cm_path: Path | None = None, progress: bool = True, data: ImageSet | None = None,
+             tta: str = "none") -> EvalResult:
     """Evaluate a checkpoint (or run folder) on labelled test data and write the reports.
 
     Args:
@@ -121,20 +128,22 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
         shared_only: evaluate on the classes that model and test data share (else mismatch is an error).
         cm_path: also write the confusion matrix here (``main.py``'s confusion_matrix_<name>.jpg).
         data: an already-decoded test set (its classes must be the model's).
+        tta: test-time augmentation, ``none``, ``flip`` or ``crops`` (see :mod:`ferkit.runtime`).
     """
+    check_tta(tta)
     ckpt = resolve_checkpoint(model_path)
     dev = select_device(device)
     model, record = load_checkpoint(ckpt, dev)
     model = model.to(memory_format=torch.channels_last)
-    model_classes = tuple(record["classes"])
+    model_classes = record.classes
     if data is None:
         eval_classes = _match_classes(model_classes, test_dir, shared_only)
-        data = load_dataset(test_dir, eval_classes, int(record["image_size"]), strict, progress=progress,
+        data = load_dataset(test_dir, eval_classes, record.image_size, strict, progress=progress,
                             role="test data")
     # Labels in the model's index space, so shared-class evaluation compares like with like.
     to_model = np.asarray([model_classes.index(c) for c in data.classes])
     y_true = to_model[data.labels]
-    logits = predict_logits(model, data.images, dev, resolve_precision(precision, dev), batch_size)
+    logits = predict_logits(model, data.images, record.input, dev, resolve_precision(precision, dev), batch_size, tta)
     if len(data.classes) < len(model_classes):  # shared classes: predict among them only
         mask = torch.full((len(model_classes),), float("-inf"))
         mask[torch.as_tensor(to_model)] = 0
@@ -146,7 +155,7 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
     eval_classes = tuple(model_classes[i] for i in keep)
     m = compute_metrics(position[y_true], position[probs.argmax(1)], eval_classes)
     result = EvalResult(m["accuracy"], m["macro_f1"], m["report"], m["report_text"], m["confusion"],
-                        eval_classes, None, len(y_true))
+                        eval_classes, None, len(y_true), tta)
     if out_dir is not False:
         out = Path(out_dir) if out_dir else ckpt.parent / f"eval-{Path(test_dir).stem}"
         make_dir(out)
@@ -158,11 +167,13 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
 
 
 def _write_outputs(out: Path, r: EvalResult, paths, y_true, probs, model_classes, ckpt, test_dir) -> None:
-    metrics = {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "n": r.n, "classes": list(r.classes),
+    metrics = {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "n": r.n, "tta": r.tta, "classes": list(r.classes),
                "checkpoint": str(ckpt), "test_data": str(test_dir), "per_class": r.report,
                "confusion_matrix": r.confusion.tolist()}
     write_json(out / "metrics.json", metrics)
-    write_text(out / "report.txt", f"accuracy: {r.accuracy:.4f}\nmacro-F1: {r.macro_f1:.4f}\n\n{r.report_text}")
+    write_text(out / "report.txt", f"accuracy: {r.accuracy:.4f}\nmacro-F1: {r.macro_f1:.4f}\n"
+                                   f"test-time augmentation: {r.tta}\n\n{r.report_text}")
     plot_confusion(r.confusion, r.classes, out / "confusion_matrix.png",
-                   title=f"{Path(test_dir).name}: accuracy {r.accuracy:.4f}, macro-F1 {r.macro_f1:.4f}")
+                   title=f"{Path(test_dir).name}: accuracy {r.accuracy:.4f}, macro-F1 {r.macro_f1:.4f}"
+                         + (f" (TTA {r.tta})" if r.tta != "none" else ""))
     _write_predictions(out / "predictions.csv", paths, y_true, probs, model_classes)

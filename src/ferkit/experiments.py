@@ -56,7 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import ImageSet, default_classes, load_dataset, log, scan_source
+from .console import log
+from .data import ImageSet, default_classes, load_dataset, scan_source
 from .errors import FerkitError
 from .files import atomic_path, make_dir, save_figure, write_json, write_text
 from .labels import parse_classes
@@ -559,7 +560,7 @@ def _execute(job: dict, train_set: ImageSet, val: ImageSet | None = None, test: 
             # An interrupted run (state/) resumes; a run folder without summary and without state
             # (e.g. its summary was deleted) cannot resume and is trained again from scratch.
             resumable = (run_dir / "state" / "state.json").exists()
-            train(TrainConfig(**job["train"]), overwrite=not resumable, data=(train_set, val))
+            train(TrainConfig(**job["train"]), overwrite=not resumable, data=(train_set, val), keep_state=False)
         ev = evaluate(run_dir, job["test_path"], out_dir=run_dir / "eval-test", data=test,
                       precision=job["train"]["precision"], device=job["train"]["device"], progress=False)
     finally:
@@ -787,13 +788,14 @@ def markdown_table(table: list[dict]) -> str:
 def plot_study(table: list[dict], path: Path) -> None:
     """Accuracy vs k, one line per real size (error bars: sd over seeds); augmentation and
     generated-only as reference markers (dashed line: the augmentation baseline)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import rcParams
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    from .files import new_figure
+
+    fig = new_figure(figsize=(7.5, 4.8))
+    ax = fig.subplots()
     sizes = list(dict.fromkeys(t["real_per_class"] for t in table))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
     for i, n in enumerate(sizes):
         col = colors[i % len(colors)]
         rows = [t for t in table if t["real_per_class"] == n]

@@ -6,11 +6,12 @@ Example::
     ferkit predict model.onnx photos/ --backend onnx
 
 The ONNX graph takes ``input``: float32 (batch, 1, S, S), the gray face scaled to [0, 1]
-(uint8 / 255, after :func:`ferkit.data.preprocess_gray`), with a dynamic batch axis, and gives
-``logits`` and ``probabilities`` (softmax), both (batch, classes). The file's metadata_props hold
-``ferkit``: JSON with ``classes`` (in output order), ``image_size``, ``preprocessing``, ``arch``,
-``input``/``outputs`` descriptions and the ferkit version; plus plain ``classes`` (JSON list) and
-``image_size`` keys for tools that do not parse the record.
+(uint8 / 255, after ferkit's decoding and resizing), with a dynamic batch axis; the model's own
+normalisation (its input contract's mean/std) is part of the graph. It gives ``logits`` and
+``probabilities`` (softmax), both (batch, classes). The file's metadata_props hold ``ferkit``: the
+checkpoint's JSON record (classes in output order, image size, input contract, architecture and
+arguments, ferkit version) plus ``onnx_input``/``onnx_outputs`` descriptions; and plain
+``classes`` (JSON list) and ``image_size`` keys for tools that do not parse the record.
 """
 from __future__ import annotations
 
@@ -22,13 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .data import log
+from .console import log
 from .errors import FerkitError
 
 DEFAULT_OPSET = 17
+#: Opsets the exporter is known to write and onnxruntime to run for ferkit's layers.
+OPSETS = range(11, 22)
 
 
-def _wrapped(model):
+def _wrapped(model, spec):
+    """The exported module: [0, 1] gray input -> the model's normalisation -> logits, softmax."""
     import torch
     from torch import nn
 
@@ -38,7 +42,7 @@ def _wrapped(model):
             self.net = net
 
         def forward(self, x):
-            logits = self.net(x)
+            logits = self.net(spec.normalize(x))
             return logits, torch.softmax(logits, dim=1)
 
     return WithSoftmax(model).eval()
@@ -78,12 +82,14 @@ def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True)
         import onnx
     except ImportError:
         raise FerkitError("ONNX export needs the onnx package: pip install 'ferkit[onnx]'") from None
-    from .data import PREPROCESSING
     from .models import load_checkpoint, resolve_checkpoint
 
+    if opset not in OPSETS:
+        raise FerkitError(f"ONNX opset {opset} is not supported; accepted: {OPSETS.start}-{OPSETS.stop - 1} "
+                          f"(default {DEFAULT_OPSET})")
     ckpt = resolve_checkpoint(model_path)
     model, record = load_checkpoint(ckpt, "cpu")
-    size = int(record["image_size"])
+    size = record.image_size
     out = Path(out)
     if out.is_dir():
         raise FerkitError(f"--out {out} is a folder; give a file name such as {out / 'model.onnx'}")
@@ -95,16 +101,12 @@ def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True)
         raise FerkitError(f"cannot create folder {out.parent}: {exc.strerror or exc}") from None
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        _torch_export(_wrapped(model), torch.zeros(2, 1, size, size), tmp, opset)
+        _torch_export(_wrapped(model, record.input), torch.zeros(2, 1, size, size), tmp, opset)
         proto = onnx.load(str(tmp))
-        meta = {"format": "ferkit-onnx-1", "ferkit_version": __version__, "arch": record["arch"],
-                "classes": list(record["classes"]), "image_size": size,
-                "preprocessing": record.get("preprocessing", PREPROCESSING),
-                "input": f"input: float32 (batch, 1, {size}, {size}), gray face / 255 in [0, 1]",
-                "outputs": {"logits": "float32 (batch, classes)", "probabilities": "softmax of logits"},
-                "source_checkpoint": ckpt.name, "epoch": record.get("epoch"),
-                "val_metrics": record.get("val_metrics")}
-        for key, value in (("ferkit", json.dumps(meta)), ("classes", json.dumps(list(record["classes"]))),
+        meta = {**record.to_json(), "train_config": {}, "source_checkpoint": ckpt.name,
+                "onnx_input": f"input: float32 (batch, 1, {size}, {size}), gray face / 255 in [0, 1]",
+                "onnx_outputs": {"logits": "float32 (batch, classes)", "probabilities": "softmax of logits"}}
+        for key, value in (("ferkit", json.dumps(meta)), ("classes", json.dumps(list(record.classes))),
                            ("image_size", str(size))):
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -118,14 +120,15 @@ def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True)
     finally:
         if tmp.exists():
             tmp.unlink()
-    info = {"path": str(out), "classes": list(record["classes"]), "image_size": size, "arch": record["arch"]}
+    info = {"path": str(out), "classes": list(record.classes), "image_size": size, "arch": record.arch}
     if check:
-        info["max_abs_diff"] = parity(model, out, size)
+        info["max_abs_diff"] = parity(model, out, record.input)
     return info
 
 
-def parity(model, onnx_path, image_size: int, n: int = 8, seed: int = 0, inputs: np.ndarray | None = None) -> float:
-    """Max |logits_onnxruntime - logits_torch| on ``inputs`` (float32 (N,1,S,S) in [0,1]) or random ones."""
+def parity(model, onnx_path, spec, n: int = 8, seed: int = 0, inputs: np.ndarray | None = None) -> float:
+    """Max |logits_onnxruntime - logits_torch| on ``inputs`` (float32 (N,1,S,S) in [0,1]) or random ones;
+    ``spec`` is the model's InputSpec (the ONNX graph normalises inside, PyTorch gets it applied here)."""
     import torch
 
     try:
@@ -134,9 +137,9 @@ def parity(model, onnx_path, image_size: int, n: int = 8, seed: int = 0, inputs:
         log("note: onnxruntime is not installed; skipped the parity check")
         return float("nan")
     if inputs is None:
-        inputs = np.random.default_rng(seed).random((n, 1, image_size, image_size), dtype=np.float32)
+        inputs = np.random.default_rng(seed).random((n, 1, spec.image_size, spec.image_size), dtype=np.float32)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = sess.run(["logits"], {"input": inputs})[0]
     with torch.inference_mode():
-        want = model.eval()(torch.from_numpy(inputs)).float().numpy()
+        want = model.eval()(spec.normalize(torch.from_numpy(inputs))).float().numpy()
     return float(np.abs(got - want).max())

@@ -40,15 +40,30 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Save a matplotlib figure atomically (format from the suffix: .png, .jpg, .pdf ...) and close it."""
-    import matplotlib.pyplot as plt
+def read_json(path: str | os.PathLike):
+    """Read a JSON file ferkit wrote; FerkitError (one line) when it is unreadable or damaged."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise FerkitError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise FerkitError(f"{path} is damaged (not valid JSON); pass --overwrite to start over") from None
 
+
+def new_figure(**kwargs):
+    """A matplotlib Figure on a non-interactive canvas, without pyplot: nothing changes a notebook
+    user's backend and nothing needs closing."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save a matplotlib figure atomically (format from the suffix: .png, .jpg, .pdf ...)."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower().replace("jpg", "jpeg") or "png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=fmt)
-    plt.close(fig)
     return path
 
 

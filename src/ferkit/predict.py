@@ -3,14 +3,14 @@
 Faces are found with OpenCV's bundled Haar cascade (``haarcascade_frontalface_alt2.xml``,
 shipped inside opencv-python, nothing is downloaded), cropped as a square around the detected
 box with a margin, and converted exactly as in training: the crop of the *gray* image goes
-through :func:`ferkit.data.preprocess_gray` and :func:`ferkit.data.to_float`. Image files are
-decoded with :func:`ferkit.data.decode_gray` (the training decoder), video frames with
-:func:`ferkit.data.bgr_to_gray`.
+through :func:`ferkit.data.preprocess_gray` and the model's input contract. Image files are
+decoded with :func:`ferkit.data.decode_image` (the training decoder: EXIF orientation, 16-bit,
+alpha, pixel limit), video frames with :func:`ferkit.data.bgr_to_gray`.
 
 Example::
 
     from ferkit import Recognizer
-    r = Recognizer.load("runs/exp1")                  # run folder, .safetensors, or (backend="onnx") .onnx
+    r = Recognizer.load()                             # the bundled FER2013 model; or a run folder, .safetensors, .onnx
     for face in r.predict("group.jpg"):               # path, BGR/gray numpy array, or PIL image
         print(face.box, face.label, face.confidence)
     r.predict_faces([crop1, crop2])                   # already-cropped gray faces, batched
@@ -33,7 +33,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .data import IMAGE_EXTENSIONS, bgr_to_gray, decode_gray, log, preprocess_gray
+from .console import log
+from .data import IMAGE_EXTENSIONS, bgr_to_gray, decode_image, preprocess_gray
 from .errors import FerkitError
 from .files import make_dir
 
@@ -122,39 +123,14 @@ def crop_face(gray: np.ndarray, box, margin: float = 0.1) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- images
-_EXIF_OPS = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-             5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
-             8: lambda a: np.rot90(a, 1)}
-
-
-def _exif_orientation(path) -> int:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return int(im.getexif().get(0x0112, 1) or 1)
-    except Exception:  # noqa: BLE001 - no/odd EXIF means "as stored"
-        return 1
-
-
-def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
-    op = _EXIF_OPS.get(orientation)
-    return arr if op is None else np.ascontiguousarray(op(arr))
-
-
 def read_gray(path) -> np.ndarray:
-    """Decode an image file like training does (:func:`decode_gray`), then apply its EXIF orientation
-    (so phone photos stand upright; files without an orientation tag are untouched)."""
-    return _orient(decode_gray(path), _exif_orientation(path))
+    """Decode an image file exactly as training does (:func:`ferkit.data.decode_image`)."""
+    return decode_image(path)
 
 
 def read_color(path) -> np.ndarray:
-    """BGR uint8 copy of an image file (for annotation), oriented like :func:`read_gray`."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB"))
-    return _orient(np.ascontiguousarray(rgb[:, :, ::-1]), _exif_orientation(path))
+    """BGR uint8 copy of an image file (for annotation), decoded like :func:`read_gray`."""
+    return decode_image(path, color=True)
 
 
 def to_gray(image) -> np.ndarray:
@@ -182,14 +158,11 @@ def to_gray(image) -> np.ndarray:
     except ImportError:  # pragma: no cover
         Image = None
     if Image is not None and isinstance(image, Image.Image):
-        im = image
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float64)
-            return np.clip(arr / max(arr.max(), 1) * 255, 0, 255).astype(np.uint8)
-        return np.asarray(im.convert("L"), dtype=np.uint8)
+        from PIL import ImageOps
+
+        from .data import _normalise_mode
+
+        return np.asarray(_normalise_mode(ImageOps.exif_transpose(image)).convert("L"), dtype=np.uint8)
     raise FerkitError(f"cannot predict on a {type(image).__name__}: pass a path, a numpy array or a PIL image")
 
 
@@ -205,27 +178,29 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, path, device: str = "auto", precision: str = "fp32"):
+    def __init__(self, path, device: str = "auto", precision: str = "fp32", tta: str = "none"):
         import torch
 
         from .models import load_checkpoint, resolve_checkpoint
-        from .train import resolve_precision, select_device
+        from .runtime import check_tta, resolve_precision, select_device
 
+        self.tta = check_tta(tta)
         self.path = resolve_checkpoint(path)
         self.device = select_device(device)
         model, record = load_checkpoint(self.path, self.device)
         self.model = model.to(memory_format=torch.channels_last)
         self.record = record
-        self.classes = tuple(record["classes"])
-        self.image_size = int(record["image_size"])
+        self.classes = record.classes
+        self.image_size = record.image_size
         self.amp = resolve_precision(precision, self.device)
 
     def logits(self, faces_uint8: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        from .train import predict_logits
+        from .runtime import predict_logits
 
         if len(faces_uint8) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
-        return predict_logits(self.model, faces_uint8, self.device, self.amp, batch_size).numpy()
+        return predict_logits(self.model, faces_uint8, self.record.input, self.device, self.amp, batch_size,
+                              self.tta).numpy()
 
 
 class OnnxBackend:
@@ -234,11 +209,15 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, path, threads: int | None = None):
+    def __init__(self, path, threads: int | None = None, tta: str = "none"):
+        from .models import CheckpointRecord, InputSpec
+        from .runtime import check_tta
+
         try:
             import onnxruntime as ort
         except ImportError:
             raise FerkitError("the onnx backend needs onnxruntime: pip install 'ferkit[onnx]'") from None
+        self.tta = check_tta(tta)
         p = Path(path)
         if p.is_dir():
             raise FerkitError(f"{p} is a folder; --backend onnx needs an .onnx file (make one with `ferkit export`)")
@@ -254,23 +233,51 @@ class OnnxBackend:
             raise FerkitError(f"{p} is not a loadable ONNX model ({str(exc).splitlines()[0][:160]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
-            record = json.loads(meta["ferkit"])
-            self.classes = tuple(record["classes"])
-            self.image_size = int(record["image_size"])
-        except (KeyError, ValueError, TypeError):
+            raw = json.loads(meta["ferkit"])
+            if str(raw.get("format", "")).startswith("ferkit-onnx-"):  # ferkit 0.1's export
+                self.record = CheckpointRecord(raw["arch"], tuple(raw["classes"]), InputSpec(int(raw["image_size"])),
+                                               format_version=1)
+            else:
+                self.record = CheckpointRecord.from_json(raw, where=str(p))
+        except (KeyError, ValueError, TypeError, AttributeError):
             raise FerkitError(f"{p} has no ferkit metadata (classes, image size): export it with `ferkit export`") from None
-        self.record = record
+        self.classes = self.record.classes
+        self.image_size = self.record.image_size
         self.path = p
         self.input_name = self.session.get_inputs()[0].name
         names = [o.name for o in self.session.get_outputs()]
         self.output_name = "logits" if "logits" in names else names[0]
 
     def logits(self, faces_uint8: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        import torch
+
+        from .runtime import tta_views
+
         out = [np.zeros((0, len(self.classes)), np.float32)]
         for s in range(0, len(faces_uint8), batch_size):
-            x = faces_uint8[s:s + batch_size].astype(np.float32)[:, None] / np.float32(255.0)
-            out.append(self.session.run([self.output_name], {self.input_name: x})[0])
-        return np.concatenate(out)
+            x = torch.from_numpy(faces_uint8[s:s + batch_size].astype(np.float32)[:, None] / np.float32(255.0))
+            views = [self.session.run([self.output_name], {self.input_name: v.contiguous().numpy()})[0]
+                     for v in tta_views(x, self.tta)]
+            out.append(views[0] if len(views) == 1 else np.log(np.mean([_softmax(v) for v in views], 0) + 1e-12))
+        return np.concatenate(out).astype(np.float32)
+
+
+def open_backend(path=None, backend: str = "auto", device: str = "auto", precision: str = "fp32",
+                 tta: str = "none"):
+    """The backend for ``path``: a run folder or ``.safetensors`` file (torch), an ``.onnx`` file
+    (onnxruntime), a bundled model's name, or None for the default bundled model."""
+    from .bundled import resolve_model_path
+
+    path = resolve_model_path(path)
+    if backend == "auto":
+        backend = "onnx" if str(path).lower().endswith(".onnx") else "torch"
+    if backend == "torch":
+        if str(path).lower().endswith(".onnx"):
+            raise FerkitError(f"{path} is an ONNX file: use backend 'onnx' or 'auto'")
+        return TorchBackend(path, device=device, precision=precision, tta=tta)
+    if backend == "onnx":
+        return OnnxBackend(path, tta=tta)
+    raise FerkitError(f"unknown backend {backend!r}; accepted: auto, torch, onnx")
 
 
 # ----------------------------------------------------------------------------- recognizer
@@ -288,18 +295,13 @@ class Recognizer:
         self.batch_size = batch_size
 
     @classmethod
-    def load(cls, path, backend: str = "torch", device: str = "auto", precision: str = "fp32",
-             margin: float = 0.1, batch_size: int = 64, **detector_args) -> "Recognizer":
-        """Load a run folder / ``.safetensors`` checkpoint (backend "torch") or an ``.onnx`` file
-        (backend "onnx"). ``detector_args`` go to :class:`FaceDetector` (cascade, min_face, ...)."""
-        if backend == "torch":
-            if str(path).lower().endswith(".onnx"):
-                raise FerkitError(f"{path} is an ONNX file: use backend 'onnx' (--backend onnx)")
-            be = TorchBackend(path, device=device, precision=precision)
-        elif backend == "onnx":
-            be = OnnxBackend(path)
-        else:
-            raise FerkitError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+    def load(cls, path=None, backend: str = "auto", device: str = "auto", precision: str = "fp32",
+             tta: str = "none", margin: float = 0.1, batch_size: int = 64, **detector_args) -> "Recognizer":
+        """Load a model: None (the bundled FER2013 model), a bundled model's name, a run folder or
+        ``.safetensors`` checkpoint, or an ``.onnx`` file from ``ferkit export`` (backend "auto"
+        picks torch or onnxruntime from the file). ``tta``: none, flip or crops. ``detector_args``
+        go to :class:`FaceDetector` (cascade, min_face, ...)."""
+        be = open_backend(path, backend, device=device, precision=precision, tta=tta)
         return cls(be, FaceDetector(**detector_args), margin=margin, batch_size=batch_size)
 
     @property
@@ -703,8 +705,8 @@ class Predictor:
 
 def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "predictions", fmt: str = "csv",
                    annotate: bool = False, detect: bool = True, every: int = 1, camera: int | None = None,
-                   backend: str = "torch", batch_size: int = 64, device: str = "auto", progress: bool = True,
-                   max_frames: int | None = None, **detector_args) -> RunSummary:
+                   backend: str = "auto", batch_size: int = 64, device: str = "auto", progress: bool = True,
+                   max_frames: int | None = None, tta: str = "none", **detector_args) -> RunSummary:
     """The ``ferkit predict`` command as a function (see its --help). ``out=None`` streams to stdout.
 
     Raises FerkitError when the model or output cannot be used, or nothing could be processed.
@@ -721,7 +723,7 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
     items, bad = collect_inputs(inputs)
     if not items and camera is None:
         raise FerkitError("no usable input: " + "; ".join(f"{p}: {why}" for p, why in bad))
-    rec = Recognizer.load(model, backend=backend, device=device, batch_size=batch_size, **detector_args)
+    rec = Recognizer.load(model, backend=backend, device=device, batch_size=batch_size, tta=tta, **detector_args)
     camera_opened = Predictor.open_camera(camera) if camera is not None else None  # fail before any work
     writer = PredictionWriter(out_dir, fmt, rec.classes)
     pred = Predictor(rec, writer, (out_dir / "annotated") if annotate else None, detect=detect, every=every,

@@ -1,0 +1,26 @@
+"""Vocabularies shared by the command line and the Python API, in one place (cheap to import).
+
+The CLI builds its choices and help texts from these, so a new value is one edit.
+"""
+from __future__ import annotations
+
+from .errors import FerkitError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+#: Test-time augmentation: none; flip (image + mirror image); crops (5 shifted crops x mirror = 10 views).
+TTA_MODES = ("none", "flip", "crops")
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:N"
+
+
+def check_device_name(name: str) -> str:
+    """Validate a device name's spelling without touching the hardware (for up-front checks)."""
+    text = (name or "auto").strip().lower()
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise FerkitError(f"unknown device {name!r}; accepted: {DEVICE_HELP}")
+
+
+def check_choice(what: str, value, accepted) -> None:
+    """One clear line naming what is accepted."""
+    if value not in accepted:
+        raise FerkitError(f"unknown {what} {value!r}; accepted: {', '.join(map(str, accepted))}")

@@ -1,0 +1,224 @@
+"""Self-describing checkpoints: safetensors weights + one typed JSON record, never unpickled.
+
+The record is read once, when a checkpoint is opened, into a :class:`CheckpointRecord`; its
+:class:`InputSpec` is the model's input contract, from which evaluation, prediction and ONNX export
+build their preprocessing (timm's ``resolve_data_config`` idea)::
+
+    model, record = load_checkpoint("runs/exp1")       # run folder, .safetensors file
+    x = record.input.to_tensor(faces_uint8)            # (N, H, W) uint8 -> (N, C, H, W) float, normalised
+    model(x)
+
+Format versions: 1 (ferkit 0.1: no model arguments, fixed [0, 1] scaling) and 2 (model arguments,
+input mean/std). Version 1 files keep loading; a file from a newer format is refused with one line.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import FerkitError
+from ..files import atomic_path
+from .registry import create_model
+
+FORMAT_VERSION = 2
+_FORMAT_PREFIX = "ferkit-checkpoint-"
+CHECKPOINT_FORMAT = f"{_FORMAT_PREFIX}{FORMAT_VERSION}"
+
+#: How files become gray uint8 faces (ferkit.data.decode_image + resize_face); stored for the record.
+DECODING = {"color": "gray", "gray_weights": "ITU-R 601-2 luma", "alpha": "composited on black",
+            "orientation": "EXIF applied", "resize": "area (down) / linear (up)"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects: square gray faces of ``image_size``, divided by ``pixel_max`` (to
+    [0, 1]) then normalised with ``mean``/``std`` per channel (the gray repeated when ``channels`` is 3)."""
+
+    image_size: int
+    channels: int = 1
+    pixel_max: float = 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise FerkitError(f"input channels must be 1 or 3 (got {self.channels})")
+        for name in ("mean", "std"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) == 1:
+                value = value * self.channels
+            if len(value) != self.channels:
+                raise FerkitError(f"input {name} needs 1 or {self.channels} values (got {len(value)})")
+            object.__setattr__(self, name, value)
+        if min(self.std) <= 0:
+            raise FerkitError("input std must be positive")
+
+    def to_tensor(self, faces, device: torch.device | str | None = None) -> torch.Tensor:
+        """uint8 faces (N, H, W) -> float32 (N, C, H, W), scaled and normalised (on ``device``)."""
+        x = torch.as_tensor(faces)
+        if device is not None:
+            x = x.to(device, non_blocking=True)
+        return self.normalize(x.unsqueeze(1).float().div_(self.pixel_max))
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        """Scaled float faces (N, 1, H, W) -> normalised model input (N, C, H, W)."""
+        if self.channels != 1:
+            x01 = x01.expand(-1, self.channels, -1, -1)
+        if self.mean == (0.0,) * self.channels and self.std == (1.0,) * self.channels:
+            return x01
+        mean = torch.tensor(self.mean, device=x01.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x01.device).view(1, -1, 1, 1)
+        return (x01 - mean) / std
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "decoding": DECODING}
+
+    @classmethod
+    def from_json(cls, d: dict) -> InputSpec:
+        return cls(int(d["image_size"]), int(d.get("channels", 1)), float(d.get("pixel_max", 255.0)),
+                   tuple(d.get("mean", (0.0,))), tuple(d.get("std", (1.0,))))
+
+
+@dataclass
+class CheckpointRecord:
+    """Everything a checkpoint says about itself, typed. ``extra`` keeps fields this version
+    does not interpret (they are written back unchanged)."""
+
+    arch: str
+    classes: tuple[str, ...]
+    input: InputSpec
+    model_args: dict = field(default_factory=dict)
+    epoch: int | None = None
+    val_metrics: dict = field(default_factory=dict)
+    train_config: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    ferkit_version: str = __version__
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        return self.input.image_size
+
+    def build_model(self) -> nn.Module:
+        return create_model(self.arch, len(self.classes), self.image_size, **self.model_args)
+
+    def to_json(self) -> dict:
+        return {**self.extra, "format": CHECKPOINT_FORMAT, "ferkit_version": __version__, "arch": self.arch,
+                "model_args": _jsonable(self.model_args), "classes": list(self.classes),
+                "image_size": self.image_size, "input": self.input.to_json(), "epoch": self.epoch,
+                "val_metrics": self.val_metrics, "train_config": self.train_config}
+
+    @classmethod
+    def from_json(cls, d: dict, where: str = "checkpoint") -> CheckpointRecord:
+        version = _format_version(d.get("format"), where)
+        known = {"format", "ferkit_version", "arch", "model_args", "classes", "image_size", "input", "epoch",
+                 "val_metrics", "train_config", "channels", "preprocessing"}
+        try:
+            if version == 1:  # ferkit 0.1: fixed architectures, [0, 1] scaling, no mean/std
+                spec = InputSpec(int(d["image_size"]), int(d.get("channels", 1)))
+                model_args = {}
+            else:
+                spec = InputSpec.from_json(d["input"])
+                model_args = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get("model_args", {}).items()}
+            return cls(arch=str(d["arch"]), classes=tuple(d["classes"]), input=spec, model_args=model_args,
+                       epoch=d.get("epoch"), val_metrics=d.get("val_metrics") or {},
+                       train_config=d.get("train_config") or {}, format_version=version,
+                       ferkit_version=str(d.get("ferkit_version", "?")),
+                       extra={k: v for k, v in d.items() if k not in known})
+        except (KeyError, TypeError, ValueError):
+            raise FerkitError(f"{where}: ferkit metadata is damaged") from None
+
+
+def _jsonable(args: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
+
+
+def _format_version(fmt, where) -> int:
+    if not isinstance(fmt, str) or not fmt.startswith(_FORMAT_PREFIX) or not fmt[len(_FORMAT_PREFIX):].isdigit():
+        raise FerkitError(f"{where}: unknown checkpoint format {fmt!r}")
+    version = int(fmt[len(_FORMAT_PREFIX):])
+    if version > FORMAT_VERSION:
+        raise FerkitError(f"{where} was written by a newer ferkit (format {version}; this ferkit {__version__} "
+                          f"reads formats 1-{FORMAT_VERSION}): upgrade ferkit to load it")
+    return version
+
+
+# ----------------------------------------------------------------------------- files
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, record: CheckpointRecord,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write weights + JSON record atomically. ``dtype`` (e.g. torch.float16) stores floating
+    weights in that type (they are loaded back as float32)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        state[k] = v.contiguous()
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"ferkit": json.dumps(record.to_json())})
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder means its best checkpoint; a file is taken as is."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (p / name).is_file():
+                return p / name
+        raise FerkitError(f"{p} is a folder without best.safetensors or last.safetensors: not a ferkit run folder")
+    if not p.exists():
+        raise FerkitError(f"checkpoint {p} does not exist")
+    return p
+
+
+def read_checkpoint_record(path: str | os.PathLike) -> CheckpointRecord:
+    """Read only the record of a checkpoint (cheap: the header, not the weights)."""
+    from safetensors import safe_open
+
+    p = resolve_checkpoint(path)
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for non-safetensors files
+        raise FerkitError(f"{p} is not a safetensors checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    if "ferkit" not in meta:
+        raise FerkitError(f"{p} is a safetensors file but not a ferkit checkpoint (no ferkit metadata)")
+    try:
+        raw = json.loads(meta["ferkit"])
+    except ValueError:
+        raise FerkitError(f"{p}: ferkit metadata is damaged") from None
+    if not isinstance(raw, dict):
+        raise FerkitError(f"{p}: ferkit metadata is damaged")
+    return CheckpointRecord.from_json(raw, where=str(p))
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointRecord]:
+    """Rebuild the model a checkpoint names, with its arguments, and load its weights (eval mode).
+
+    Raises FerkitError if the file is not a ferkit checkpoint or its weights do not fit.
+    """
+    from safetensors.torch import load_file
+
+    p = resolve_checkpoint(path)
+    record = read_checkpoint_record(p)
+    model = record.build_model()
+    try:
+        state = load_file(str(p), device="cpu")
+    except Exception as exc:  # safetensors' own error type: a truncated or damaged file
+        raise FerkitError(f"{p}: cannot read weights ({str(exc).splitlines()[0][:120]})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise FerkitError(f"{p}: weights do not match architecture {record.arch!r}: {first[:160]}") from None
+    return model.to(device).eval(), record

@@ -1,0 +1,103 @@
+"""Where and how models run: device, precision, batched inference and test-time augmentation.
+
+Used by training, evaluation and prediction alike; imports nothing from training code.
+
+Example::
+
+    from ferkit.runtime import predict_logits, select_device
+    logits = predict_logits(model, faces_uint8, record.input, select_device("auto"), tta="flip")
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .choices import PRECISIONS, TTA_MODES, check_choice, check_device_name
+from .errors import FerkitError
+
+__all__ = ["PRECISIONS", "TTA_MODES", "autocast", "check_device_name", "cpu_supports_bf16", "predict_logits",
+           "resolve_precision", "select_device", "tta_views"]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; anything else is one clear error."""
+    name = check_device_name(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise FerkitError(f"device {name!r} requested but CUDA is not available (use --device cpu or auto)")
+        if ":" in name and int(name[5:]) >= torch.cuda.device_count():
+            raise FerkitError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels here (AVX512-BF16/AMX); emulated bf16 is slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype to use, or None for plain fp32."""
+    check_choice("precision", precision, PRECISIONS)
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bf16" or cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+
+def check_tta(mode: str) -> str:
+    check_choice("test-time augmentation", mode, TTA_MODES)
+    return mode
+
+
+def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    """The views of a model-input batch (N, C, H, W) that ``mode`` averages over."""
+    check_tta(mode)
+    if mode == "none":
+        return [x]
+    views = [x]
+    if mode == "crops":  # shifted by ~1/16 of the side, edges replicated (the size of training's shifts)
+        k = max(1, round(x.shape[-1] / 16))
+        padded = F.pad(x, (k, k, k, k), mode="replicate")
+        h, w = x.shape[-2:]
+        views += [padded[..., k + dy:k + dy + h, k + dx:k + dx + w] for dy, dx in ((-k, 0), (k, 0), (0, -k), (0, k))]
+    return views + [v.flip(-1) for v in views]
+
+
+@torch.inference_mode()
+def predict_logits(model, faces, spec, device: torch.device, amp_dtype: torch.dtype | None = None,
+                   batch_size: int = 256, tta: str = "none") -> torch.Tensor:
+    """Class scores (float32, on CPU) for uint8 faces (N, H, W), in batches.
+
+    Args:
+        spec: the model's :class:`ferkit.models.InputSpec` (scaling and normalisation).
+        tta: ``none`` returns raw logits; ``flip``/``crops`` return log of the probabilities averaged
+            over the views, so ``softmax`` of the result is that average.
+    """
+    check_tta(tta)
+    model.eval()
+    faces = torch.as_tensor(faces)
+    out = []
+    for start in range(0, len(faces), batch_size):
+        x = spec.to_tensor(faces[start:start + batch_size], device).contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            if tta == "none":
+                out.append(model(x).float().cpu())
+                continue
+            probs = torch.stack([torch.softmax(model(v.contiguous(memory_format=torch.channels_last)).float(), 1)
+                                 for v in tta_views(x, tta)]).mean(0)
+            out.append(probs.clamp_min(1e-12).log().cpu())
+    return torch.cat(out) if out else torch.zeros(0)

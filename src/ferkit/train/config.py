@@ -1,0 +1,178 @@
+"""The training configuration and the named recipes that fill it.
+
+A recipe is a set of field values; anything given explicitly overrides it, and the resolved
+values are what a run folder's ``config.json`` records::
+
+    cfg = resolve_config("fer2013", train_dir="fer/train", val_dir="fer/validation", out="runs/f", epochs=30)
+
+``reference`` is the reference implementation's behaviour (and TrainConfig's defaults, so a plain
+``TrainConfig(...)`` trains exactly as ferkit 0.1 did); ``fer2013`` is the recipe ferkit's bundled
+model was trained with (see docs/model-card.md).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from ..choices import PRECISIONS, check_choice, check_device_name
+from ..errors import FerkitError
+from ..labels import parse_classes
+
+# Metric that picks the best epoch -> True when higher is better. val_loss is the reference's; val_acc
+# suits very small training sets, where any model more confident than the untrained one raises the
+# validation loss long before it stops improving accuracy.
+MONITORS = {"val_loss": False, "val_acc": True}
+OPTIMIZERS = ("adam", "adamw", "sgd")
+#: time_decay: the reference's Keras lr / (1 + decay * step); cosine: warm-up then cosine to 0;
+#: onecycle: warm-up from lr/25 over 30% of the steps, then cosine to lr/1e4; plateau: x0.5 after
+#: `plateau_patience` epochs without a better monitored metric; constant.
+SCHEDULES = ("time_decay", "cosine", "onecycle", "plateau", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in config.json; a resume must match it).
+
+    The defaults are the ``reference`` recipe: the reference implementation's CNN and optimiser.
+    """
+
+    train_dir: str
+    val_dir: str
+    out: str
+    recipe: str = "reference"
+    # model and data
+    arch: str = "seed"
+    model_args: dict = field(default_factory=dict)  # builder arguments beyond classes/size (width, depths, ...)
+    image_size: int = 64
+    classes: tuple[str, ...] | None = None   # None: the reference six present in train_dir
+    input_mean: float = 0.0         # model input = (pixel / 255 - mean) / std
+    input_std: float = 1.0
+    # schedule of the run
+    epochs: int = 50
+    batch_size: int = 64
+    patience: int = 5               # early stopping on the monitored metric; 0 disables
+    monitor: str = "val_loss"       # what picks the best epoch and drives early stopping: val_loss | val_acc
+    seed: int = 0
+    train_limit: int | None = None  # images per epoch (the reference's --num_train); None = all
+    val_limit: int | None = None    # validation images (the reference's --num_val); None = all
+    # optimiser
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    momentum: float = 0.9           # sgd: Nesterov momentum
+    weight_decay: float = 0.0
+    schedule: str = "time_decay"
+    lr_decay: float = 1e-6          # time_decay: lr / (1 + decay * step)
+    warmup_epochs: float = 0.0      # cosine: linear warm-up from 0
+    plateau_patience: int = 3       # plateau: epochs without improvement before the lr halves
+    grad_clip: float = 0.0          # max global gradient norm; 0 = off
+    ema: float = 0.0                # decay of an exponential moving average of weights (e.g. 0.999); 0 = off
+    # loss
+    label_smoothing: float = 0.0
+    class_weights: bool = False     # weight the loss by inverse class frequency
+    # augmentation (in torch, on whole batches)
+    augment: bool = False           # random flip, rotation, shift, zoom, aspect
+    rotate: float = 10.0            # degrees, +-
+    shift: float = 0.08             # fraction of the half-side, +-
+    zoom: float = 0.08              # +- fraction
+    aspect: float = 0.0             # +- fraction of the aspect ratio
+    erase: float = 0.0              # probability of random erasing per image
+    mixup: float = 0.0              # Beta(alpha, alpha) of mixup; 0 = off
+    cutmix: float = 0.0             # Beta(alpha, alpha) of cutmix; 0 = off (with mixup: one of the two per batch)
+    # machine
+    precision: str = "auto"         # auto | fp32 | bf16
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    strict: bool = False            # undecodable images are fatal instead of skipped
+    num_threads: int | None = None  # torch CPU threads; None = torch default
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.classes is not None and not isinstance(self.classes, tuple):
+            self.classes = parse_classes(self.classes)
+        self.model_args = dict(self.model_args or {})
+        for name in ("epochs", "batch_size", "image_size"):
+            if int(getattr(self, name)) < 1:
+                raise FerkitError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        check_choice("recipe", self.recipe, RECIPES)
+        check_choice("monitor", self.monitor, MONITORS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("precision", self.precision, PRECISIONS)
+        self.device = check_device_name(self.device)
+        if self.patience < 0:
+            raise FerkitError("patience must be 0 (off) or positive")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise FerkitError(f"learning rate must be a positive number (got {self.lr})")
+        for name, lo, hi in (("label_smoothing", 0, 1), ("erase", 0, 1), ("ema", 0, 1), ("momentum", 0, 1),
+                             ("zoom", 0, 0.9), ("aspect", 0, 0.9), ("shift", 0, 1)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and lo <= value < hi):
+                raise FerkitError(f"{name.replace('_', '-')} must be in [{lo}, {hi}) (got {value})")
+        for name in ("weight_decay", "grad_clip", "mixup", "cutmix", "warmup_epochs", "lr_decay", "rotate",
+                     "plateau_patience"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise FerkitError(f"{name.replace('_', '-')} must be 0 or positive (got {getattr(self, name)})")
+        if not (math.isfinite(self.input_std) and self.input_std > 0):
+            raise FerkitError(f"input-std must be positive (got {self.input_std})")
+        from ..models import resolve_model_args  # checks the architecture, its arguments and the image size
+
+        self.model_args = resolve_model_args(self.arch, self.image_size, self.model_args)
+
+    def identity(self) -> dict:
+        """The fields that must agree for a resume (not where output goes, not cosmetics)."""
+        d = asdict(self)
+        for k in _NOT_IDENTITY:
+            d.pop(k)
+        d["classes"] = list(d["classes"]) if d["classes"] else None
+        d["model_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["model_args"].items()}
+        return d
+
+    def matches(self, saved: dict) -> bool:
+        """Does a saved identity describe this config? Fields added to TrainConfig since the run was
+        saved count as their defaults, so older interrupted runs stay resumable."""
+        current = self.identity()
+        defaults = {f.name: f.default for f in fields(self) if f.name in current and f.default is not MISSING}
+        defaults["model_args"] = {}  # a default_factory field: not in f.default
+        return {**defaults, **saved} == current
+
+    def differences(self, saved: dict) -> list[str]:
+        """Names of the identity fields that differ from a saved identity (for the error message)."""
+        current = self.identity()
+        return [k for k in current if k in saved and saved[k] != current[k]]
+
+
+_NOT_IDENTITY = ("out", "progress", "num_threads", "epochs", "patience", "recipe")
+
+
+#: Named recipes: field values over TrainConfig's defaults. Any explicitly given value wins.
+RECIPES: dict[str, dict] = {
+    # The reference implementation: its CNN at 64 px, Adam 1e-4 with Keras time decay, plain
+    # cross-entropy, early stopping on validation loss. TrainConfig's defaults, spelled out.
+    "reference": {},
+    # What reaches the literature's accuracy on FER2013 within hours on a 2-core CPU: a VGG-style
+    # CNN with batch norm at the native 48 px, SGD with Nesterov momentum and weight decay, warm-up +
+    # cosine, label smoothing, batched geometric augmentation with random erasing; the epoch is
+    # picked by validation accuracy and nothing stops early (the schedule needs its last epochs).
+    "fer2013": dict(arch="vgg", model_args={"width": 48}, image_size=48, input_mean=0.5, input_std=0.25,
+                    epochs=60, batch_size=64, patience=0, monitor="val_acc",
+                    optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                    warmup_epochs=3, grad_clip=5.0, label_smoothing=0.1,
+                    augment=True, rotate=12.0, shift=0.2, zoom=0.15, aspect=0.1, erase=0.5),
+}
+
+
+def resolve_config(recipe: str = "reference", **values) -> TrainConfig:
+    """A TrainConfig from a named recipe, with ``values`` (those not None) overriding it."""
+    check_choice("recipe", recipe, RECIPES)
+    given = {k: v for k, v in values.items() if v is not None}
+    unknown = sorted(set(given) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise FerkitError(f"unknown training option(s): {', '.join(unknown)}")
+    merged = {**RECIPES[recipe], **given, "recipe": recipe}
+    if "arch" in given and given["arch"] != RECIPES[recipe].get("arch", "seed") and "model_args" not in given:
+        merged["model_args"] = {}  # another architecture: the recipe's arguments were for its own
+    return TrainConfig(**merged)
+
+
+def config_fields() -> list:
+    """TrainConfig's fields (for building CLI options and study configs from one place)."""
+    return list(fields(TrainConfig))

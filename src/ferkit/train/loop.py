@@ -1,0 +1,342 @@
+"""Training: the canonical loop (train_one_epoch / validate / fit) over uint8 data in memory.
+
+Example::
+
+    ferkit train --recipe fer2013 --train-dir fer/train --val-dir fer/validation --classes all7 --out runs/f
+
+    from ferkit.train import resolve_config, train
+    result = train(resolve_config("fer2013", train_dir=..., val_dir=..., out="runs/f"))
+
+The data stay uint8 on the training device (CPU or GPU); each batch is scaled, augmented in torch,
+normalised by the model's input contract and fed to the model, with autocast and channels_last.
+The run folder and resuming are :mod:`ferkit.train.run_folder`'s job.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..console import log, progress_bar
+from ..data import ImageSet, load_dataset
+from ..errors import FerkitError
+from ..models import CheckpointRecord, InputSpec, count_parameters, create_model
+from ..runtime import autocast, predict_logits, resolve_precision, select_device
+from . import augment as A
+from .config import MONITORS, TrainConfig
+from .run_folder import RunFolder
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    classes: tuple[str, ...]
+    best_epoch: int
+    best_val_loss: float
+    best_val_acc: float
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0            # training + validation time of every epoch, across resumed invocations
+    wall_seconds: float = 0.0       # this invocation, decoding included
+
+
+# ----------------------------------------------------------------------------- learning rate
+class LRSchedule:
+    """Learning-rate factor per optimiser step (a pure function of the step, so resuming is exact),
+    plus the reduce-on-plateau state that changes once per epoch."""
+
+    def __init__(self, cfg: TrainConfig, steps_per_epoch: int):
+        self.cfg = cfg
+        self.total = max(1, cfg.epochs * steps_per_epoch)
+        self.warmup = cfg.warmup_epochs * steps_per_epoch
+        self.plateau_factor, self.plateau_bad = 1.0, 0
+
+    def factor(self, step: int) -> float:
+        kind = self.cfg.schedule
+        if kind == "time_decay":
+            return 1.0 / (1.0 + self.cfg.lr_decay * step)
+        if kind == "plateau":
+            return self.plateau_factor
+        if kind == "constant":
+            return 1.0
+        if kind == "onecycle":
+            up = 0.3 * self.total
+            if step < up:
+                return 1 / 25 + (1 - 1 / 25) * step / up
+            t = min(1.0, (step - up) / max(1.0, self.total - up))
+            return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * t))
+        if step < self.warmup:  # cosine
+            return (step + 1) / (self.warmup + 1)
+        t = min(1.0, (step - self.warmup) / max(1.0, self.total - self.warmup))
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+    def epoch_end(self, improved: bool) -> None:
+        if self.cfg.schedule != "plateau":
+            return
+        self.plateau_bad = 0 if improved else self.plateau_bad + 1
+        if self.plateau_bad >= self.cfg.plateau_patience:
+            self.plateau_factor, self.plateau_bad = self.plateau_factor * 0.5, 0
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+# ----------------------------------------------------------------------------- one epoch
+@dataclass
+class Trainer:
+    """The pieces of a run that change as it trains (and are saved to resume it)."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    schedule: LRSchedule
+    spec: InputSpec
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    gen: torch.Generator
+    class_weight: torch.Tensor | None = None
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+    step: int = 0
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated and saved: the EMA average when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def batch_input(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> augmented, normalised float model input (channels_last)."""
+        cfg = self.cfg
+        x = images_u8.unsqueeze(1).float().div_(self.spec.pixel_max)
+        if cfg.augment:
+            x = A.geometric(x, self.gen, cfg.rotate, cfg.shift, cfg.zoom, cfg.aspect)
+        x = self.spec.normalize(x)
+        if cfg.erase > 0:
+            x = A.random_erase(x, self.gen, cfg.erase)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, weight=self.class_weight, label_smoothing=self.cfg.label_smoothing)
+
+    def train_one_epoch(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> dict:
+        """One pass over (a random subset of) the training set. Returns its loss and accuracy."""
+        cfg, model = self.cfg, self.model
+        model.train()
+        n = len(labels) if cfg.train_limit is None else min(cfg.train_limit, len(labels))
+        order = torch.randperm(len(labels), generator=self.gen)[:n].to(images.device)
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = progress_bar(total=n, enabled=cfg.progress, desc=f"epoch {epoch}/{cfg.epochs}", unit="img", leave=False)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            y = labels[idx]
+            x = self.batch_input(images[idx])
+            x, y_a, y_b, lam = A.mix(x, y, self.gen, cfg.mixup, cfg.cutmix)
+            for g in self.opt.param_groups:
+                g["lr"] = cfg.lr * self.schedule.factor(self.step)
+            with autocast(self.device, self.amp_dtype):
+                logits = model(x)
+            loss = self.loss(logits, y_a) if lam == 1.0 else lam * self.loss(logits, y_a) + (1 - lam) * self.loss(logits, y_b)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FerkitError(f"training diverged: the loss became {value} in epoch {epoch} (lr {cfg.lr:g}); "
+                                  "nothing from this epoch was saved. Lower --lr or set --grad-clip, with --overwrite")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            if self.ema is not None:
+                self.ema.update_parameters(model)
+            self.step += 1
+            total_loss += value * len(idx)
+            correct += (logits.argmax(1) == y_a).sum().item()
+            seen += len(idx)
+            bar.update(len(idx))
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+        bar.close()
+        return {"train_loss": total_loss / seen, "train_acc": correct / seen}
+
+    def validate(self, images, labels) -> dict:
+        logits = predict_logits(self.eval_model, images, self.spec, self.device, self.amp_dtype)
+        labels = torch.as_tensor(labels)
+        return {"val_loss": F.cross_entropy(logits, labels).item(),
+                "val_acc": (logits.argmax(1) == labels).float().mean().item(),
+                "val_pred": logits.argmax(1).numpy()}
+
+    # ------------------------------------------------------------------ resume state
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        t = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt = self.opt.state_dict()
+        for i, st in opt["state"].items():
+            for k, v in st.items():
+                t[f"opt.{i}.{k}"] = torch.as_tensor(v).reshape(-1) if not torch.is_tensor(v) or v.dim() == 0 \
+                    else v
+        if self.ema is not None:
+            t.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        t["rng.gen"] = self.gen.get_state()
+        t["rng.torch"] = torch.get_rng_state()
+        return t
+
+    def load_state_tensors(self, t: dict[str, torch.Tensor], progress: dict) -> None:
+        self.model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+        opt = self.opt.state_dict()
+        state: dict = {}
+        for key, v in t.items():
+            if key.startswith("opt."):
+                _, i, name = key.split(".", 2)
+                state.setdefault(int(i), {})[name] = v.reshape(()) if name == "step" else v
+        opt["state"] = state
+        self.opt.load_state_dict(opt)
+        if self.ema is not None:
+            self.ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
+        self.gen.set_state(t["rng.gen"])
+        torch.set_rng_state(t["rng.torch"])
+        self.step = progress["step"]
+        self.schedule.plateau_factor, self.schedule.plateau_bad = progress.get("plateau", [1.0, 0])
+
+
+# ----------------------------------------------------------------------------- the run
+def _better(row: dict, best: dict, monitor: str) -> bool:
+    """Is this epoch better than the best so far on the monitored metric (ties: the loss decides)?"""
+    if best["epoch"] == 0:
+        return True
+    if MONITORS[monitor]:
+        return (row[monitor], -row["val_loss"]) > (best[monitor], -best["val_loss"])
+    return row[monitor] < best[monitor]
+
+
+def load_train_val(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
+    """Decode training and validation data with one class list (from the training data)."""
+    train = load_dataset(cfg.train_dir, cfg.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
+                         role="training data")
+    val = load_dataset(cfg.val_dir, train.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
+                       role="validation data")
+    return train, val
+
+
+def _val_subset(cfg: TrainConfig, val_set: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = val_set.images, val_set.labels
+    if cfg.val_limit is not None and cfg.val_limit < len(labels):
+        pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(labels))[:cfg.val_limit])
+        images, labels = images[pick], labels[pick]
+    return images, labels
+
+
+def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device) -> Trainer:
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = create_model(cfg.arch, len(cfg.classes), cfg.image_size, **cfg.model_args).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    n = len(train_set) if cfg.train_limit is None else min(cfg.train_limit, len(train_set))
+    weight = None
+    if cfg.class_weights:
+        counts = np.maximum(np.bincount(train_set.labels, minlength=len(cfg.classes)), 1)
+        weight = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32, device=device)
+    ema = None
+    if cfg.ema > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    spec = InputSpec(cfg.image_size, 1, 255.0, (cfg.input_mean,), (cfg.input_std,))
+    return Trainer(cfg, model, make_optimizer(cfg, model), LRSchedule(cfg, math.ceil(n / cfg.batch_size)), spec,
+                   device, resolve_precision(cfg.precision, device), gen, weight, ema)
+
+
+def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, ImageSet] | None = None,
+          keep_state: bool = True) -> RunResult:
+    """Train a model as configured and write the run folder. Returns the run's summary.
+
+    Args:
+        cfg: the run's configuration (see :func:`ferkit.train.resolve_config` for recipes).
+        overwrite: replace what ``cfg.out`` holds (an interrupted run is otherwise resumed, and a
+            finished one continued when ``cfg.epochs`` is larger).
+        data: already-decoded (train, val) sets, to skip decoding (used by ``ferkit study``).
+        keep_state: keep ``state/`` after the run finishes, so a larger ``epochs`` can continue it
+            (``ferkit study`` drops it: many small runs, never extended).
+    """
+    t0 = time.time()
+    folder = RunFolder(cfg.out)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = select_device(cfg.device)
+    train_set, val_set = data if data is not None else load_train_val(cfg)
+    cfg.classes = train_set.classes
+    progress = folder.prepare(cfg, overwrite)
+    tr = _build_trainer(cfg, train_set, device)
+    val_images, val_labels = _val_subset(cfg, val_set)
+    images = torch.from_numpy(train_set.images).to(device)   # uint8, resident on the training device
+    labels = torch.from_numpy(train_set.labels).to(device)
+
+    config_record = {**asdict(cfg), "classes": list(cfg.classes), "device": str(device),
+                     "precision_used": str(tr.amp_dtype or "float32"), "parameters": count_parameters(tr.model),
+                     "train_counts": train_set.class_counts(), "val_counts": val_set.class_counts(),
+                     "skipped_files": train_set.skipped + val_set.skipped, "input": tr.spec.to_json()}
+    history, best, bad_epochs = [], {"val_loss": math.inf, "epoch": 0, "val_acc": 0.0}, 0
+    if progress is not None:
+        tr.load_state_tensors(folder.load_state(progress), progress)
+        history, best, bad_epochs = progress["history"], progress["best"], progress["bad_epochs"]
+    else:
+        folder.write_config(config_record)
+    log(f"training {cfg.arch} ({count_parameters(tr.model):,} parameters) on {len(images)} images, "
+        f"validating on {len(val_labels)}; classes: {', '.join(cfg.classes)}; recipe {cfg.recipe}; device {device}, "
+        f"{'autocast ' + str(tr.amp_dtype).split('.')[-1] if tr.amp_dtype else 'fp32'}")
+
+    def record(epoch: int, metrics: dict) -> CheckpointRecord:
+        return CheckpointRecord(cfg.arch, tuple(cfg.classes), tr.spec, dict(cfg.model_args), epoch, metrics,
+                                config_record)
+
+    stopped_early = False
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        if cfg.patience and bad_epochs >= cfg.patience:
+            stopped_early = True
+            break
+        t_ep = time.time()
+        row = {"epoch": epoch, "lr": cfg.lr * tr.schedule.factor(tr.step)}
+        row.update(tr.train_one_epoch(images, labels, epoch))
+        val = tr.validate(val_images, val_labels)
+        if not math.isfinite(val["val_loss"]):
+            raise FerkitError(f"training diverged: validation loss is {val['val_loss']} after epoch {epoch}; "
+                              "nothing from this epoch was saved. Lower --lr, with --overwrite")
+        row.update(val_loss=val["val_loss"], val_acc=val["val_acc"], seconds=round(time.time() - t_ep, 2))
+        history.append(row)
+        improved = _better(row, best, cfg.monitor)
+        if improved:
+            from sklearn.metrics import f1_score
+            best = {"val_loss": row["val_loss"], "val_acc": row["val_acc"], "epoch": epoch,
+                    "val_macro_f1": float(f1_score(val_labels, val["val_pred"], average="macro",
+                                                   labels=list(range(len(cfg.classes))), zero_division=0))}
+            folder.save_checkpoint("best.safetensors", tr.eval_model, record(epoch, best))
+        bad_epochs = 0 if improved else bad_epochs + 1
+        tr.schedule.epoch_end(improved)
+        log(f"epoch {epoch:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.3g}  {row['seconds']:.1f}s"
+            f"{'  *best' if improved else ''}")
+        folder.write_history(history)
+        folder.save_state(tr.state_tensors(), {"config": cfg.identity(), "history": history, "best": best,
+                                               "bad_epochs": bad_epochs, "step": tr.step,
+                                               "plateau": [tr.schedule.plateau_factor, tr.schedule.plateau_bad]})
+    if stopped_early:
+        log(f"early stop: {cfg.monitor.replace('val_', 'validation ')} has not improved for {cfg.patience} epochs")
+
+    last = history[-1]
+    folder.save_checkpoint("last.safetensors", tr.eval_model,
+                           record(len(history), {k: last[k] for k in ("val_loss", "val_acc")}))
+    folder.plot_curves(history, title=f"{cfg.arch} on {Path(cfg.train_dir).name}")
+    result = RunResult(folder.path, tuple(cfg.classes), best["epoch"], best["val_loss"], best["val_acc"],
+                       len(history), history, seconds=round(sum(float(h["seconds"]) for h in history), 1),
+                       wall_seconds=round(time.time() - t0, 1))
+    folder.write_summary({"best_epoch": best["epoch"], "best_val": best, "epochs_run": len(history),
+                          "stopped_early": stopped_early, "seconds": result.seconds,
+                          "wall_seconds": result.wall_seconds, "classes": list(cfg.classes), "recipe": cfg.recipe})
+    if not keep_state:
+        folder.drop_state()
+    return result

@@ -1,0 +1,180 @@
+"""The run folder: every file of a training run, written atomically, and how a run resumes.
+
+Layout::
+
+    config.json        written first (the folder is recognisably a ferkit run from then on): the
+                       resolved config, classes, device, data counts, skipped files
+    history.csv        per epoch: train/val loss and accuracy, learning rate, seconds
+    curves.png         accuracy and loss per epoch, train vs validation
+    best.safetensors   weights of the best epoch by the config's monitor (+ JSON record)
+    last.safetensors   weights after the last epoch
+    summary.json       best epoch and its validation metrics, training time (written last)
+    state/             everything needed to continue (weights, optimiser, EMA, random generators);
+                       kept after the run finishes, so a larger --epochs continues it
+
+Any interruption leaves either the previous complete state or the new one (each file is renamed
+into place), so re-running the same command continues after the last finished epoch.
+"""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..console import log
+from ..errors import FerkitError
+from ..files import atomic_path, make_dir, read_json, save_figure, write_json
+from ..models import CheckpointRecord, save_checkpoint
+from .config import TrainConfig
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+class RunFolder:
+    """Owns the files of one run. ``writer`` is False on processes that must not write (DDP ranks > 0)."""
+
+    def __init__(self, path: str | Path, writer: bool = True):
+        self.path = Path(path)
+        self.writer = writer
+
+    # ------------------------------------------------------------------ opening
+    def prepare(self, cfg: TrainConfig, overwrite: bool) -> dict | None:
+        """Make the folder ready. Returns the saved progress to continue from, or None for a new run.
+
+        Raises FerkitError for a folder that is not ours, an interrupted run with another config,
+        or a finished run that cannot continue.
+        """
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise FerkitError(f"output {p} exists and is not a folder")
+        if p.is_dir() and any(p.iterdir()):
+            if not (p / "config.json").exists():
+                raise FerkitError(f"{p} is not empty and is not a ferkit run folder; choose another --out")
+            if overwrite:
+                self._clear()
+            else:
+                progress = self._continuable(cfg)
+                if progress is not None:
+                    return progress
+                self._clear()  # ours, but interrupted before its first epoch finished: nothing to keep
+        make_dir(p, "run folder")
+        return None
+
+    def _continuable(self, cfg: TrainConfig) -> dict | None:
+        """Saved progress that this config may continue; None when there is none to keep."""
+        p = self.path
+        state_json = p / "state" / "state.json"
+        summary = read_json(p / "summary.json") if (p / "summary.json").exists() else None
+        if not state_json.exists():
+            if summary is not None:
+                raise FerkitError(f"{p} already holds a finished run (without resume state); pass --overwrite "
+                                  "to replace it")
+            return None
+        saved = read_json(state_json)
+        if not cfg.matches(saved.get("config") or {}):
+            diff = ", ".join(cfg.differences(saved.get("config") or {})) or "fields"
+            raise FerkitError(f"{p} holds a run with a different config ({diff} differ); pass --overwrite "
+                              "to start over, or choose another --out")
+        done = len(saved["history"])
+        stopped = bool(cfg.patience) and saved["bad_epochs"] >= cfg.patience
+        if summary is not None or done >= cfg.epochs or stopped:
+            if done >= cfg.epochs:
+                raise FerkitError(f"{p} already holds a finished run of {done} epochs; pass a larger --epochs to "
+                                  "continue it, or --overwrite to replace it")
+            if stopped:
+                raise FerkitError(f"{p} stopped early after {done} epochs (no better {cfg.monitor} for "
+                                  f"{saved['bad_epochs']} epochs); raise --patience (0 = off) to continue it, "
+                                  "or pass --overwrite")
+            log(f"continuing the finished run in {p} from epoch {done} to {cfg.epochs}")
+            if self.writer:
+                (p / "summary.json").unlink(missing_ok=True)
+        else:
+            log(f"resuming {p} after epoch {done}")
+        return saved
+
+    def _clear(self) -> None:
+        if not self.writer:
+            return
+        for entry in self.path.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+    # ------------------------------------------------------------------ files
+    def write_config(self, record: dict) -> None:
+        if self.writer:
+            write_json(self.path / "config.json", record)
+
+    def save_checkpoint(self, name: str, model, record: CheckpointRecord) -> None:
+        if self.writer:
+            save_checkpoint(model, self.path / name, record)
+
+    def write_history(self, history: list[dict]) -> None:
+        if not self.writer:
+            return
+        with atomic_path(self.path / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(history)
+
+    def plot_curves(self, history: list[dict], title: str = "") -> None:
+        if self.writer:
+            plot_curves(history, self.path / "curves.png", title)
+
+    def write_summary(self, summary: dict) -> None:
+        if self.writer:
+            write_json(self.path / "summary.json", summary)
+
+    # ------------------------------------------------------------------ resume state
+    def save_state(self, tensors: dict[str, torch.Tensor], progress: dict) -> None:
+        """Weights/optimiser/generator tensors + JSON progress; the JSON is renamed last, and names
+        the tensor file it belongs to, so a kill between the two renames keeps the previous pair."""
+        if not self.writer:
+            return
+        from safetensors.torch import save_file
+
+        state_dir = self.path / "state"
+        state_dir.mkdir(exist_ok=True)
+        name = f"state-{len(progress['history'])}.safetensors"
+        with atomic_path(state_dir / name) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        write_json(state_dir / "state.json", {**progress, "tensors": name})
+        for old in state_dir.glob("state-*.safetensors"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def drop_state(self) -> None:
+        """Remove the resume state of a finished run (summary.json already marks it finished)."""
+        if self.writer:
+            shutil.rmtree(self.path / "state", ignore_errors=True)
+
+    def load_state(self, progress: dict) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        path = self.path / "state" / progress.get("tensors", "state.safetensors")
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors' own error type for a damaged file
+            raise FerkitError(f"resume state {path} is damaged ({str(exc).splitlines()[0][:100]}); "
+                              "pass --overwrite to start over") from None
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
+    """Accuracy and loss per epoch, train vs validation (the reference's plot.png)."""
+    from ..files import new_figure
+
+    ep = [h["epoch"] for h in history]
+    fig = new_figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    for ax, key, name in ((axes[0], "acc", "accuracy"), (axes[1], "loss", "loss")):
+        ax.plot(ep, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train")
+        ax.plot(ep, [h[f"val_{key}"] for h in history], "o-", ms=3, label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.set_title(f"model {name}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
