@@ -7,7 +7,7 @@ import torch
 
 from ferkit import train as train_mod
 from ferkit.train.loop import Trainer, _better
-from ferkit.errors import FerkitError
+from ferkit.errors import FerkitError, Interrupted
 from ferkit.train import TrainConfig, train
 
 FAST = dict(image_size=32, batch_size=16, lr=1e-3, progress=False)
@@ -60,7 +60,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_splits, tmp_path, monke
         return real_validate(*a, **k)
     monkeypatch.setattr(Trainer, "validate", flaky)
     cfg = dict(epochs=3, seed=3, **FAST)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="keeps epochs 1-2: re-run the same command to resume"):
         train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **cfg))
     assert (tmp_path / "cut" / "state" / "state.json").exists() and not (tmp_path / "cut" / "summary.json").exists()
     monkeypatch.setattr(Trainer, "validate", real_validate)

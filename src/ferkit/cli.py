@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .choices import DEVICE_HELP, PRECISIONS, TTA_MODES
-from .errors import FerkitError
+from .errors import FerkitError, Interrupted
 from .train.config import MONITORS
 
 MONITOR_CHOICES = tuple(MONITORS)
@@ -594,8 +594,11 @@ def report_errors(fn, prog: str = "ferkit") -> int:
     except FerkitError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(f"{prog}: interrupted: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted (re-run the same command to resume)", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
         print(f"{prog}: error: out of memory (try a smaller --batch-size)", file=sys.stderr)

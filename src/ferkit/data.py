@@ -31,7 +31,7 @@ from .errors import FerkitError
 from .labels import EXPRESSIONS, REFERENCE_CLASSES, canonical_class
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSet", "Source", "bgr_to_gray", "cache_dir", "decode_gray", "decode_image",
-           "default_classes", "load_dataset", "load_face", "log", "max_pixels", "preprocess_gray", "scan_source"]
+           "default_classes", "find_files", "load_dataset", "load_face", "log", "max_pixels", "preprocess_gray", "scan_source"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _CACHE_VERSION = 2   # 2: EXIF orientation applied, 16-bit scaled by its bit depth
@@ -170,12 +170,14 @@ def _class_folders(root: Path) -> dict[str, Path]:
     return folders
 
 
-def _images_in(folder: Path) -> list[Path]:
+def find_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Files under ``folder`` (recursive, sorted, hidden names skipped, symlinked folders not
+    followed, so a link loop cannot trap the walk) whose names end in ``extensions``."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(Path(dirpath) / f for f in sorted(filenames)
-                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+                   if f.lower().endswith(extensions) and not f.startswith("."))
     return out
 
 
@@ -218,7 +220,7 @@ def scan_source(path: str | os.PathLike, classes: tuple[str, ...] | None = None,
         files, labels = [], []
         wanted = folders if classes is None else {c: folders[c] for c in classes if c in folders}
         for canon, folder in wanted.items():
-            imgs = _images_in(folder)
+            imgs = find_files(folder)
             if not imgs:
                 raise FerkitError(f"{role} class folder {folder} has no images")
             files += imgs
@@ -322,17 +324,16 @@ def _load_cached(key: str, n: int):
 
 
 def _store_cached(key: str, images: np.ndarray, ok: list[int], bad: list) -> None:
+    from .files import atomic_path, write_json
+
     base = cache_dir() / "datasets" / key
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{base}.{os.getpid()}.tmp"
-        with open(tmp + ".npy", "wb") as fh:
+        write_json(f"{base}.json", {"ok": ok, "bad": bad})  # json first: a reader needs both, and checks the count
+        with atomic_path(f"{base}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, images, allow_pickle=False)
-        Path(tmp + ".json").write_text(json.dumps({"ok": ok, "bad": bad}))
-        os.replace(tmp + ".json", f"{base}.json")  # json first: a reader needs both, and checks the count
-        os.replace(tmp + ".npy", f"{base}.npy")
-    except OSError as exc:  # a read-only home must not stop training
-        log(f"note: could not write dataset cache ({exc}); continuing without it")
+    except (OSError, FerkitError) as exc:  # a read-only home or a full disk must not stop training
+        log(f"note: could not write the dataset cache ({exc}); continuing without it")
 
 
 def load_dataset(source: str | os.PathLike, classes: tuple[str, ...] | None = None, image_size: int = 64,

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .console import log
+from .console import log, progress_bar
 from .data import ImageSet, default_classes, load_dataset, scan_source
 from .errors import FerkitError
 from .files import atomic_path, make_dir, save_figure, write_json, write_text
@@ -591,8 +591,6 @@ def _check_study_dir(out: Path, cfg: StudyConfig) -> None:
 
 def run_study(cfg: StudyConfig) -> StudyResult:
     """Run (or resume) every setting x real-data size x seed, then write table, plot and summary."""
-    from tqdm import tqdm
-
     out = Path(cfg.out)
     classes, real, val, test, synth = _load_sources(cfg)
     specs = plan_study(cfg, real, synth)
@@ -626,8 +624,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     if done:
         log(f"study {out}: {len(done)} of {len(specs)} runs already finished, skipping them")
     results = dict(done)
-    bar = tqdm(total=len(specs), initial=len(done), desc="study", unit="run", disable=not cfg.progress,
-               dynamic_ncols=True, position=0)
+    bar = progress_bar(total=len(specs), initial=len(done), desc="study", unit="run", enabled=cfg.progress, position=0)
     try:
         if cfg.jobs == 1 or len(jobs) <= 1:
             for run_id, (spec, job) in jobs.items():

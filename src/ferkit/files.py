@@ -14,20 +14,50 @@ from typing import Iterator
 from .errors import FerkitError
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def temp_sibling(path: Path) -> Path:
+    """The temporary name :func:`atomic_path` writes ``path`` under (hidden, ends in .tmp)."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
+    On an exception the temporary file is removed and ``path`` is left as it was. A full disk, a
+    read-only folder or a permission error becomes one FerkitError naming ``path``.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_sibling(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        raise FerkitError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """Atomically write a safetensors file; its own error type (e.g. a full disk) becomes a FerkitError."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors' SafetensorError wraps the OS error in its message
+            text = str(exc)
+            why = "no space left on device" if "StorageFull" in text or "No space" in text else text.splitlines()[0][:120]
+            raise FerkitError(f"cannot write {path}: {why}") from None
+    return path
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

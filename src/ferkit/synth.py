@@ -842,10 +842,10 @@ def _write_metadata(path: Path, rows: list[dict]) -> None:
 
 
 def _run_tasks(tasks: list[tuple], workers: int | None, progress: bool, desc: str) -> list[dict]:
-    from tqdm import tqdm
+    from .console import progress_bar
 
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    bar = tqdm(total=len(tasks), desc=desc, unit="face", disable=not progress)
+    bar = progress_bar(total=len(tasks), desc=desc, unit="face", enabled=progress)
     rows: list[dict] = []
     try:
         if workers == 1 or len(tasks) < 64:  # a pool costs more than it saves on tiny jobs

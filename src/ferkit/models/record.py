@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import FerkitError
-from ..files import atomic_path
+from ..files import write_safetensors
 from .registry import create_model
 
 FORMAT_VERSION = 2
@@ -154,8 +154,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, record: Checkpoin
                     dtype: torch.dtype | None = None) -> Path:
     """Write weights + JSON record atomically. ``dtype`` (e.g. torch.float16) stores floating
     weights in that type (they are loaded back as float32)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     state = {}
     for k, v in model.state_dict().items():
@@ -163,9 +161,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, record: Checkpoin
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         state[k] = v.contiguous()
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"ferkit": json.dumps(record.to_json())})
-    return path
+    return write_safetensors(path, state, {"ferkit": json.dumps(record.to_json())})
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..console import log, progress_bar
 from ..data import ImageSet, load_dataset
-from ..errors import FerkitError
+from ..errors import FerkitError, Interrupted
 from ..models import CheckpointRecord, InputSpec, count_parameters, create_model
 from ..runtime import autocast, predict_logits, resolve_precision, select_device
 from . import augment as A
@@ -301,8 +301,13 @@ def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, Image
             break
         t_ep = time.time()
         row = {"epoch": epoch, "lr": cfg.lr * tr.schedule.factor(tr.step)}
-        row.update(tr.train_one_epoch(images, labels, epoch))
-        val = tr.validate(val_images, val_labels)
+        try:
+            row.update(tr.train_one_epoch(images, labels, epoch))
+            val = tr.validate(val_images, val_labels)
+        except KeyboardInterrupt:
+            raise Interrupted(f"training stopped during epoch {epoch}; {folder.path} keeps "
+                              f"{'epochs 1-' + str(epoch - 1) if epoch > 1 else 'no finished epoch'}: re-run the same "
+                              "command to resume") from None
         if not math.isfinite(val["val_loss"]):
             raise FerkitError(f"training diverged: validation loss is {val['val_loss']} after epoch {epoch}; "
                               "nothing from this epoch was saved. Lower --lr, with --overwrite")

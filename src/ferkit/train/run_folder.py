@@ -25,7 +25,7 @@ import torch
 
 from ..console import log
 from ..errors import FerkitError
-from ..files import atomic_path, make_dir, read_json, save_figure, write_json
+from ..files import TMP_SUFFIX, atomic_path, make_dir, read_json, save_figure, write_json, write_safetensors
 from ..models import CheckpointRecord, save_checkpoint
 from .config import TrainConfig
 
@@ -55,6 +55,7 @@ class RunFolder:
             if overwrite:
                 self._clear()
             else:
+                self._remove_temp_files()   # left by a kill in the middle of a write
                 progress = self._continuable(cfg)
                 if progress is not None:
                     return progress
@@ -94,6 +95,11 @@ class RunFolder:
             log(f"resuming {p} after epoch {done}")
         return saved
 
+    def _remove_temp_files(self) -> None:
+        if self.writer:
+            for tmp in [*self.path.glob(f".*{TMP_SUFFIX}"), *self.path.glob(f"state/.*{TMP_SUFFIX}")]:
+                tmp.unlink(missing_ok=True)
+
     def _clear(self) -> None:
         if not self.writer:
             return
@@ -131,13 +137,9 @@ class RunFolder:
         the tensor file it belongs to, so a kill between the two renames keeps the previous pair."""
         if not self.writer:
             return
-        from safetensors.torch import save_file
-
-        state_dir = self.path / "state"
-        state_dir.mkdir(exist_ok=True)
+        state_dir = make_dir(self.path / "state", "resume-state folder")
         name = f"state-{len(progress['history'])}.safetensors"
-        with atomic_path(state_dir / name) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        write_safetensors(state_dir / name, {k: v.detach().cpu().contiguous() for k, v in tensors.items()})
         write_json(state_dir / "state.json", {**progress, "tensors": name})
         for old in state_dir.glob("state-*.safetensors"):
             if old.name != name:

@@ -1,0 +1,142 @@
+"""Recipes, batched augmentation, schedules and test-time augmentation."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ferkit.errors import FerkitError
+from ferkit.models import InputSpec, create_model
+from ferkit.runtime import predict_logits, tta_views
+from ferkit.train import RECIPES, TrainConfig, augment, resolve_config
+from ferkit.train.loop import LRSchedule
+
+
+def test_recipes_resolve_with_overrides():
+    ref = resolve_config("reference", train_dir="a", val_dir="b", out="c")
+    assert ref == TrainConfig("a", "b", "c")           # the reference recipe is TrainConfig's defaults
+    fer = resolve_config("fer2013", train_dir="a", val_dir="b", out="c", lr=0.01, epochs=7)
+    assert (fer.lr, fer.epochs, fer.recipe) == (0.01, 7, "fer2013")
+    for key, value in RECIPES["fer2013"].items():
+        if key not in ("lr", "epochs", "model_args"):
+            assert getattr(fer, key) == value, key
+    assert fer.model_args["width"] == 48 and fer.model_args["depths"] == (2, 2, 2, 2)  # defaults filled in
+    other = resolve_config("fer2013", train_dir="a", val_dir="b", out="c", arch="tiny")
+    assert other.arch == "tiny" and other.model_args == {}   # the recipe's vgg arguments do not carry over
+    with pytest.raises(FerkitError, match="unknown recipe 'best'; accepted: reference, fer2013"):
+        resolve_config("best", train_dir="a", val_dir="b", out="c")
+    with pytest.raises(FerkitError, match="unknown optimizer 'rmsprop'; accepted: adam, adamw, sgd"):
+        TrainConfig("a", "b", "c", optimizer="rmsprop")
+    with pytest.raises(FerkitError, match="takes no argument widht"):
+        TrainConfig("a", "b", "c", arch="vgg", model_args={"widht": 8})
+    with pytest.raises(FerkitError, match="too small"):
+        TrainConfig("a", "b", "c", arch="seed", image_size=7)
+
+
+def test_cli_recipe_writes_resolved_values_into_config(tiny_splits, tmp_path):
+    from ferkit.cli import run
+    train_dir, val_dir = tiny_splits
+    out = tmp_path / "run"
+    assert run(["train", "--recipe", "fer2013", "--train-dir", str(train_dir), "--val-dir", str(val_dir),
+                "--out", str(out), "--epochs", "2", "--model-arg", "width=8", "--model-arg", "depths=1,1,1",
+                "--image-size", "32", "--mixup", "0.2", "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"] == "fer2013" and config["epochs"] == 2 and config["mixup"] == 0.2
+    assert config["model_args"] == {"width": 8, "depths": [1, 1, 1], "dropout": 0.3, "in_channels": 1}
+    assert config["optimizer"] == "sgd" and config["label_smoothing"] == 0.1 and config["erase"] == 0.5
+    assert config["input"]["mean"] == [0.5] and config["input"]["std"] == [0.25]
+
+
+def _old_augment(x, gen):
+    """ferkit 0.1's augment_batch, verbatim: --recipe reference --augment must keep doing exactly this."""
+    n = x.shape[0]
+    r = torch.rand(n, 4, generator=gen, device="cpu").to(x.device)
+    angle = (r[:, 0] - 0.5) * math.radians(20)
+    scale = 1 + (r[:, 1] - 0.5) * 0.16
+    flip = torch.where(torch.rand(n, generator=gen).to(x.device) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, (r[:, 2] - 0.5) * 0.16], 1),
+                         torch.stack([sin * flip, cos, (r[:, 3] - 0.5) * 0.16], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def test_augmentation_is_seeded_in_range_and_reference_compatible():
+    x = torch.rand(16, 1, 24, 24)
+    cfg = RECIPES["fer2013"]
+    geo = {k: cfg[k] for k in ("rotate", "shift", "zoom", "aspect")}
+    a = augment.geometric(x, torch.Generator().manual_seed(3), **geo)
+    b = augment.geometric(x, torch.Generator().manual_seed(3), **geo)
+    c = augment.geometric(x, torch.Generator().manual_seed(4), **geo)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(augment.geometric(x, torch.Generator().manual_seed(5)),
+                       _old_augment(x, torch.Generator().manual_seed(5)))
+    erased = augment.random_erase(x, torch.Generator().manual_seed(0), p=1.0)
+    changed = (erased != x).flatten(1).float().mean(1)
+    assert erased.shape == x.shape and (changed > 0.01).all() and (changed < 0.5).all()
+    assert torch.equal(augment.random_erase(x, torch.Generator().manual_seed(0), p=0.0), x)
+    y = torch.arange(16) % 3
+    for kind in ({"mixup": 0.4}, {"cutmix": 1.0}):
+        mx, ya, yb, lam = augment.mix(x, y, torch.Generator().manual_seed(1), **kind)
+        assert mx.shape == x.shape and 0 <= lam <= 1 and torch.equal(ya, y) and sorted(yb.tolist()) == sorted(y.tolist())
+        again = augment.mix(x, y, torch.Generator().manual_seed(1), **kind)
+        assert torch.equal(mx, again[0]) and lam == again[3]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "time_decay", "constant"])
+def test_schedules_start_peak_and_end_where_documented(schedule):
+    cfg = TrainConfig("a", "b", "c", schedule=schedule, epochs=10, warmup_epochs=2)
+    s = LRSchedule(cfg, steps_per_epoch=100)
+    factors = [s.factor(i) for i in range(1000)]
+    assert all(0 < f <= 1 for f in factors)
+    if schedule == "cosine":
+        assert factors[0] < 0.01 and max(factors) == pytest.approx(1, abs=0.01) and factors[-1] < 1e-3
+        assert factors.index(max(factors)) == pytest.approx(200, abs=2)
+    if schedule == "onecycle":
+        assert factors[0] == pytest.approx(1 / 25) and factors[-1] < 1e-3 and factors.index(max(factors)) == 300
+    if schedule == "time_decay":
+        assert factors[999] == pytest.approx(1 / (1 + 1e-6 * 999))
+
+
+def test_plateau_halves_after_patience():
+    s = LRSchedule(TrainConfig("a", "b", "c", schedule="plateau", plateau_patience=2), 10)
+    for improved in (True, False, False):
+        s.epoch_end(improved)
+    assert s.factor(0) == 0.5
+
+
+def test_tta_views_and_none_equals_plain_evaluation():
+    torch.manual_seed(0)
+    model = create_model("vgg", 3, 24, width=4, depths=(1, 1)).eval()
+    spec = InputSpec(24, mean=(0.5,), std=(0.25,))
+    faces = torch.randint(0, 256, (5, 24, 24), dtype=torch.uint8)
+    x = spec.to_tensor(faces)
+    assert [len(tta_views(x, m)) for m in ("none", "flip", "crops")] == [1, 2, 10]
+    assert all(v.shape == x.shape for v in tta_views(x, "crops"))
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        plain = model(x)
+    assert torch.allclose(predict_logits(model, faces, spec, cpu, batch_size=2), plain, atol=1e-6)
+    flip = torch.softmax(predict_logits(model, faces, spec, cpu, tta="flip"), 1)
+    with torch.no_grad():
+        want = (torch.softmax(model(x), 1) + torch.softmax(model(x.flip(-1)), 1)) / 2
+    assert torch.allclose(flip, want, atol=1e-5)
+    crops = predict_logits(model, faces, spec, cpu, tta="crops")
+    assert crops.shape == (5, 3) and torch.allclose(torch.softmax(crops, 1).sum(1), torch.ones(5), atol=1e-5)
+    with pytest.raises(FerkitError, match="accepted: none, flip, crops"):
+        predict_logits(model, faces, spec, cpu, tta="mirror")
+
+
+def test_evaluate_records_tta(tiny_splits, tmp_path):
+    from ferkit.evaluate import evaluate
+    from ferkit.train import train
+    train_dir, val_dir = tiny_splits
+    train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "run"), epochs=2, image_size=32,
+                      batch_size=16, lr=1e-3, progress=False))
+    plain = evaluate(tmp_path / "run", val_dir, tmp_path / "e0", progress=False)
+    flip = evaluate(tmp_path / "run", val_dir, tmp_path / "e1", progress=False, tta="flip")
+    assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["tta"] == "flip"
+    assert json.loads((tmp_path / "e0" / "metrics.json").read_text())["tta"] == "none"
+    assert plain.n == flip.n == 30
