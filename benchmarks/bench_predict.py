@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("--arch", default="seed")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--fer-dir", default=None, help="FER2013 validation folder (class sub-folders) for the detection rate")
+    ap.add_argument("--fer-dir", default=None,
+                    help="FER2013 validation folder (class sub-folders) for the detection rate")
     ap.add_argument("--per-class", type=int, default=100)
     a = ap.parse_args()
 
@@ -54,12 +55,13 @@ def main() -> None:
 
     from ferkit import Recognizer
     from ferkit.cli import run
-    from ferkit.models import create_model, save_checkpoint
+    from ferkit.models import CheckpointRecord, InputSpec, create_model, save_checkpoint
 
     tmp = Path(tempfile.mkdtemp(prefix="ferkit-bench-"))
     torch.manual_seed(0)
     classes = ["angry", "disgusted", "fearful", "happy", "sad", "surprised"]
-    save_checkpoint(create_model(a.arch, 6), tmp / "m.safetensors", {"arch": a.arch, "classes": classes, "image_size": 64})
+    save_checkpoint(create_model(a.arch, 6), tmp / "m.safetensors",
+                    CheckpointRecord(a.arch, tuple(classes), InputSpec(64)))
     r = Recognizer.load(tmp / "m.safetensors", batch_size=a.batch_size)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OpenCV {cv2.__version__}, arch {a.arch}")
 

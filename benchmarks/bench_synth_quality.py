@@ -62,7 +62,8 @@ def main() -> None:
     sizes = {"train": n, "val": max(n // 4, 10), "test": n // 2}
     if "learn" in parts:
         d = _data(out / "data-default", sizes, DEFAULT_CLASSES, (0.5, 1.0), 0, a.image_size)
-        results["learn"] = _train_eval(d, out / "run-default", d / "test", a.epochs, DEFAULT_CLASSES, a.image_size, a.lr)
+        results["learn"] = _train_eval(d, out / "run-default", d / "test", a.epochs, DEFAULT_CLASSES, a.image_size,
+                                       a.lr)
         print("learn (default intensity, unseen identities):", results["learn"], flush=True)
     if "hard" in parts:
         lo, hi = (float(v) for v in a.hard_intensity.split(","))

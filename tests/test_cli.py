@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import make_folder
+
 from ferkit.cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,10 +40,11 @@ def test_bad_input_one_line_nonzero(tmp_path, tiny_splits, capsys, case):
     train_dir, val_dir = tiny_splits
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
+    out = str(tmp_path / "o")
     args = {
-        "missing": ["train", "--train-dir", str(tmp_path / "nope"), "--val-dir", str(val_dir), "--out", str(tmp_path / "o")],
-        "empty": ["train", "--train-dir", str(tmp_path / "empty"), "--val-dir", str(val_dir), "--out", str(tmp_path / "o")],
-        "unknown_class": ["train", "--train-dir", str(train_dir), "--val-dir", str(val_dir), "--out", str(tmp_path / "o"),
+        "missing": ["train", "--train-dir", str(tmp_path / "nope"), "--val-dir", str(val_dir), "--out", out],
+        "empty": ["train", "--train-dir", str(tmp_path / "empty"), "--val-dir", str(val_dir), "--out", out],
+        "unknown_class": ["train", "--train-dir", str(train_dir), "--val-dir", str(val_dir), "--out", out,
                           "--classes", "happy,bored"],
         "bad_checkpoint": ["evaluate", str(tmp_path / "junk.safetensors"), "--test-dir", str(val_dir)],
         "bad_number": ["train", "--train-dir", str(train_dir), "--val-dir", str(val_dir), "--out", str(tmp_path / "o"),
@@ -89,7 +90,8 @@ def test_reference_main_py_readme_commands(tmp_path):
     line = [l for l in proc.stdout.splitlines() if l.startswith("Test accuracy is:")]
     assert len(line) == 1 and 0 <= float(line[0].split(":")[1]) <= 1
     assert "surprised" in proc.stdout  # the report names the classes
-    bad = subprocess.run(f"{sys.executable} {ROOT / 'main.py'} --mode=test --model_save_dir=./nowhere --test_dir=./test",
+    cmd = f"{sys.executable} {ROOT / 'main.py'} --mode=test --model_save_dir=./nowhere --test_dir=./test"
+    bad = subprocess.run(cmd,
                          shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bad.returncode == 1
     _one_line_error(bad.stderr)

@@ -3,9 +3,9 @@ import time
 
 import numpy as np
 import pytest
+from conftest import make_folder
 from PIL import Image
 
-from conftest import make_folder
 from ferkit import data
 from ferkit.errors import FerkitError
 from ferkit.labels import REFERENCE_CLASSES, canonical_class, parse_classes

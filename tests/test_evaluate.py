@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_folder
+
 from ferkit.errors import FerkitError
 from ferkit.evaluate import evaluate
 from ferkit.train import TrainConfig, train

@@ -8,13 +8,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_folder
+
 from ferkit.cli import run
 from ferkit.data import scan_source
 from ferkit.errors import FerkitError
-from ferkit.experiments import (StudyConfig, allocate, build_mix, diff_ci, draw_per_class, parse_ratios,
-                                parse_sizes, plan_study, real_subset, run_study, t_quantile)
+from ferkit.experiments import (
+    StudyConfig,
+    allocate,
+    build_mix,
+    diff_ci,
+    draw_per_class,
+    parse_ratios,
+    parse_sizes,
+    plan_study,
+    real_subset,
+    run_study,
+    t_quantile,
+)
 
 
 def _faces(root: Path, per_class: int, seed: int, classes=("happy", "sad"), size: int = 32) -> Path:
@@ -239,7 +250,8 @@ def test_tiny_study_table_and_resume(faces, tmp_path, capsys):
 def test_study_parallel_jobs(faces, tmp_path):
     res = run_study(StudyConfig(real_train=str(faces["real"]), val=str(faces["val"]), test=str(faces["test"]),
                                 synthetic=[str(faces["syn"])], out=str(tmp_path / "par"), ratios="0,1", seeds=1,
-                                augment_arm=False, synthetic_arm=False, arch="tiny", epochs=1, image_size=32, batch_size=16,
+                                augment_arm=False, synthetic_arm=False, arch="tiny", epochs=1, image_size=32,
+                                batch_size=16,
                                 jobs=2, progress=False))
     assert res.trained == 2 and {r["setting"] for r in res.table} == {"k0", "k1"}
     assert all("accuracy" in r for r in res.runs)

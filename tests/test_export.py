@@ -10,6 +10,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from conftest import face_photo, make_folder  # noqa: E402
+
 from ferkit.cli import run  # noqa: E402
 from ferkit.train import TrainConfig, train  # noqa: E402
 

@@ -87,6 +87,7 @@ def test_checkpoint_of_ferkit_0_1_still_loads():
 
 def test_newer_format_and_bad_model_arguments_are_one_clear_error(tmp_path):
     import json
+
     from safetensors.torch import save_file
     m = models.create_model("tiny", 3, 16)
     newer = tmp_path / "newer.safetensors"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import face_photo, make_folder
+
 from ferkit.cli import run
 from ferkit.train import TrainConfig, train
 
@@ -122,7 +122,8 @@ def test_python_api_accepts_paths_arrays_and_pil_images(trained):
     faces = r.predict(face_photo())
     assert len(faces) == 1 and faces[0].box[2] > 100
     assert r.predict(np.full((200, 200), 128, np.uint8)) == []
-    batch = r.predict_faces([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((trained / "test" / "sad").glob("*"))])
+    files = sorted((trained / "test" / "sad").glob("*"))
+    batch = r.predict_faces([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in files])
     assert len(batch) == 6
     assert batch[0].probabilities == pytest.approx(
         r.predict(sorted((trained / "test" / "sad").glob("*"))[0], detect=False)[0].probabilities, abs=1e-6)

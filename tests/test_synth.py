@@ -10,8 +10,15 @@ import pytest
 
 from ferkit import synth
 from ferkit.errors import FerkitError
-from ferkit.synth import (DEFAULT_CLASSES, META_COLUMNS, generate_faces, generate_splits,
-                          render_face, sample_face_params, write_preview)
+from ferkit.synth import (
+    DEFAULT_CLASSES,
+    META_COLUMNS,
+    generate_faces,
+    generate_splits,
+    render_face,
+    sample_face_params,
+    write_preview,
+)
 
 SMALL = dict(size=24, progress=False, workers=1)
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ferkit import train as train_mod
-from ferkit.train.loop import Trainer, _better
 from ferkit.errors import FerkitError, Interrupted
 from ferkit.train import TrainConfig, train
+from ferkit.train.loop import Trainer, _better
 
 FAST = dict(image_size=32, batch_size=16, lr=1e-3, progress=False)
 
@@ -16,6 +16,11 @@ FAST = dict(image_size=32, batch_size=16, lr=1e-3, progress=False)
 def _history(run_dir):
     with open(run_dir / "history.csv") as fh:
         return list(csv.DictReader(fh))
+
+
+def strip(history):
+    """A history without its timings, values rounded (CSV round trips), for comparing runs."""
+    return [{k: round(float(v), 5) for k, v in row.items() if k != "seconds"} for row in history]
 
 
 def test_short_training_learns_and_writes_run_folder(tiny_splits, tmp_path):
@@ -40,7 +45,6 @@ def test_same_seed_same_history(tiny_splits, tmp_path):
     train_dir, val_dir = tiny_splits
     runs = [train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / f"r{i}"), epochs=2, seed=7, **FAST))
             for i in range(2)]
-    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
     assert strip(runs[0].history) == strip(runs[1].history)
     other = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "r3"), epochs=2, seed=8, **FAST))
     assert strip(other.history) != strip(runs[0].history)
@@ -73,7 +77,6 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_splits, tmp_path, monke
         row["seconds"] = 1000.0
     state_file.write_text(json.dumps(state))
     resumed = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **cfg))
-    strip = lambda h: [{k: round(float(v), 5) for k, v in row.items() if k != "seconds"} for row in h]
     assert strip(resumed.history) == strip(full.history)
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert summary["seconds"] == resumed.seconds >= 1000.0 * (len(resumed.history) - 1)

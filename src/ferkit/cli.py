@@ -547,7 +547,8 @@ def _cmd_models(a) -> int:
     print("architectures (ferkit train --arch NAME [--model-arg NAME=VALUE ...]):")
     for m in info["architectures"]:
         args = ", ".join(f"{k}={_show(v)}" for k, v in m["arguments"].items()) or "no arguments"
-        print(f"  {m['name']:8s} {m['summary']}\n           arguments: {args}; minimum image size {m['min_image_size']}")
+        print(f"  {m['name']:8s} {m['summary']}\n"
+              f"           arguments: {args}; minimum image size {m['min_image_size']}")
     print("bundled models (ferkit predict [--model NAME]; the first is the default):")
     for b in info["bundled"]:
         status = (f"{b['arch']}, {len(b['classes'])} classes ({', '.join(b['classes'])}), {b['image_size']} px, "

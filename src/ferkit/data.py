@@ -4,7 +4,8 @@ A dataset source is either a folder with one sub-folder per class, or a manifest
 columns ``path,class[,source]`` (paths relative to the manifest), as written by ``ferkit mix``.
 Every image goes through :func:`decode_image` and :func:`preprocess_gray` — the one decoder and
 resizer shared by training, evaluation, prediction, the study and main.py — and is kept as uint8;
-scaling and normalisation happen per batch, from the model's input contract. Decoded datasets are cached on disk, keyed on the file list, sizes,
+scaling and normalisation happen per batch, from the model's input contract. Decoded datasets
+are cached on disk, keyed on the file list, sizes,
 mtimes and image size, so a second run on the same folder starts in seconds.
 
 Example::
@@ -31,7 +32,8 @@ from .errors import FerkitError
 from .labels import EXPRESSIONS, REFERENCE_CLASSES, canonical_class
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSet", "Source", "bgr_to_gray", "cache_dir", "decode_gray", "decode_image",
-           "default_classes", "find_files", "load_dataset", "load_face", "log", "max_pixels", "preprocess_gray", "scan_source"]
+           "default_classes", "find_files", "load_dataset", "load_face", "log", "max_pixels", "preprocess_gray",
+           "scan_source"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _CACHE_VERSION = 2   # 2: EXIF orientation applied, 16-bit scaled by its bit depth
@@ -287,7 +289,8 @@ def _cache_key(files: list[Path], image_size: int) -> str:
     return h.hexdigest()[:32]
 
 
-def _decode_all(files: list[Path], image_size: int, progress: bool) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+def _decode_all(files: list[Path], image_size: int,
+                progress: bool) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     def one(f: Path):
         try:
             return load_face(f, image_size), None

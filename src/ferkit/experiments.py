@@ -199,15 +199,12 @@ def real_subset(labels: np.ndarray, per_class: int | None, n_classes: int, seed:
 def write_manifest(path: Path, paths, class_names, sources) -> Path:
     """Write ``path,class,source`` rows (absolute paths) atomically."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(MANIFEST_FIELDS)
-            for p, c, s in zip(paths, class_names, sources):
-                w.writerow([os.path.abspath(p), c, s])
-    except OSError as exc:
-        raise FerkitError(f"cannot write manifest {path}: {exc.strerror or exc}") from None
+    make_dir(path.parent)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(MANIFEST_FIELDS)
+        for p, c, s in zip(paths, class_names, sources):
+            w.writerow([os.path.abspath(p), c, s])
     return path
 
 
@@ -612,7 +609,8 @@ def run_study(cfg: StudyConfig) -> StudyResult:
             if manifest.exists():
                 continue
         write_manifest(manifest, [real.paths[i] for i in spec.real_idx] + [synth.paths[i] for i in spec.synth_idx],
-                       [classes[real.labels[i]] for i in spec.real_idx] + [classes[synth.labels[i]] for i in spec.synth_idx],
+                       [classes[real.labels[i]] for i in spec.real_idx]
+                       + [classes[synth.labels[i]] for i in spec.synth_idx],
                        ["real"] * n_real + ["synthetic"] * n_syn)
         if metrics is not None:
             continue
@@ -687,7 +685,8 @@ def _run_parallel(cfg, jobs, real, synth, val, test, threads, out, results, bar)
 TABLE_FIELDS = ("real_per_class", "setting", "label", "k", "gen_per_real", "seeds", "n_real", "n_synthetic", "n_train",
                 "acc_mean", "acc_std", "f1_mean", "f1_std", "acc_diff", "acc_diff_ci_low", "acc_diff_ci_high",
                 "f1_diff", "f1_diff_ci_low", "f1_diff_ci_high", "ci_method")
-RUN_FIELDS = ("run_id", "real_per_class", "setting", "label", "k", "gen_per_real", "seed", "n_real", "n_synthetic", "n_train",
+RUN_FIELDS = ("run_id", "real_per_class", "setting", "label", "k", "gen_per_real", "seed", "n_real", "n_synthetic",
+              "n_train",
               "duplicates", "accuracy", "macro_f1", "best_epoch", "epochs_run", "train_seconds")
 
 
@@ -761,6 +760,12 @@ def _pm(mean, sd) -> str:
     return f"{mean:.4f} ± {sd:.4f}"
 
 
+def _diff_cell(t: dict, metric: str) -> str:
+    if t["setting"] == "k0":
+        return "(reference)"
+    return _ci(t[f"{metric}_diff"], t[f"{metric}_diff_ci_low"], t[f"{metric}_diff_ci_high"])
+
+
 def _ci(d, lo, hi) -> str:
     if isinstance(d, float) and math.isnan(d):
         return "–"
@@ -776,8 +781,7 @@ def markdown_table(table: list[dict]) -> str:
     for t in table:
         lines.append(f"| {t['real_per_class']} | {t['label']} | {t['n_real']} + {t['n_synthetic']} "
                      f"| {_pm(t['acc_mean'], t['acc_std'])} | {_pm(t['f1_mean'], t['f1_std'])} "
-                     f"| {'(reference)' if t['setting'] == 'k0' else _ci(t['acc_diff'], t['acc_diff_ci_low'], t['acc_diff_ci_high'])} "
-                     f"| {'(reference)' if t['setting'] == 'k0' else _ci(t['f1_diff'], t['f1_diff_ci_low'], t['f1_diff_ci_high'])} "
+                     f"| {_diff_cell(t, 'acc')} | {_diff_cell(t, 'f1')} "
                      f"| {t['seeds']} |")
     return "\n".join(lines) + "\n"
 
@@ -806,7 +810,8 @@ def plot_study(table: list[dict], path: Path) -> None:
                             color=col, ls="none", label=f"real {n}/class + augmentation")
                 ax.axhline(t["acc_mean"], color=col, ls="--", lw=0.8, alpha=0.6)
             elif t["setting"] == "synth":
-                ax.errorbar([t["gen_per_real"]], [t["acc_mean"]], yerr=[t["acc_std"]], marker="^", ms=8, capsize=3, color=col,
+                ax.errorbar([t["gen_per_real"]], [t["acc_mean"]], yerr=[t["acc_std"]], marker="^", ms=8, capsize=3,
+                            color=col,
                             ls="none", label=f"generated only ({t['n_synthetic']} images, n={n})")
     ax.set_xlabel("k (generated images per real image)")
     ax.set_ylabel("test accuracy")

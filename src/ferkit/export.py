@@ -16,7 +16,6 @@ arguments, ferkit version) plus ``onnx_input``/``onnx_outputs`` descriptions; an
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 from . import __version__
 from .console import log
 from .errors import FerkitError
+from .files import atomic_path, make_dir
 
 DEFAULT_OPSET = 17
 #: Opsets the exporter is known to write and onnxruntime to run for ferkit's layers.
@@ -73,6 +73,18 @@ def _torch_export(module, example, path: Path, opset: int) -> None:
                               f"exporter needs {exc.name or 'onnxscript'}: pip install onnxscript") from None
 
 
+def check_export_args(out, opset: int) -> None:
+    """The output name and opset, checked before any work: one line saying what is accepted."""
+    out = Path(out)
+    if opset not in OPSETS:
+        raise FerkitError(f"ONNX opset {opset} is not supported; accepted: {OPSETS.start}-{OPSETS.stop - 1} "
+                          f"(default {DEFAULT_OPSET})")
+    if out.is_dir():
+        raise FerkitError(f"--out {out} is a folder; give a file name such as {out / 'model.onnx'}")
+    if out.suffix.lower() != ".onnx":
+        raise FerkitError(f"--out {out} must end in .onnx")
+
+
 def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True) -> dict:
     """Write ``out`` (.onnx) from a checkpoint or run folder. Returns info: path, classes, image_size and
     (``check=True``) ``max_abs_diff`` between onnxruntime and PyTorch logits on random inputs."""
@@ -84,23 +96,13 @@ def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True)
         raise FerkitError("ONNX export needs the onnx package: pip install 'ferkit[onnx]'") from None
     from .models import load_checkpoint, resolve_checkpoint
 
-    if opset not in OPSETS:
-        raise FerkitError(f"ONNX opset {opset} is not supported; accepted: {OPSETS.start}-{OPSETS.stop - 1} "
-                          f"(default {DEFAULT_OPSET})")
+    check_export_args(out, opset)
+    out = Path(out)
     ckpt = resolve_checkpoint(model_path)
     model, record = load_checkpoint(ckpt, "cpu")
     size = record.image_size
-    out = Path(out)
-    if out.is_dir():
-        raise FerkitError(f"--out {out} is a folder; give a file name such as {out / 'model.onnx'}")
-    if out.suffix.lower() != ".onnx":
-        log(f"note: {out} does not end in .onnx")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FerkitError(f"cannot create folder {out.parent}: {exc.strerror or exc}") from None
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    make_dir(out.parent)
+    with atomic_path(out) as tmp:
         _torch_export(_wrapped(model, record.input), torch.zeros(2, 1, size, size), tmp, opset)
         proto = onnx.load(str(tmp))
         meta = {**record.to_json(), "train_config": {}, "source_checkpoint": ckpt.name,
@@ -114,12 +116,6 @@ def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True)
         proto.producer_version = __version__
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise FerkitError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     info = {"path": str(out), "classes": list(record.classes), "image_size": size, "arch": record.arch}
     if check:
         info["max_abs_diff"] = parity(model, out, record.input)

@@ -13,7 +13,6 @@ from typing import Iterator
 
 from .errors import FerkitError
 
-
 TMP_SUFFIX = ".tmp"
 
 
@@ -55,7 +54,8 @@ def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str
             raise
         except Exception as exc:  # safetensors' SafetensorError wraps the OS error in its message
             text = str(exc)
-            why = "no space left on device" if "StorageFull" in text or "No space" in text else text.splitlines()[0][:120]
+            full = "StorageFull" in text or "No space" in text
+            why = "no space left on device" if full else text.splitlines()[0][:120]
             raise FerkitError(f"cannot write {path}: {why}") from None
     return path
 

@@ -17,7 +17,8 @@ AU is jittered, and other AUs "leak" weakly, so classes overlap like real expres
 range such as ``(0.05, 0.2)`` makes the task genuinely hard. Nuisances (roll/yaw, scale, shift,
 lighting direction and contrast, cluttered background, blur, sensor noise, JPEG artefacts, and
 optionally occluders: off by default because they hide the very cues being learnt) are drawn
-per face from an RNG keyed by ``(seed, class, index)``, so output never depends on ``workers``. Faces are rendered with OpenCV primitives at 2x and
+per face from an RNG keyed by ``(seed, class, index)``, so output never depends on ``workers``.
+Faces are rendered with OpenCV primitives at 2x and
 downsampled, with soft 3-D-ish shading from a blurred height map, framed like FER2013 crops.
 
 Every face is reproducible: ``metadata.csv`` has one row per file with ``file`` (relative
@@ -55,6 +56,7 @@ import cv2
 import numpy as np
 
 from .errors import FerkitError
+from .files import make_dir
 from .labels import EXPRESSIONS, parse_classes
 
 __all__ = [
@@ -614,7 +616,8 @@ def _draw_extras(cv: _Canvas, A, p: dict, occ: dict | None) -> None:
         if occ["kind"] == 0:  # hand-ish: skin blob with finger gaps
             cv.poly(A, _ell(x, y + r, r, r * 1.3, 16), _shade(tuple(p["skin"]), 0.95))
             for k in (-1, 0, 1):
-                cv.line(A, [[x + k * r * 0.35, y + 0.2 * r], [x + k * r * 0.4, y + r]], _shade(tuple(p["skin"]), 0.7), 0.012)
+                cv.line(A, [[x + k * r * 0.35, y + 0.2 * r], [x + k * r * 0.4, y + r]], _shade(tuple(p["skin"]), 0.7),
+                        0.012)
         elif occ["kind"] == 1:
             a = math.radians(occ["angle"])
             d = np.array([math.cos(a), math.sin(a)]) * 1.6
@@ -812,12 +815,17 @@ class _AtomicDir:
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        if self.out_dir.exists():
-            shutil.rmtree(self.out_dir)
-        os.replace(self.tmp, self.out_dir)
+        if exc_type is None:
+            try:
+                if self.out_dir.exists():
+                    shutil.rmtree(self.out_dir)
+                os.replace(self.tmp, self.out_dir)
+                return False
+            except OSError as e:
+                exc = e
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # full disk, permissions: one line, nothing half-written left behind
+            raise FerkitError(f"cannot write {self.out_dir}: {exc.strerror or exc} (nothing was written)") from None
         return False
 
 
@@ -934,9 +942,20 @@ def generate_splits(out_dir, per_class: dict, classes=None, size: int = 64, seed
     return out_dir
 
 
+PREVIEW_FORMATS = (".png", ".jpg", ".jpeg")
+
+
 def write_preview(out_png, classes=None, per_class: int = 8, size: int = 64, seed: int = 0,
                   color: bool = False, intensity=(0.5, 1.0)) -> Path:
-    """Contact sheet: one row per class, one identity per column, faces shown at 96+ px."""
+    """Contact sheet: one row per class, one identity per column, faces shown at 96+ px.
+    ``out_png`` must end in .png, .jpg or .jpeg (checked before any work); written atomically."""
+    from .files import atomic_path
+
+    out_png = Path(out_png)
+    if out_png.suffix.lower() not in PREVIEW_FORMATS:
+        raise FerkitError(f"preview {out_png} must be an image file ending in {', '.join(PREVIEW_FORMATS)}")
+    if out_png.is_dir():
+        raise FerkitError(f"preview {out_png} is a folder; give a file name such as {out_png / 'preview.png'}")
     classes = parse_classes(list(DEFAULT_CLASSES) if classes is None else classes)
     _check_args(per_class, size, intensity)
     cell, label_w = max(96, size), 120
@@ -950,12 +969,10 @@ def write_preview(out_png, classes=None, per_class: int = 8, size: int = 64, see
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else img[..., ::-1]
             sheet[r * cell:(r + 1) * cell, label_w + j * cell:label_w + (j + 1) * cell] = cv2.resize(
                 img, (cell, cell), interpolation=cv2.INTER_CUBIC if cell < 2 * size else cv2.INTER_NEAREST)
-    out_png = Path(out_png)
-    try:
-        out_png.parent.mkdir(parents=True, exist_ok=True)
-        ok = cv2.imwrite(str(out_png), sheet, [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    except OSError as e:
-        raise FerkitError(f"cannot write preview {out_png}: {e.strerror or e}") from None
+    ok, data = cv2.imencode(out_png.suffix.lower(), sheet)
     if not ok:
-        raise FerkitError(f"cannot write preview {out_png} (is the extension .png and the folder writable?)")
+        raise FerkitError(f"cannot encode preview {out_png}")
+    make_dir(out_png.parent)
+    with atomic_path(out_png) as tmp:
+        tmp.write_bytes(data.tobytes())
     return out_png

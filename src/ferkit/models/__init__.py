@@ -7,11 +7,26 @@ Example::
     model, record = load_checkpoint("runs/exp1")       # record.input: the model's input contract
 """
 from . import classifiers  # noqa: F401  (registers the built-in architectures)
-from .record import (CHECKPOINT_FORMAT, DECODING, FORMAT_VERSION, CheckpointRecord, InputSpec,
-                     load_checkpoint, read_checkpoint_record, resolve_checkpoint, save_checkpoint)
-from .registry import (count_parameters, create_model, get_model_entry, list_models, parse_model_args,
-                       register_model, resolve_model_args)
-
+from .record import (
+    CHECKPOINT_FORMAT,
+    DECODING,
+    FORMAT_VERSION,
+    CheckpointRecord,
+    InputSpec,
+    load_checkpoint,
+    read_checkpoint_record,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from .registry import (
+    count_parameters,
+    create_model,
+    get_model_entry,
+    list_models,
+    parse_model_args,
+    register_model,
+    resolve_model_args,
+)
 
 
 def list_models_info() -> dict:
@@ -23,7 +38,8 @@ def list_models_info() -> dict:
               "min_image_size": get_model_entry(n).min_image_size} for n in list_models()]
     bundled = []
     for b in BUNDLED.values():
-        entry = {"name": b.name, "summary": b.summary, "card": b.card, "path": str(b.path), "available": b.path.is_file()}
+        entry = {"name": b.name, "summary": b.summary, "card": b.card, "path": str(b.path),
+                 "available": b.path.is_file()}
         if entry["available"]:
             rec = read_checkpoint_record(b.path)
             entry.update(arch=rec.arch, model_args=rec.model_args, classes=list(rec.classes),
@@ -32,6 +48,7 @@ def list_models_info() -> dict:
     return {"architectures": archs, "bundled": bundled}
 
 
-__all__ = ["list_models_info", "CHECKPOINT_FORMAT", "DECODING", "FORMAT_VERSION", "CheckpointRecord", "InputSpec", "count_parameters",
+__all__ = ["list_models_info",
+           "CHECKPOINT_FORMAT", "DECODING", "FORMAT_VERSION", "CheckpointRecord", "InputSpec", "count_parameters",
            "create_model", "get_model_entry", "list_models", "load_checkpoint", "parse_model_args",
            "read_checkpoint_record", "register_model", "resolve_checkpoint", "resolve_model_args", "save_checkpoint"]

@@ -21,9 +21,17 @@ roughly 20 degrees of roll) and faces smaller than ``min_face`` of the image are
 cascade also yields occasional false positives on textured background.
 """
 from .detect import CASCADES, FaceDetector, crop_face, draw_faces
-from .recognizer import (FacePrediction, OnnxBackend, Recognizer, TorchBackend, open_backend, read_color,
-                         read_gray, to_gray)
-from .runner import VIDEO_EXTENSIONS, Predictor, PredictionWriter, RunSummary, collect_inputs, predict_inputs
+from .recognizer import (
+                         FacePrediction,
+                         OnnxBackend,
+                         Recognizer,
+                         TorchBackend,
+                         open_backend,
+                         read_color,
+                         read_gray,
+                         to_gray,
+)
+from .runner import VIDEO_EXTENSIONS, PredictionWriter, Predictor, RunSummary, collect_inputs, predict_inputs
 
 __all__ = ["CASCADES", "FaceDetector", "FacePrediction", "OnnxBackend", "Predictor", "PredictionWriter", "Recognizer",
            "RunSummary", "TorchBackend", "VIDEO_EXTENSIONS", "collect_inputs", "crop_face", "draw_faces",

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import FerkitError
+
+if TYPE_CHECKING:
+    from .recognizer import FacePrediction
 
 CASCADES = {"default": "haarcascade_frontalface_default.xml", "alt2": "haarcascade_frontalface_alt2.xml",
             "alt": "haarcascade_frontalface_alt.xml"}

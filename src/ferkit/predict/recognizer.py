@@ -152,7 +152,8 @@ class OnnxBackend:
             else:
                 self.record = CheckpointRecord.from_json(raw, where=str(p))
         except (KeyError, ValueError, TypeError, AttributeError):
-            raise FerkitError(f"{p} has no ferkit metadata (classes, image size): export it with `ferkit export`") from None
+            raise FerkitError(f"{p} has no ferkit metadata (classes, image size): export it with "
+                              "`ferkit export`") from None
         self.classes = self.record.classes
         self.image_size = self.record.image_size
         self.path = p

@@ -145,7 +145,9 @@ class Trainer:
                 g["lr"] = cfg.lr * self.schedule.factor(self.step)
             with autocast(self.device, self.amp_dtype):
                 logits = model(x)
-            loss = self.loss(logits, y_a) if lam == 1.0 else lam * self.loss(logits, y_a) + (1 - lam) * self.loss(logits, y_b)
+            loss = self.loss(logits, y_a)
+            if lam != 1.0:
+                loss = lam * loss + (1 - lam) * self.loss(logits, y_b)
             value = loss.item()
             if not math.isfinite(value):
                 raise FerkitError(f"training diverged: the loss became {value} in epoch {epoch} (lr {cfg.lr:g}); "

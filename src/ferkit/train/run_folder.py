@@ -49,7 +49,7 @@ class RunFolder:
         p = self.path
         if p.exists() and not p.is_dir():
             raise FerkitError(f"output {p} exists and is not a folder")
-        if p.is_dir() and any(p.iterdir()):
+        if p.is_dir() and any(not _is_temp(e) for e in p.iterdir()):
             if not (p / "config.json").exists():
                 raise FerkitError(f"{p} is not empty and is not a ferkit run folder; choose another --out")
             if overwrite:
@@ -80,6 +80,9 @@ class RunFolder:
                               "to start over, or choose another --out")
         done = len(saved["history"])
         stopped = bool(cfg.patience) and saved["bad_epochs"] >= cfg.patience
+        if summary is None and (done >= cfg.epochs or stopped):
+            log(f"finishing {p}: its last epoch was saved, its final files were not")
+            return saved
         if summary is not None or done >= cfg.epochs or stopped:
             if done >= cfg.epochs:
                 raise FerkitError(f"{p} already holds a finished run of {done} epochs; pass a larger --epochs to "
@@ -97,8 +100,9 @@ class RunFolder:
 
     def _remove_temp_files(self) -> None:
         if self.writer:
-            for tmp in [*self.path.glob(f".*{TMP_SUFFIX}"), *self.path.glob(f"state/.*{TMP_SUFFIX}")]:
-                tmp.unlink(missing_ok=True)
+            for tmp in [*self.path.iterdir(), *self.path.glob("state/*")]:
+                if _is_temp(tmp):
+                    tmp.unlink(missing_ok=True)
 
     def _clear(self) -> None:
         if not self.writer:
@@ -159,6 +163,11 @@ class RunFolder:
         except Exception as exc:  # safetensors' own error type for a damaged file
             raise FerkitError(f"resume state {path} is damaged ({str(exc).splitlines()[0][:100]}); "
                               "pass --overwrite to start over") from None
+
+
+def _is_temp(entry: Path) -> bool:
+    """A temporary file of an atomic write that a kill left behind (ours, safe to remove)."""
+    return entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX) and entry.is_file()
 
 
 def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
