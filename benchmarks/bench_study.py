@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -35,28 +34,12 @@ import numpy as np
 
 from ferkit.cli import MONITOR_CHOICES
 
-TARBALL = Path(os.environ.get("FER2013_TAR", "/work/shared/data/fer2013-train-val.tar.gz"))
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from common import fer2013_dir  # noqa: E402
+
 CLASSES = ("angry", "disgusted", "fearful", "happy", "sad", "surprised")
 RATIOS = "0,0.5,1,2,3,5,8"
 SIZES = "50,200"
-
-
-def extract(cache: Path) -> Path:
-    """Extract FER2013 once into ``cache/images`` (train/, validation/)."""
-    root = cache / "images"
-    if (root / ".complete").exists():
-        return root
-    if not TARBALL.exists():
-        sys.exit(f"FER2013 archive not found at {TARBALL} (set FER2013_TAR)")
-    print(f"extracting {TARBALL} -> {root}", file=sys.stderr)
-    root.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(TARBALL) as tf:
-        try:
-            tf.extractall(root, filter="data")
-        except TypeError:  # Python < 3.12 without extraction filters
-            tf.extractall(root)
-    (root / ".complete").write_text("")
-    return root
 
 
 def split_train(images: Path, cache: Path, val_per_class: int, seed: int = 0) -> tuple[Path, Path]:
@@ -179,7 +162,9 @@ def main(argv=None) -> None:
     from ferkit.experiments import parse_ratios, parse_sizes, run_study
 
     cache = Path(a.cache).expanduser()
-    images = extract(cache)
+    images = fer2013_dir()
+    if images is None:
+        sys.exit("FER2013 archive not found (set FER2013_TAR)")
     val, pool = split_train(images, cache, a.val_per_class)
     per_class = int(np.ceil(max(max(parse_ratios(a.ratios)), 1) * max(n for n in parse_sizes(a.sizes) if n)))
     t0 = time.time()

@@ -13,6 +13,7 @@ from pathlib import Path
 from . import __version__
 from .choices import DEVICE_HELP, PRECISIONS, TTA_MODES
 from .errors import FerkitError, Interrupted
+from .labels import EXPRESSIONS
 from .train.config import MONITORS
 
 MONITOR_CHOICES = tuple(MONITORS)
@@ -255,7 +256,7 @@ def _add_synth(sub):
         q.add_argument("--out", required=True,
                        help="output folder (faces) or PNG file (preview)")
         q.add_argument("--classes", default=None,
-                       help="comma-separated classes (default: angry,disgusted,fearful,happy,sad,surprised,neutral)")
+                       help=f"comma-separated classes (default: {','.join(EXPRESSIONS[:7])})")
         q.add_argument("--size", type=_positive_int, default=64, help="image side in pixels (default 64)")
         q.add_argument("--seed", type=int, default=0, help="random seed; same seed, same images (default 0)")
         q.add_argument("--color", action="store_true", help="colour images instead of grayscale")
@@ -482,7 +483,7 @@ def _add_study(sub):
     p.add_argument("--out", required=True, help="study folder")
     p.add_argument("--real-per-class", default="all",
                    help="real-data sizes: images per class, comma-separated, 'all' for all (default all)")
-    p.add_argument("--arch", default="seed", help="architecture (default seed; tiny for quick looks)")
+    p.add_argument("--arch", default="seed", help="architecture (default seed; see `ferkit models`)")
     p.add_argument("--epochs", type=_positive_int, default=50)
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -500,8 +501,8 @@ def _add_study(sub):
     p.add_argument("--no-augment-arm", action="store_true", help="skip the real + augmentation baseline")
     p.add_argument("--no-synthetic-arm", action="store_true", help="skip the generated-only setting")
     p.add_argument("--subset-seed", type=int, default=0, help="seed choosing the real subsets (default 0)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_study)
 

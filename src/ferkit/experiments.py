@@ -591,7 +591,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     out = Path(cfg.out)
     classes, real, val, test, synth = _load_sources(cfg)
     specs = plan_study(cfg, real, synth)
-    _check_study_dir(out, cfg)
+    _check_study_dir(out, cfg)   # before any training
     threads = max(1, (os.cpu_count() or 1) // cfg.jobs) if cfg.jobs > 1 else None
     jobs, rows, done = {}, {}, {}
     for spec in specs:
