@@ -142,3 +142,20 @@ def test_bad_checkpoints_are_rejected_without_unpickling(tmp_path):
         models.resolve_checkpoint(tmp_path / "..")
     with pytest.raises(FerkitError, match="does not exist"):
         models.load_checkpoint(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_batch_norm_folding_keeps_outputs(name):
+    from ferkit.runtime import fuse_for_inference
+    torch.manual_seed(0)
+    m = models.create_model(name, num_classes=4, image_size=48).eval()
+    for mod in m.modules():  # trained-looking statistics, so folding has something to fold
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    fused = fuse_for_inference(m)
+    x = torch.rand(3, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(m(x), fused(x), atol=1e-5)
+    assert not [mod for mod in fused.modules() if isinstance(mod, torch.nn.BatchNorm2d)]  # all folded
+    assert any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules()) == (name != "seed")  # m untouched

@@ -304,11 +304,13 @@ def _add_demo(sub):
     from .demo import DemoConfig
 
     d = DemoConfig()
-    p = sub.add_parser("demo", help="built-in demo: generate faces, train the seed CNN, evaluate",
+    p = sub.add_parser("demo", help="built-in demo: generate faces, train the seed CNN, evaluate, read a photo",
                        description="Generate identity-disjoint train/val/test faces with `ferkit synth`, train "
-                                   "the reference (seed) CNN, evaluate it on the test identities. A few minutes "
-                                   "on a 2-core CPU. Writes <out>/data, <out>/run (checkpoint, curves) and "
-                                   "<out>/run/eval-test (report, confusion matrix, predictions), and "
+                                   "the reference (seed) CNN, evaluate it on the test identities, then apply the "
+                                   "bundled FER2013 model to a real photo (matplotlib's sample portrait). A few "
+                                   "minutes on a 2-core CPU. Writes <out>/data, <out>/run (checkpoint, curves), "
+                                   "<out>/run/eval-test (report, confusion matrix, predictions), <out>/photo "
+                                   "(predictions.csv, annotated/) and "
                                    "<out>/demo.json. Re-running reuses data and a finished run.")
     p.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
     p.add_argument("--per-class", type=_positive_int, default=d.per_class,
@@ -330,10 +332,15 @@ def _cmd_demo(a) -> int:
     paths = s["paths"]
     print(f"demo finished in {s['seconds']['total']:.0f}s "
           f"(data {s['seconds']['data']:.0f}s, training {s['seconds']['train']:.0f}s)")
-    for key in ("data", "checkpoint", "curves", "reports", "confusion_matrix"):
-        print(f"  {key:17s} {paths[key]}")
+    for key in ("data", "checkpoint", "curves", "reports", "confusion_matrix", "photo"):
+        if key in paths:
+            print(f"  {key:17s} {paths[key]}")
     print(f"test accuracy on unseen identities: {s['test_accuracy']:.4f} (macro-F1 {s['test_macro_f1']:.4f}, "
           f"{s['test_images']} faces, chance {1 / len(REFERENCE_CLASSES):.3f})")
+    if s.get("photo"):
+        read = ", ".join(f"{f['label']} {f['confidence']:.2f}" for f in s["photo"]["faces"]) or "no face found"
+        print(f"bundled {s['photo']['model']} model on a real photo ({Path(s['photo']['photo']).name}, "
+              f"matplotlib's sample): {read}")
     print(f"accuracy: {s['test_accuracy']:.4f}")
     return 0
 

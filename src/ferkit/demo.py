@@ -1,6 +1,7 @@
-"""The built-in demo: generate faces, train the `seed` CNN, evaluate it on unseen identities.
+"""The built-in demo: generate faces, train the `seed` CNN, evaluate it on unseen identities, then
+read a real photo with the bundled FER2013 model.
 
-    ferkit demo                      # writes ./demo (data/, run/, run/eval-test/)
+    ferkit demo                      # writes ./demo (data/, run/, run/eval-test/, photo/)
 
 Runs in a few minutes on a 2-core CPU and needs nothing but ferkit: the data comes from
 :mod:`ferkit.synth` with identity-disjoint train / validation / test splits. Re-running reuses
@@ -83,5 +84,25 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict:
                "paths": {"data": str(data_dir), "run": str(run_dir), "curves": str(run_dir / "curves.png"),
                          "checkpoint": str(run_dir / "best.safetensors"), "reports": str(ev.out_dir),
                          "confusion_matrix": str(ev.out_dir / "confusion_matrix.png")}}
+    summary["photo"] = _bundled_on_photo(out / "photo", cfg.progress)
+    if summary["photo"]:
+        summary["paths"]["photo"] = summary["photo"]["annotated"]
     write_json(out / "demo.json", summary)
     return summary
+
+
+def _bundled_on_photo(out: Path, progress: bool) -> dict | None:
+    """The bundled FER2013 model on a real photo that ships with matplotlib: what a new user gets
+    without training anything. None when this installation lacks the bundled weights."""
+    from .bundled import BUNDLED, DEFAULT_MODEL, sample_photo
+    from .predict import predict_inputs
+
+    if not BUNDLED[DEFAULT_MODEL].path.is_file():
+        log("note: no bundled model in this installation; skipping the real-photo step")
+        return None
+    photo = sample_photo()
+    predict_inputs(None, [str(photo)], out, annotate=True, progress=progress)
+    rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    faces = [dict(label=r.split(",")[7], confidence=float(r.split(",")[8])) for r in rows]
+    return {"photo": str(photo), "model": DEFAULT_MODEL, "faces": faces,
+            "annotated": str(out / "annotated" / photo.name), "predictions": str(out / "predictions.csv")}

@@ -25,7 +25,7 @@ from .data import ImageSet, load_dataset
 from .errors import FerkitError
 from .files import atomic_path, make_dir, save_figure, write_json, write_text
 from .models import load_checkpoint, resolve_checkpoint
-from .runtime import check_tta, predict_logits, resolve_precision, select_device
+from .runtime import check_tta, fuse_for_inference, predict_logits, resolve_precision, select_device
 
 
 @dataclass
@@ -134,7 +134,7 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
     ckpt = resolve_checkpoint(model_path)
     dev = select_device(device)
     model, record = load_checkpoint(ckpt, dev)
-    model = model.to(memory_format=torch.channels_last)
+    model = fuse_for_inference(model).to(memory_format=torch.channels_last)
     model_classes = record.classes
     if data is None:
         eval_classes = _match_classes(model_classes, test_dir, shared_only)

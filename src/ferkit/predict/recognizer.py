@@ -94,13 +94,13 @@ class TorchBackend:
         import torch
 
         from ..models import load_checkpoint, resolve_checkpoint
-        from ..runtime import check_tta, resolve_precision, select_device
+        from ..runtime import check_tta, fuse_for_inference, resolve_precision, select_device
 
         self.tta = check_tta(tta)
         self.path = resolve_checkpoint(path)
         self.device = select_device(device)
         model, record = load_checkpoint(self.path, self.device)
-        self.model = model.to(memory_format=torch.channels_last)
+        self.model = fuse_for_inference(model).to(memory_format=torch.channels_last)
         self.record = record
         self.classes = record.classes
         self.image_size = record.image_size

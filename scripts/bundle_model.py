@@ -1,0 +1,50 @@
+"""Copy a trained run's best checkpoint into the package as a bundled model (fp16 safetensors).
+
+    .venv/bin/python scripts/bundle_model.py ~/ferkit-bench/fer7-vgg48 [--name fer2013-vgg]
+
+Writes src/ferkit/weights/<file> (the name's entry in ferkit.bundled.BUNDLED), keeping the
+checkpoint's record (architecture, arguments, classes, input contract, training config, the
+selected epoch's validation metrics) and adding where it came from. Nothing else changes: the
+model card (docs/model-card.md) is written by hand from `benchmarks/bench_bundled.py`'s output.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ferkit.bundled import BUNDLED, DEFAULT_MODEL
+from ferkit.models import load_checkpoint, resolve_checkpoint, save_checkpoint
+
+MAX_MB = 8.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", help="run folder (its best.safetensors) or checkpoint")
+    ap.add_argument("--name", default=DEFAULT_MODEL, choices=tuple(BUNDLED))
+    a = ap.parse_args()
+    ckpt = resolve_checkpoint(a.run)
+    model, record = load_checkpoint(ckpt)
+    cfg = record.train_config
+    record.extra["bundled"] = {
+        "name": a.name, "source": f"{Path(cfg.get('out', a.run)).name}/{ckpt.name}", "epoch": record.epoch,
+        "command": f"ferkit train --recipe {cfg.get('recipe')} --train-dir FER2013/train "
+                   f"--val-dir FER2013/validation --classes all7 --out {Path(cfg.get('out', 'run')).name}",
+        "weights": "float16 (computed in float32)"}
+    target = BUNDLED[a.name].path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, target, record, dtype=torch.float16)
+    size = target.stat().st_size / 1e6
+    print(f"wrote {target} ({size:.2f} MB, epoch {record.epoch}, val {record.val_metrics})")
+    if size > MAX_MB:
+        print(f"error: {size:.2f} MB is over the {MAX_MB} MB limit for bundled weights", file=sys.stderr)
+        target.unlink()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The model that ships inside ferkit: present, small, loads with no argument, reads real faces."""
+import json
+
+import numpy as np
+import pytest
+from conftest import face_photo
+
+from ferkit import Recognizer
+from ferkit.bundled import BUNDLED, DEFAULT_MODEL, bundled_path, is_model_path, resolve_model_path
+from ferkit.cli import run
+from ferkit.errors import FerkitError
+from ferkit.labels import EXPRESSIONS
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    return Recognizer.load()
+
+
+def test_bundled_weights_are_small_fp16_safetensors_with_a_record():
+    from safetensors import safe_open
+
+    from ferkit.models import read_checkpoint_record
+    path = bundled_path()
+    assert path == BUNDLED[DEFAULT_MODEL].path and path.suffix == ".safetensors"
+    assert path.stat().st_size <= 8 * 1024 * 1024
+    with safe_open(str(path), framework="pt") as fh:
+        assert {str(fh.get_slice(k).get_dtype()) for k in fh.keys() if "num_batches" not in k} == {"F16"}
+    rec = read_checkpoint_record(path)
+    assert rec.classes == EXPRESSIONS[:7] and rec.image_size == 48 and rec.arch == "vgg"
+    assert rec.train_config["recipe"] == "fer2013" and rec.extra["bundled"]["name"] == DEFAULT_MODEL
+    assert rec.val_metrics["val_acc"] > 0.5
+
+
+def test_load_with_no_argument_and_by_name(recognizer):
+    assert recognizer.classes == EXPRESSIONS[:7] and recognizer.image_size == 48
+    assert Recognizer.load(DEFAULT_MODEL).classes == recognizer.classes
+    assert resolve_model_path(None) == resolve_model_path(DEFAULT_MODEL) == bundled_path()
+    assert is_model_path(DEFAULT_MODEL) and not is_model_path(str(face_photo()))
+    with pytest.raises(FerkitError, match="unknown bundled model"):
+        bundled_path("fer2013-huge")
+
+
+def test_reads_a_real_photo_as_a_person_would(recognizer):
+    """Grace Hopper's portrait (matplotlib's sample data): one face, a calm closed-mouth smile."""
+    faces = recognizer.predict(face_photo())
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.label in ("neutral", "happy")
+    assert sum(face.probabilities.values()) == pytest.approx(1, abs=1e-4)
+    assert face.probabilities["neutral"] + face.probabilities["happy"] > 0.5
+
+
+def test_generated_faces_are_read_in_the_direction_of_their_expression(recognizer):
+    """The procedural generator's strongest smiles look happier to the FER2013 model than its
+    strongest frowns, and its surprise (open mouth, raised brows) more surprised than either."""
+    from ferkit.synth import render_face, sample_face_params
+
+    def mean_probs(cls):
+        faces = [render_face(sample_face_params(i, cls, i, 0, (0.9, 1.0)), 96) for i in range(12)]
+        return {c: np.mean([f.probabilities[c] for f in recognizer.predict_faces(faces)]) for c in recognizer.classes}
+    happy, sad, surprised = mean_probs("happy"), mean_probs("sad"), mean_probs("surprised")
+    assert happy["happy"] > sad["happy"]
+    assert surprised["surprised"] > max(happy["surprised"], sad["surprised"])
+
+
+def test_predict_and_models_commands_without_a_model(tmp_path, capsys):
+    assert run(["predict", str(face_photo()), "--out", str(tmp_path / "p"), "--annotate", "--no-progress"]) == 0
+    rows = (tmp_path / "p" / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].split(",")[7] in ("neutral", "happy")
+    assert (tmp_path / "p" / "annotated" / face_photo().name).is_file()
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["model"] == str(bundled_path()) and summary["complete"] is True
+    capsys.readouterr()
+    assert run(["models", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {"vgg", "resnet", "seed", "tiny"} <= {m["name"] for m in info["architectures"]}
+    assert info["bundled"][0]["name"] == DEFAULT_MODEL and info["bundled"][0]["available"]
