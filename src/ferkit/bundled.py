@@ -17,6 +17,9 @@ from pathlib import Path
 from .errors import FerkitError
 
 
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
 @dataclass(frozen=True)
 class BundledModel:
     name: str
@@ -26,7 +29,7 @@ class BundledModel:
 
     @property
     def path(self) -> Path:
-        return Path(__file__).resolve().parent / "weights" / self.file
+        return WEIGHTS_DIR / self.file
 
 
 BUNDLED: dict[str, BundledModel] = {m.name: m for m in (

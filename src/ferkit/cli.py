@@ -208,7 +208,8 @@ def _add_evaluate(sub):
     p.add_argument("model", help="run folder (uses best.safetensors), checkpoint file, or a bundled model's name "
                                  "(see `ferkit models`)")
     p.add_argument("--test-dir", required=True, help="labelled data: class folders or manifest CSV")
-    p.add_argument("--out", default=None, help="report folder (default: <run folder>/eval-<test folder name>)")
+    p.add_argument("--out", default=None, help="report folder (default: <run folder>/eval-<test folder name>; "
+                                               "for a bundled model ./eval-<model>-<test folder name>)")
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--shared-classes", action="store_true",
                    help="if the test data lacks some of the model's classes, evaluate on the shared ones")
@@ -421,7 +422,7 @@ def _add_export(sub):
                                    "outputs 'logits' and 'probabilities'; dynamic batch axis. Class names, image "
                                    "size and preprocessing are stored in the file's metadata (key 'ferkit', JSON). "
                                    "Checks onnxruntime against PyTorch after writing.")
-    p.add_argument("model", help="run folder (uses best.safetensors) or checkpoint file")
+    p.add_argument("model", help="run folder (uses best.safetensors), checkpoint file, or a bundled model's name")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
     p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
     p.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")

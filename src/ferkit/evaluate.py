@@ -122,7 +122,7 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
     """Evaluate a checkpoint (or run folder) on labelled test data and write the reports.
 
     Args:
-        model_path: checkpoint file or run folder.
+        model_path: checkpoint file, run folder, or a bundled model's name.
         test_dir: class-folder tree or manifest CSV.
         out_dir: where reports go; default ``<run folder>/eval-<test folder name>``; False = write nothing.
         shared_only: evaluate on the classes that model and test data share (else mismatch is an error).
@@ -130,8 +130,10 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
         data: an already-decoded test set (its classes must be the model's).
         tta: test-time augmentation, ``none``, ``flip`` or ``crops`` (see :mod:`ferkit.runtime`).
     """
+    from .bundled import WEIGHTS_DIR, resolve_model_path
+
     check_tta(tta)
-    ckpt = resolve_checkpoint(model_path)
+    ckpt = resolve_checkpoint(resolve_model_path(model_path))
     dev = select_device(device)
     model, record = load_checkpoint(ckpt, dev)
     model = fuse_for_inference(model).to(memory_format=torch.channels_last)
@@ -157,7 +159,10 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
     result = EvalResult(m["accuracy"], m["macro_f1"], m["report"], m["report_text"], m["confusion"],
                         eval_classes, None, len(y_true), tta)
     if out_dir is not False:
-        out = Path(out_dir) if out_dir else ckpt.parent / f"eval-{Path(test_dir).stem}"
+        name = f"eval-{Path(test_dir).stem}"
+        # never write reports into the installed package: a bundled model's go to the working folder
+        default = Path(f"eval-{ckpt.stem}-{Path(test_dir).stem}") if ckpt.parent == WEIGHTS_DIR else ckpt.parent / name
+        out = Path(out_dir) if out_dir else default
         make_dir(out)
         _write_outputs(out, result, data.paths, y_true, probs, model_classes, ckpt, test_dir)
         result.out_dir = out

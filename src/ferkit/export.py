@@ -98,7 +98,9 @@ def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True)
 
     check_export_args(out, opset)
     out = Path(out)
-    ckpt = resolve_checkpoint(model_path)
+    from .bundled import resolve_model_path
+
+    ckpt = resolve_checkpoint(resolve_model_path(model_path))
     model, record = load_checkpoint(ckpt, "cpu")
     size = record.image_size
     make_dir(out.parent)
