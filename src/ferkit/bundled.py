@@ -16,7 +16,6 @@ from pathlib import Path
 
 from .errors import FerkitError
 
-
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
