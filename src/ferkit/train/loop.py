@@ -109,6 +109,11 @@ class Trainer:
     ema: torch.optim.swa_utils.AveragedModel | None = None
     step: int = 0
 
+    def __post_init__(self):
+        # fp16 autocast (CUDA without bf16) needs loss scaling; everywhere else this is a no-op
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda")
+
     @property
     def eval_model(self) -> torch.nn.Module:
         """The weights that are validated and saved: the EMA average when enabled."""
@@ -153,10 +158,12 @@ class Trainer:
                 raise FerkitError(f"training diverged: the loss became {value} in epoch {epoch} (lr {cfg.lr:g}); "
                                   "nothing from this epoch was saved. Lower --lr or set --grad-clip, with --overwrite")
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
+                self.scaler.unscale_(self.opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            self.opt.step()
+            self.scaler.step(self.opt)
+            self.scaler.update()
             if self.ema is not None:
                 self.ema.update_parameters(model)
             self.step += 1
