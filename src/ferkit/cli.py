@@ -359,16 +359,18 @@ def _add_predict(sub):
                                    "  ferkit predict model.onnx photos/ --format json",
                        epilog="Output (--out DIR, default ./predictions):\n"
                               "  predictions.csv    one row per face: source, frame, time_s (empty for images),\n"
-                              "                     x, y, w, h (detected box), label, confidence, p_<class>...;\n"
-                              "                     written as it goes, flushed after every batch\n"
+                              "                     x, y, w, h (detected box), label, confidence, p_<class>...\n"
                               "  predictions.json   with --format json: a list of objects with the same fields\n"
-                              "                     (box as [x, y, w, h]); streamed to .predictions.jsonl.partial\n"
-                              "                     and turned into the JSON list when the run ends\n"
-                              "  summary.json       counts, images without faces, skipped inputs\n"
+                              "                     (box as [x, y, w, h])\n"
+                              "                     Both are written as predictions.partial.csv/.jsonl while the run\n"
+                              "                     goes (flushed after every batch) and renamed when it completes;\n"
+                              "                     after Ctrl-C the .partial file stays and summary.json says\n"
+                              "                     complete: false\n"
+                              "  summary.json       counts, images without faces, skipped inputs, complete\n"
                               "  annotated/         with --annotate: <name> copies of images, <stem>.mp4 videos\n"
                               "--out - prints the predictions to stdout instead (the summary goes to stderr).\n"
                               "Unreadable files are skipped and listed; the exit status is 1 only when nothing\n"
-                              "could be processed or the model/output is unusable.")
+                              "could be processed or the model/output is unusable, 130 after Ctrl-C.")
     p.add_argument("inputs", nargs="*", metavar="[MODEL] INPUT",
                    help="optionally first a model (run folder, .safetensors, .onnx, or a bundled model's name), "
                         "then image files, folders, video files")
