@@ -177,8 +177,9 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(task)
 
-    real = synth._render_task
-    monkeypatch.setattr(synth, "_render_task", boom)
+    from ferkit.synth import procedural
+    real = procedural._render_task
+    monkeypatch.setattr(procedural, "_render_task", boom)
     with pytest.raises(KeyboardInterrupt):
         generate_faces(tmp_path / "out", 2, classes=["happy", "sad"], **SMALL)
     assert list(tmp_path.iterdir()) == []

@@ -43,21 +43,19 @@ Example::
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import FerkitError
-from .files import make_dir
-from .labels import EXPRESSIONS, parse_classes
+from ..errors import FerkitError
+from ..files import make_dir
+from ..labels import EXPRESSIONS, parse_classes
+from .writer import AtomicDataset, check_out_dir, write_metadata, write_png
 
 __all__ = [
     "DEFAULT_CLASSES", "AUS", "PROTOTYPES", "sample_face_params", "render_face",
@@ -765,68 +763,12 @@ def _render_task(task: tuple) -> dict:
                                 intensity, occluders)
     img = render_face(params, size, color)
     rel = f"{cls}/{cls}_{index:06d}.png"
-    # PNG level 1: files ~15% bigger than level 9 but several times faster to write
-    if not cv2.imwrite(os.path.join(root, rel), img[..., ::-1] if color else img,
-                       [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-        raise OSError(f"could not write {rel}")
+    write_png(Path(root) / rel, img[..., ::-1] if color else img)
     return _meta_row(rel, params, index, size, color)
 
 
 def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads only contend
-
-
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Fail early, with one line, on anything that would make the final rename fail."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FerkitError(f"output path {out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FerkitError(f"output directory {out_dir} is not empty (pass overwrite=True / --overwrite)")
-        if not ((out_dir / "metadata.csv").exists() or any(out_dir.glob("*/metadata.csv"))):
-            # --overwrite deletes the old directory; only ever do that to a dataset we made
-            raise FerkitError(f"refusing to overwrite {out_dir}: it does not look like a ferkit synth dataset")
-    parent = out_dir.parent
-    for anc in [parent, *parent.parents]:
-        if anc.exists():
-            if not anc.is_dir():
-                raise FerkitError(f"cannot create {out_dir}: {anc} is a file")
-            if not os.access(anc, os.W_OK | os.X_OK):
-                raise FerkitError(f"cannot write to {anc}: permission denied")
-            break
-
-
-class _AtomicDir:
-    """Build a dataset in a hidden temp dir beside ``out_dir`` and rename it into place on
-    success, so an interrupted run never leaves a half-written dataset behind."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir = out_dir
-
-    def __enter__(self) -> Path:
-        try:
-            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
-            umask = os.umask(0o022)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the dataset should not be
-        except OSError as e:
-            raise FerkitError(f"cannot write to {self.out_dir.parent}: {e.strerror or e}") from None
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            try:
-                if self.out_dir.exists():
-                    shutil.rmtree(self.out_dir)
-                os.replace(self.tmp, self.out_dir)
-                return False
-            except OSError as e:
-                exc = e
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        if isinstance(exc, OSError):  # full disk, permissions: one line, nothing half-written left behind
-            raise FerkitError(f"cannot write {self.out_dir}: {exc.strerror or exc} (nothing was written)") from None
-        return False
 
 
 def _check_args(per_class: int, size: int, intensity) -> None:
@@ -842,15 +784,8 @@ def _check_args(per_class: int, size: int, intensity) -> None:
         raise FerkitError(f"intensity must be (lo, hi) with 0 <= lo <= hi <= 1, got {intensity!r}")
 
 
-def _write_metadata(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=META_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-
-
 def _run_tasks(tasks: list[tuple], workers: int | None, progress: bool, desc: str) -> list[dict]:
-    from .console import progress_bar
+    from ..console import progress_bar
 
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
     bar = progress_bar(total=len(tasks), desc=desc, unit="face", enabled=progress)
@@ -904,12 +839,12 @@ def generate_faces(out_dir, per_class: int, classes=None, size: int = 64, seed: 
     if identities is not None and identities <= 0:
         raise FerkitError(f"identities must be a positive integer or None, got {identities!r}")
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, overwrite)
-    with _AtomicDir(out_dir) as tmp:
+    check_out_dir(out_dir, overwrite)
+    with AtomicDataset(out_dir) as tmp:
         tasks = _face_tasks(tmp, classes, per_class, seed, identities, identity_offset, intensity,
                             size, color, occluders)
         rows = _run_tasks(tasks, workers, progress, f"synth {out_dir.name}")
-        _write_metadata(tmp / "metadata.csv", rows)
+        write_metadata(tmp / "metadata.csv", rows, META_COLUMNS)
     return out_dir
 
 
@@ -931,9 +866,9 @@ def generate_splits(out_dir, per_class: dict, classes=None, size: int = 64, seed
         if ids.get(split) is not None and ids[split] <= 0:
             raise FerkitError(f"identities for split {split!r} must be positive, got {ids[split]!r}")
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, kw.pop("overwrite", False))
+    check_out_dir(out_dir, kw.pop("overwrite", False))
     base = int(kw.pop("identity_offset", 0))
-    with _AtomicDir(out_dir) as tmp:
+    with AtomicDataset(out_dir) as tmp:
         offset = base
         for split, n in per_class.items():
             k = ids.get(split)
@@ -949,7 +884,7 @@ def write_preview(out_png, classes=None, per_class: int = 8, size: int = 64, see
                   color: bool = False, intensity=(0.5, 1.0)) -> Path:
     """Contact sheet: one row per class, one identity per column, faces shown at 96+ px.
     ``out_png`` must end in .png, .jpg or .jpeg (checked before any work); written atomically."""
-    from .files import atomic_path
+    from ..files import atomic_path
 
     out_png = Path(out_png)
     if out_png.suffix.lower() not in PREVIEW_FORMATS:
