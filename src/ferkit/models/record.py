@@ -100,16 +100,22 @@ class CheckpointRecord:
     format_version: int = FORMAT_VERSION
     ferkit_version: str = __version__
     extra: dict = field(default_factory=dict)
+    kind: str = "classifier"        # classifier | generator (an expression editor from `ferkit gan train`)
 
     @property
     def image_size(self) -> int:
         return self.input.image_size
 
     def build_model(self) -> nn.Module:
+        if self.kind == "generator":
+            from .gan import create_generator
+
+            return create_generator(len(self.classes), self.image_size, **self.model_args)
         return create_model(self.arch, len(self.classes), self.image_size, **self.model_args)
 
     def to_json(self) -> dict:
-        return {**self.extra, "format": CHECKPOINT_FORMAT, "ferkit_version": __version__, "arch": self.arch,
+        return {**self.extra, "format": CHECKPOINT_FORMAT, "kind": self.kind, "ferkit_version": __version__,
+                "arch": self.arch,
                 "model_args": _jsonable(self.model_args), "classes": list(self.classes),
                 "image_size": self.image_size, "input": self.input.to_json(), "epoch": self.epoch,
                 "val_metrics": self.val_metrics, "train_config": self.train_config}
@@ -118,7 +124,7 @@ class CheckpointRecord:
     def from_json(cls, d: dict, where: str = "checkpoint") -> CheckpointRecord:
         version = _format_version(d.get("format"), where)
         known = {"format", "ferkit_version", "arch", "model_args", "classes", "image_size", "input", "epoch",
-                 "val_metrics", "train_config", "channels", "preprocessing"}
+                 "val_metrics", "train_config", "channels", "preprocessing", "kind"}
         try:
             if version == 1:  # ferkit 0.1: fixed architectures, [0, 1] scaling, no mean/std
                 spec = InputSpec(int(d["image_size"]), int(d.get("channels", 1)))
@@ -130,7 +136,7 @@ class CheckpointRecord:
                        epoch=d.get("epoch"), val_metrics=d.get("val_metrics") or {},
                        train_config=d.get("train_config") or {}, format_version=version,
                        ferkit_version=str(d.get("ferkit_version", "?")),
-                       extra={k: v for k, v in d.items() if k not in known})
+                       extra={k: v for k, v in d.items() if k not in known}, kind=str(d.get("kind", "classifier")))
         except (KeyError, TypeError, ValueError):
             raise FerkitError(f"{where}: ferkit metadata is damaged") from None
 
@@ -198,15 +204,24 @@ def read_checkpoint_record(path: str | os.PathLike) -> CheckpointRecord:
     return CheckpointRecord.from_json(raw, where=str(p))
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointRecord]:
+_KIND_HINT = {"classifier": "a classifier (from `ferkit train`)",
+              "generator": "an expression generator (from `ferkit gan train`)"}
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    kind: str = "classifier") -> tuple[nn.Module, CheckpointRecord]:
     """Rebuild the model a checkpoint names, with its arguments, and load its weights (eval mode).
 
-    Raises FerkitError if the file is not a ferkit checkpoint or its weights do not fit.
+    Raises FerkitError if the file is not a ferkit checkpoint, is of another ``kind`` (a GAN
+    generator given where a classifier is expected, or the reverse) or its weights do not fit.
     """
     from safetensors.torch import load_file
 
     p = resolve_checkpoint(path)
     record = read_checkpoint_record(p)
+    if record.kind != kind:
+        raise FerkitError(f"{p} is {_KIND_HINT.get(record.kind, record.kind)}, but {_KIND_HINT.get(kind, kind)} "
+                          "is needed here")
     model = record.build_model()
     try:
         state = load_file(str(p), device="cpu")

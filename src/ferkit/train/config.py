@@ -11,8 +11,10 @@ model was trained with (see docs/model-card.md).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import ClassVar, Protocol
 
 from ..choices import PRECISIONS, check_choice, check_device_name
 from ..errors import FerkitError
@@ -29,12 +31,54 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("time_decay", "cosine", "onecycle", "plateau", "constant")
 
 
+class RunConfig(Protocol):
+    """What a run folder needs of a config (TrainConfig, GanConfig) to resume and continue runs."""
+
+    unit: ClassVar[str]        # "epochs" or "iterations": what --epochs / --iterations count
+
+    def identity(self) -> dict: ...
+    def matches(self, saved: dict) -> bool: ...
+    def differences(self, saved: dict) -> list[str]: ...
+    def progress_of(self, saved: dict) -> tuple[int, int, str | None]: ...
+
+
+class ResumableConfig:
+    """identity / matches / differences for a config dataclass; ``_not_identity`` names the fields
+    that may change between invocations of one run (where output goes, length, cosmetics)."""
+
+    _not_identity: ClassVar[tuple[str, ...]] = ()
+
+    def identity(self) -> dict:
+        """The fields that must agree for a resume, JSON-shaped (tuples as lists)."""
+        d = asdict(self)
+        for k in self._not_identity:
+            d.pop(k)
+        return json.loads(json.dumps(d))
+
+    def matches(self, saved: dict) -> bool:
+        """Does a saved identity describe this config? Fields added since the run was saved count
+        as their defaults, so older interrupted runs stay resumable."""
+        current = self.identity()
+        defaults = {f.name: f.default for f in fields(self) if f.name in current and f.default is not MISSING}
+        defaults.update({f.name: json.loads(json.dumps(f.default_factory())) for f in fields(self)
+                         if f.name in current and f.default_factory is not MISSING})
+        return json.loads(json.dumps({**defaults, **saved})) == current
+
+    def differences(self, saved: dict) -> list[str]:
+        """Names of the identity fields that differ from a saved identity (for the error message)."""
+        current = self.identity()
+        return [k for k in current if k in saved and saved[k] != current[k]]
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(ResumableConfig):
     """Everything that defines a training run (saved in config.json; a resume must match it).
 
     The defaults are the ``reference`` recipe: the reference implementation's CNN and optimiser.
     """
+
+    unit: ClassVar[str] = "epochs"
+    _not_identity: ClassVar[tuple[str, ...]] = ("out", "progress", "num_threads", "epochs", "patience", "recipe")
 
     train_dir: str
     val_dir: str
@@ -117,30 +161,12 @@ class TrainConfig:
 
         self.model_args = resolve_model_args(self.arch, self.image_size, self.model_args)
 
-    def identity(self) -> dict:
-        """The fields that must agree for a resume (not where output goes, not cosmetics)."""
-        d = asdict(self)
-        for k in _NOT_IDENTITY:
-            d.pop(k)
-        d["classes"] = list(d["classes"]) if d["classes"] else None
-        d["model_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["model_args"].items()}
-        return d
-
-    def matches(self, saved: dict) -> bool:
-        """Does a saved identity describe this config? Fields added to TrainConfig since the run was
-        saved count as their defaults, so older interrupted runs stay resumable."""
-        current = self.identity()
-        defaults = {f.name: f.default for f in fields(self) if f.name in current and f.default is not MISSING}
-        defaults["model_args"] = {}  # a default_factory field: not in f.default
-        return {**defaults, **saved} == current
-
-    def differences(self, saved: dict) -> list[str]:
-        """Names of the identity fields that differ from a saved identity (for the error message)."""
-        current = self.identity()
-        return [k for k in current if k in saved and saved[k] != current[k]]
-
-
-_NOT_IDENTITY = ("out", "progress", "num_threads", "epochs", "patience", "recipe")
+    def progress_of(self, saved: dict) -> tuple[int, int, str | None]:
+        """(epochs done, epochs planned, why it stopped early or None) of a saved run state."""
+        done = len(saved["history"])
+        stopped = bool(self.patience) and saved["bad_epochs"] >= self.patience
+        why = f"no better {self.monitor} for {saved['bad_epochs']} epochs" if stopped else None
+        return done, self.epochs, why
 
 
 #: Named recipes: field values over TrainConfig's defaults. Any explicitly given value wins.

@@ -27,7 +27,7 @@ from ..console import log
 from ..errors import FerkitError
 from ..files import TMP_SUFFIX, atomic_path, make_dir, read_json, save_figure, write_json, write_safetensors
 from ..models import CheckpointRecord, save_checkpoint
-from .config import TrainConfig
+from .config import RunConfig
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
@@ -40,7 +40,7 @@ class RunFolder:
         self.writer = writer
 
     # ------------------------------------------------------------------ opening
-    def prepare(self, cfg: TrainConfig, overwrite: bool) -> dict | None:
+    def prepare(self, cfg: RunConfig, overwrite: bool) -> dict | None:
         """Make the folder ready. Returns the saved progress to continue from, or None for a new run.
 
         Raises FerkitError for a folder that is not ours, an interrupted run with another config,
@@ -63,7 +63,7 @@ class RunFolder:
         make_dir(p, "run folder")
         return None
 
-    def _continuable(self, cfg: TrainConfig) -> dict | None:
+    def _continuable(self, cfg: RunConfig) -> dict | None:
         """Saved progress that this config may continue; None when there is none to keep."""
         p = self.path
         state_json = p / "state" / "state.json"
@@ -78,24 +78,23 @@ class RunFolder:
             diff = ", ".join(cfg.differences(saved.get("config") or {})) or "fields"
             raise FerkitError(f"{p} holds a run with a different config ({diff} differ); pass --overwrite "
                               "to start over, or choose another --out")
-        done = len(saved["history"])
-        stopped = bool(cfg.patience) and saved["bad_epochs"] >= cfg.patience
-        if summary is None and (done >= cfg.epochs or stopped):
-            log(f"finishing {p}: its last epoch was saved, its final files were not")
+        done, total, stopped = cfg.progress_of(saved)
+        unit = cfg.unit
+        if summary is None and (done >= total or stopped):
+            log(f"finishing {p}: its last {unit[:-1]} was saved, its final files were not")
             return saved
-        if summary is not None or done >= cfg.epochs or stopped:
-            if done >= cfg.epochs:
-                raise FerkitError(f"{p} already holds a finished run of {done} epochs; pass a larger --epochs to "
+        if summary is not None or done >= total or stopped:
+            if done >= total:
+                raise FerkitError(f"{p} already holds a finished run of {done} {unit}; pass a larger --{unit} to "
                                   "continue it, or --overwrite to replace it")
             if stopped:
-                raise FerkitError(f"{p} stopped early after {done} epochs (no better {cfg.monitor} for "
-                                  f"{saved['bad_epochs']} epochs); raise --patience (0 = off) to continue it, "
-                                  "or pass --overwrite")
-            log(f"continuing the finished run in {p} from epoch {done} to {cfg.epochs}")
+                raise FerkitError(f"{p} stopped early after {done} {unit} ({stopped}); raise --patience (0 = off) "
+                                  "to continue it, or pass --overwrite")
+            log(f"continuing the finished run in {p} from {unit[:-1]} {done} to {total}")
             if self.writer:
                 (p / "summary.json").unlink(missing_ok=True)
         else:
-            log(f"resuming {p} after epoch {done}")
+            log(f"resuming {p} after {unit[:-1]} {done}")
         return saved
 
     def _remove_temp_files(self) -> None:
@@ -119,11 +118,11 @@ class RunFolder:
         if self.writer:
             save_checkpoint(model, self.path / name, record)
 
-    def write_history(self, history: list[dict]) -> None:
+    def write_history(self, history: list[dict], fields=HISTORY_FIELDS) -> None:
         if not self.writer:
             return
         with atomic_path(self.path / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             w.writeheader()
             w.writerows(history)
 
@@ -142,7 +141,7 @@ class RunFolder:
         if not self.writer:
             return
         state_dir = make_dir(self.path / "state", "resume-state folder")
-        name = f"state-{len(progress['history'])}.safetensors"
+        name = f"state-{progress.get('iteration', len(progress['history']))}.safetensors"
         write_safetensors(state_dir / name, {k: v.detach().cpu().contiguous() for k, v in tensors.items()})
         write_json(state_dir / "state.json", {**progress, "tensors": name})
         for old in state_dir.glob("state-*.safetensors"):
