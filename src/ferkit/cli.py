@@ -95,11 +95,18 @@ TRAIN_OPTIONS = {
 
 def _train_option(group, f, text: str) -> None:
     """One `ferkit train` option from a TrainConfig field; its default is None (= the recipe's value)."""
-    from .train.config import MONITORS, OPTIMIZERS, RECIPES, SCHEDULES
+    from .train.config import RECIPES
+
+    values = {name: recipe.get(f.name, f.default) for name, recipe in RECIPES.items()}
+    _config_option(group, f, text, ", ".join(f"{name} {_show(v)}" for name, v in values.items()))
+
+
+def _config_option(group, f, text: str, shown: str) -> None:
+    """One option from a config dataclass field (type and choices from the field); default None
+    means "the config's (or recipe's) value", which ``shown`` spells out in the help."""
+    from .train.config import MONITORS, OPTIMIZERS, SCHEDULES
 
     flag = "--" + f.name.replace("_", "-")
-    values = {name: recipe.get(f.name, f.default) for name, recipe in RECIPES.items()}
-    shown = ", ".join(f"{name} {_show(v)}" for name, v in values.items())
     kinds = {"int": _positive_int, "int | None": _positive_int, "float": _finite_float}
     choices = {"monitor": tuple(MONITORS), "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
                "precision": PRECISIONS}.get(f.name)
@@ -247,9 +254,10 @@ def _intensity(text: str) -> tuple[float, float]:
 
 
 def _add_synth(sub):
-    p = sub.add_parser("synth", help="generate procedural expression faces (built-in data, synthetic data)",
-                       description="Procedural face generator: random identities, expressions built from "
-                                   "FACS action units, pose/lighting/noise variation. No weights, no download.")
+    p = sub.add_parser("synth", help="generate expression faces: procedural (built-in) or edited by a trained GAN",
+                       description="faces/preview: the procedural face generator (random identities, expressions "
+                                   "built from FACS action units, pose/lighting/noise variation; no weights). edit: "
+                                   "real faces moved to other expressions by a GAN from `ferkit gan train`.")
     ss = p.add_subparsers(dest="synth_command", metavar="SUBCOMMAND")
     for name, helptext in (("faces", "write a dataset: one folder per class plus metadata.csv"),
                            ("preview", "write a contact sheet PNG (rows = classes, columns = identities)")):
@@ -277,7 +285,32 @@ def _add_synth(sub):
         else:
             q.add_argument("--per-class", type=_positive_int, default=8, help="faces per row (default 8)")
         q.set_defaults(func=_cmd_synth_faces if name == "faces" else _cmd_synth_preview)
+    e = ss.add_parser("edit", help="write real faces moved to each target expression by a trained GAN",
+                      description="Each written face is a real source face of another expression, edited by the "
+                                  "generator to the target class. Layout of `synth faces` (<class>/*.png plus "
+                                  "metadata.csv: file, class, source file and class, generator and its SHA-256, "
+                                  "seed), so `mix` and `study` take it unchanged. Same seed, same faces.")
+    e.add_argument("gan_run", help="GAN run folder (`ferkit gan train --out`) or generator checkpoint")
+    e.add_argument("--source", required=True, help="real faces to edit: class folders or manifest CSV")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--per-class", type=_positive_int, required=True, help="faces per target class")
+    e.add_argument("--classes", default=None, help="target classes (default: every class the generator knows)")
+    e.add_argument("--seed", type=int, default=0, help="which source faces are drawn (default 0)")
+    e.add_argument("--batch-size", type=_positive_int, default=256)
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
+    e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out dataset")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=_cmd_synth_edit)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _cmd_synth_edit(a) -> int:
+    from .synth.gan import edit_faces
+
+    out = edit_faces(a.gan_run, a.source, a.out, a.per_class, seed=a.seed, classes=a.classes,
+                     batch_size=a.batch_size, device=a.device, overwrite=a.overwrite, progress=not a.no_progress)
+    print(f"edited faces written to {out} (metadata: {Path(out) / 'metadata.csv'})")
+    return 0
 
 
 def _cmd_synth_faces(a) -> int:
@@ -536,6 +569,109 @@ def _cmd_study(a) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- gan
+#: GanConfig fields offered as `ferkit gan train` options (type and default from the dataclass).
+GAN_OPTIONS = {
+    "classes": "comma-separated classes, in model order (default: the reference six the data has)",
+    "image_size": "face side in pixels (divisible by 16: 48 or 64)",
+    "iterations": "discriminator + generator steps (a larger value continues a finished run)",
+    "batch_size": "faces per step",
+    "g_lr": "generator learning rate (Adam)",
+    "d_lr": "discriminator learning rate (Adam)",
+    "decay_from": "learning rates fall linearly to 0 from this fraction of the iterations",
+    "lambda_cls": "weight of the expression-classification losses",
+    "lambda_rec": "weight of the cycle-reconstruction loss (keeps the identity)",
+    "g_width": "generator base width",
+    "g_res_blocks": "generator residual blocks",
+    "d_width": "discriminator base width",
+    "d_layers": "discriminator stride-2 layers",
+    "flip": "random horizontal flips of the real faces",
+    "held_out": "real faces kept out of training and shown in the sample grids",
+    "log_every": "iterations per history row",
+    "sample_every": "iterations per sample grid (samples/iter_NNNNNN.png)",
+    "checkpoint_every": "iterations per saved state and generator.safetensors (a multiple of --log-every)",
+    "seed": "random seed (same seed, same run)",
+    "precision": "auto: bf16/fp16 autocast where the CPU/GPU supports it natively, else fp32",
+    "device": DEVICE_HELP,
+    "num_threads": "torch CPU threads",
+    "strict": "fail on undecodable images instead of skipping them",
+}
+
+
+def _add_gan(sub):
+    from dataclasses import MISSING, fields
+
+    from .train.gan import GanConfig
+
+    p = sub.add_parser("gan", help="train and evaluate an expression-editing GAN (StarGAN-style) on real faces",
+                       description="A conditional GAN that moves a real face to a target expression. Train it on "
+                                   "your faces, write edited faces with `ferkit synth edit`, measure them with "
+                                   "`ferkit gan evaluate`. Nothing is downloaded.")
+    ss = p.add_subparsers(dest="gan_command", metavar="SUBCOMMAND")
+    t = ss.add_parser("train", help="train the generator and discriminator",
+                      formatter_class=argparse.RawDescriptionHelpFormatter,
+                      description="  ferkit gan train --data real/ --out runs/gan --iterations 20000\n\n"
+                                  "Hinge loss with spectral norm in the discriminator, expression classification, "
+                                  "cycle reconstruction (see ferkit.train.gan).",
+                      epilog="The run folder (--out) receives config.json, history.csv, curves.png,\n"
+                             "samples/iter_NNNNNN.png (rows: held-out real faces; columns: the input, then each\n"
+                             "target expression), generator.safetensors, summary.json and state/. Re-running the\n"
+                             "same command resumes an interrupted run; a larger --iterations continues a finished one.")
+    t.add_argument("--data", required=True, help="real faces: class folders or manifest CSV")
+    t.add_argument("--out", required=True, help="run folder to create (or resume)")
+    by_name = {f.name: f for f in fields(GanConfig)}
+    for name, text in GAN_OPTIONS.items():
+        f = by_name[name]
+        default = f.default if f.default is not MISSING else None
+        if name == "seed":
+            t.add_argument("--seed", type=int, default=None, help=f"{text} (default {default})")
+        else:
+            _config_option(t, f, text, f"default {_show(default)}")
+    t.add_argument("--overwrite", action="store_true", help="replace what --out holds and start over")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    t.set_defaults(func=_cmd_gan_train)
+    e = ss.add_parser("evaluate", help="expression accuracy, KID and identity of a generator's faces",
+                      description="Moves real faces to every other expression and reports (a) how often a classifier "
+                                  "trained on real faces (the bundled model by default) reads the target, beside its "
+                                  "accuracy on the real faces; (b) KID between generated and real faces on the "
+                                  "classifier's penultimate features; (c) L1 between a face and its cycle "
+                                  "reconstruction. Writes quality.json and quality.png.")
+    e.add_argument("gan_run", help="GAN run folder or generator checkpoint")
+    e.add_argument("--real", required=True, help="real faces (class folders or manifest), ideally not trained on")
+    e.add_argument("--classifier", default=None, help="classifier run/checkpoint/bundled name (default: bundled)")
+    e.add_argument("--per-class", type=_positive_int, default=200, help="generated faces per class (default 200)")
+    e.add_argument("--out", default=None, help="report folder (default: <run>/quality)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=_cmd_gan_evaluate)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _cmd_gan_train(a) -> int:
+    from .train.gan import GanConfig, train_gan
+
+    given = {name: getattr(a, name) for name in GAN_OPTIONS if getattr(a, name) is not None}
+    r = train_gan(GanConfig(data=a.data, out=a.out, progress=not a.no_progress, **given), overwrite=a.overwrite)
+    last = r.history[-1] if r.history else {}
+    print(f"{r.iterations} iterations, {r.seconds:.0f}s of training; last losses: "
+          + ", ".join(f"{k} {last[k]:.3f}" for k in ("d_adv", "g_adv", "g_cls", "g_rec") if k in last))
+    print(f"run folder: {r.run_dir}  (generator.safetensors, samples/, history.csv, curves.png)")
+    return 0
+
+
+def _cmd_gan_evaluate(a) -> int:
+    from .synth.quality import evaluate_gan
+
+    r = evaluate_gan(a.gan_run, a.real, a.classifier, a.out, a.per_class, a.seed, a.device, not a.no_progress)
+    acc, k, ident = r["expression_accuracy"], r["kid"], r["identity"]
+    print(f"expression accuracy: generated {acc['generated']:.4f} (real {acc['real']:.4f})")
+    print(f"KID generated vs real: {k['mean']:.4f} +- {k['std']:.4f} "
+          f"(real vs real: {r['kid_real_halves']['mean']:.4f})")
+    print(f"identity: cycle L1 {ident['cycle_l1']:.4f}, edit L1 {ident['edit_l1']:.4f}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- models
 def _add_models(sub):
     p = sub.add_parser("models", help="list the architectures and the bundled pretrained models",
@@ -569,8 +705,8 @@ def _cmd_models(a) -> int:
 
 
 # ----------------------------------------------------------------------------- main
-COMMANDS = [_add_train, _add_evaluate, _add_predict, _add_models, _add_export, _add_synth, _add_demo, _add_mix,
-            _add_study]
+COMMANDS = [_add_train, _add_evaluate, _add_predict, _add_models, _add_export, _add_synth, _add_gan, _add_demo,
+            _add_mix, _add_study]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -177,6 +177,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         for name in ("best.safetensors", "last.safetensors"):
             if (p / name).is_file():
                 return p / name
+        if (p / "generator.safetensors").is_file():
+            raise FerkitError(f"{p} is a GAN run (an expression generator): `ferkit gan evaluate` and `ferkit synth "
+                              "edit` take it; this command needs a classifier")
         raise FerkitError(f"{p} is a folder without best.safetensors or last.safetensors: not a ferkit run folder")
     if not p.exists():
         raise FerkitError(f"checkpoint {p} does not exist")

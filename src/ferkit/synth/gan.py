@@ -1,0 +1,144 @@
+"""Faces from the learned generator: real faces moved to a target expression (``ferkit synth edit``).
+
+    ferkit gan train --data real/ --out runs/gan
+    ferkit synth edit runs/gan --source real/ --out data/gan --per-class 500
+
+Each written face is a real source face of another expression, edited by the generator to the
+target class. The output has the layout of ``synth faces`` (``<class>/<class>_NNNNNN.png`` plus
+``metadata.csv``: file, class, source file, source class, generator file and SHA-256, its
+iteration, seed), so ``mix`` and ``study`` take it unchanged. The same seed gives the same faces.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..console import log, progress_bar
+from ..data import load_dataset, scan_source
+from ..errors import FerkitError
+from ..labels import parse_classes
+from ..models import CheckpointRecord, load_checkpoint
+from ..runtime import select_device
+from .writer import AtomicDataset, check_out_dir, write_metadata, write_png
+
+EDIT_COLUMNS = ("file", "class", "source_file", "source_class", "seed", "generator", "generator_sha256",
+                "iteration")
+
+
+def generator_path(run: str | Path) -> Path:
+    """A GAN run folder's generator.safetensors, or a generator checkpoint file as given."""
+    from ..bundled import resolve_model_path
+
+    p = resolve_model_path(run)
+    if p.is_dir():
+        if (p / "generator.safetensors").is_file():
+            return p / "generator.safetensors"
+        if (p / "config.json").is_file():
+            raise FerkitError(f"GAN run {p} has no generator checkpoint yet (it is written every --checkpoint-every "
+                              "iterations of `ferkit gan train`)")
+        if (p / "best.safetensors").is_file():
+            raise FerkitError(f"{p} is a classifier run (from `ferkit train`); this command needs a GAN run from "
+                              "`ferkit gan train`")
+        raise FerkitError(f"{p} is not a GAN run folder (no generator.safetensors)")
+    if not p.exists():
+        raise FerkitError(f"GAN run or generator checkpoint {p} does not exist")
+    return p
+
+
+def load_generator(run: str | Path, device: str | torch.device = "cpu"):
+    """(generator in eval mode, its CheckpointRecord, the checkpoint path)."""
+    path = generator_path(run)
+    model, record = load_checkpoint(path, device, kind="generator")
+    return model, record, path
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def source_classes(source, record: CheckpointRecord) -> tuple[str, ...]:
+    """The source's classes, which the generator must know (in the generator's order)."""
+    found = scan_source(source, None, "source data").found_classes
+    unknown = [c for c in found if c not in record.classes]
+    if unknown:
+        raise FerkitError(f"source data has classes the generator does not know: {', '.join(unknown)} (it knows "
+                          f"{', '.join(record.classes)}); choose its folders or train the GAN on them")
+    return tuple(c for c in record.classes if c in found)
+
+
+@torch.no_grad()
+def generate(G, record: CheckpointRecord, faces: np.ndarray, targets: np.ndarray, device: torch.device,
+             batch_size: int = 256) -> np.ndarray:
+    """uint8 faces (N, S, S) moved to ``targets`` (indices into record.classes) -> uint8 (N, S, S)."""
+    from ..train.gan import to_uint8
+
+    out = np.zeros_like(faces)
+    for s in range(0, len(faces), batch_size):
+        x = record.input.to_tensor(faces[s:s + batch_size], device)
+        t = torch.as_tensor(targets[s:s + batch_size], device=device)
+        out[s:s + batch_size] = to_uint8(G(x, t))
+    return out
+
+
+def plan_edits(labels: np.ndarray, n_classes: int, targets, per_class: int, seed: int) -> dict[int, np.ndarray]:
+    """For each target class index: ``per_class`` source indices of faces of other classes, drawn
+    without replacement while they last (then again from a new permutation), from a seeded RNG."""
+    plan = {}
+    for t in targets:
+        pool = np.flatnonzero(labels != t)
+        if not len(pool):
+            raise FerkitError("the source data has no face of another expression to edit")
+        rng = np.random.default_rng([seed, int(t)])
+        reps = -(-per_class // len(pool))
+        plan[int(t)] = np.concatenate([rng.permutation(pool) for _ in range(reps)])[:per_class]
+    return plan
+
+
+def edit_faces(gan_run, source, out, per_class: int, seed: int = 0, classes=None, batch_size: int = 256,
+               device: str = "auto", overwrite: bool = False, progress: bool = True) -> Path:
+    """Write ``per_class`` edited faces per target class (default: every class the generator knows).
+
+    Raises FerkitError for a run without a generator, a classifier checkpoint, source classes the
+    generator does not know, or an unusable output folder (checked before any work).
+    """
+    if not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise FerkitError(f"per-class must be a positive whole number (got {per_class!r})")
+    out = Path(out)
+    check_out_dir(out, overwrite)
+    dev = select_device(device)
+    G, record, path = load_generator(gan_run, dev)
+    src_classes = source_classes(source, record)
+    targets = parse_classes(classes) if classes is not None else record.classes
+    unknown = [c for c in targets if c not in record.classes]
+    if unknown:
+        raise FerkitError(f"the generator cannot make {', '.join(unknown)}; it knows {', '.join(record.classes)}")
+    data = load_dataset(source, src_classes, record.image_size, progress=progress, role="source data")
+    to_gen = np.asarray([record.classes.index(c) for c in data.classes])
+    labels = to_gen[data.labels]                               # source labels in the generator's class order
+    plan = plan_edits(labels, len(record.classes), [record.classes.index(c) for c in targets], per_class, seed)
+    digest = file_sha256(path)
+    log(f"editing {len(data)} source faces into {per_class} per class of {', '.join(targets)} with {path}")
+    rows = []
+    with AtomicDataset(out) as tmp:
+        bar = progress_bar(total=per_class * len(targets), enabled=progress, desc="edit", unit="face")
+        for t, idx in plan.items():
+            cls = record.classes[t]
+            (tmp / cls).mkdir()
+            faces = generate(G, record, data.images[idx], np.full(len(idx), t), dev, batch_size)
+            for i, (face, s) in enumerate(zip(faces, idx)):
+                rel = f"{cls}/{cls}_{i:06d}.png"
+                write_png(tmp / rel, face)
+                rows.append({"file": rel, "class": cls, "source_file": data.paths[s],
+                             "source_class": record.classes[labels[s]], "seed": seed, "generator": str(path),
+                             "generator_sha256": digest, "iteration": record.epoch})
+            bar.update(len(idx))
+        bar.close()
+        write_metadata(tmp / "metadata.csv", rows, EDIT_COLUMNS)
+    return out

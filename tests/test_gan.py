@@ -1,0 +1,148 @@
+"""The expression-editing GAN: training run folder, resume, synth edit, quality report, bad input."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_folder
+
+from ferkit.cli import run
+from ferkit.errors import FerkitError, Interrupted
+from ferkit.train.gan import GanConfig, GanTrainer, train_gan
+
+CLASSES = ["angry", "happy", "sad"]
+TINY = dict(image_size=32, batch_size=8, g_width=8, d_width=8, g_res_blocks=1, d_layers=3, held_out=3,
+            log_every=5, checkpoint_every=10, sample_every=10, progress=False)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gan")
+    return make_folder(root / "real", CLASSES, 14, seed=1, size=32)
+
+
+def _history(run_dir):
+    with open(run_dir / "history.csv") as fh:
+        return [{k: round(float(v), 5) for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
+
+
+def test_gan_training_writes_its_run_folder(faces, tmp_path):
+    r = train_gan(GanConfig(str(faces), str(tmp_path / "run"), iterations=20, **TINY))
+    run_dir = tmp_path / "run"
+    for name in ("config.json", "history.csv", "curves.png", "generator.safetensors", "summary.json",
+                 "samples/iter_000010.png", "samples/iter_000020.png", "state/state.json"):
+        assert (run_dir / name).is_file(), name
+    assert r.iterations == 20 and [h["iteration"] for h in r.history] == [5, 10, 15, 20]
+    from PIL import Image
+    grid = np.asarray(Image.open(run_dir / "samples" / "iter_000020.png"))
+    assert grid.shape == (22 + 3 * 64, 64 * (1 + len(CLASSES)))       # rows: held-out faces; input + 3 targets
+    config = json.loads((run_dir / "config.json").read_text())
+    assert len(config["held_out"]) == 3 and config["counts"] == {c: 14 for c in CLASSES}
+    from ferkit.models import read_checkpoint_record
+    rec = read_checkpoint_record(run_dir / "generator.safetensors")
+    assert rec.kind == "generator" and rec.arch == "stargan" and rec.epoch == 20
+    assert rec.model_args == {"width": 8, "res_blocks": 1, "in_channels": 1} and rec.classes == tuple(CLASSES)
+
+
+def test_interrupted_gan_run_resumes_to_the_same_weights(faces, tmp_path, monkeypatch):
+    full = train_gan(GanConfig(str(faces), str(tmp_path / "full"), iterations=20, **TINY))
+    real_step = GanTrainer.step
+
+    def flaky(self, *a):
+        if self.iteration == 13:
+            raise KeyboardInterrupt
+        return real_step(self, *a)
+    monkeypatch.setattr(GanTrainer, "step", flaky)
+    with pytest.raises(Interrupted, match="keeps the state of iteration 10"):
+        train_gan(GanConfig(str(faces), str(tmp_path / "cut"), iterations=20, **TINY))
+    monkeypatch.setattr(GanTrainer, "step", real_step)
+    resumed = train_gan(GanConfig(str(faces), str(tmp_path / "cut"), iterations=20, **TINY))
+    assert _history(tmp_path / "cut") == _history(tmp_path / "full") and resumed.iterations == full.iterations
+    from safetensors.torch import load_file
+    a, b = load_file(str(tmp_path / "full" / "generator.safetensors")), load_file(str(tmp_path / "cut" /
+                                                                                     "generator.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(FerkitError, match="larger --iterations"):
+        train_gan(GanConfig(str(faces), str(tmp_path / "cut"), iterations=20, **TINY))
+    longer = train_gan(GanConfig(str(faces), str(tmp_path / "cut"), iterations=25, **TINY))
+    assert longer.iterations == 25
+
+
+def test_synth_edit_is_deterministic_and_writes_the_dataset_layout(faces, tmp_path):
+    from ferkit.data import load_dataset
+    train_gan(GanConfig(str(faces), str(tmp_path / "run"), iterations=10, **TINY))
+    args = ["synth", "edit", str(tmp_path / "run"), "--source", str(faces), "--per-class", "7", "--no-progress"]
+    assert run([*args, "--out", str(tmp_path / "a")]) == 0
+    assert run([*args, "--out", str(tmp_path / "b")]) == 0
+    assert run([*args, "--out", str(tmp_path / "c"), "--seed", "1"]) == 0
+    a, b, c = (load_dataset(tmp_path / x, tuple(CLASSES), 32, use_cache=False, progress=False) for x in "abc")
+    assert a.class_counts() == {k: 7 for k in CLASSES}
+    assert np.array_equal(a.images, b.images) and not np.array_equal(a.images, c.images)
+    with open(tmp_path / "a" / "metadata.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 21 and all(r["source_class"] != r["class"] for r in rows)
+    assert len({r["generator_sha256"] for r in rows}) == 1 and rows[0]["iteration"] == "10"
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_quality_report_on_tiny_data(faces, tmp_path, capsys):
+    from ferkit.train import TrainConfig, train
+    train_gan(GanConfig(str(faces), str(tmp_path / "gan"), iterations=10, **TINY))
+    val = make_folder(tmp_path / "val", CLASSES, 5, seed=2, size=32)
+    train(TrainConfig(str(faces), str(val), str(tmp_path / "clf"), arch="tiny", image_size=32, epochs=2,
+                      batch_size=16, lr=1e-3, progress=False))
+    assert run(["gan", "evaluate", str(tmp_path / "gan"), "--real", str(val), "--classifier", str(tmp_path / "clf"),
+                "--per-class", "6", "--no-progress"]) == 0
+    report = json.loads((tmp_path / "gan" / "quality" / "quality.json").read_text())
+    acc = report["expression_accuracy"]
+    assert report["generated_faces"] == 18 and 0 <= acc["generated"] <= 1 and 0 <= acc["real"] <= 1
+    assert set(acc["per_class_generated"]) == set(CLASSES)
+    assert report["kid"]["mean"] > report["kid_real_halves"]["mean"] - 0.05      # finite, and real-real is small
+    assert 0 < report["identity"]["cycle_l1"] < 1
+    assert (tmp_path / "gan" / "quality" / "quality.png").is_file()
+    out = capsys.readouterr().out
+    assert "expression accuracy: generated" in out and "KID" in out
+
+
+def test_kid_is_zero_for_one_distribution_and_positive_for_two():
+    from ferkit.synth.quality import kid
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
+    assert abs(kid(x, y, subsets=20, subset_size=200)[0]) < 0.02
+    assert kid(x, y + 1.0, subsets=20, subset_size=200)[0] > 0.2
+
+
+def test_gan_bad_input_is_one_clear_line(faces, tmp_path, capsys):
+    few = make_folder(tmp_path / "few", CLASSES, 4, seed=3, size=32)
+    cases = [
+        (["gan", "train", "--data", str(few), "--out", str(tmp_path / "g1"), "--iterations", "2"],
+         "too few images to train a GAN: angry has 4, happy has 4, sad has 4; need at least 10 per class"),
+        (["gan", "train", "--data", str(faces), "--out", str(tmp_path / "g2"), "--image-size", "50"],
+         "must be at least 16 and divisible by 16"),
+        (["gan", "train", "--data", str(faces), "--out", str(tmp_path / "g3"), "--checkpoint-every", "7"],
+         "must be a multiple of log-every"),
+    ]
+    gan_dir = tmp_path / "gan"
+    train_gan(GanConfig(str(faces), str(gan_dir), iterations=10, **TINY))
+    other = make_folder(tmp_path / "other", ["angry", "surprised"], 3, seed=4, size=32)
+    empty_run = tmp_path / "empty-run"
+    empty_run.mkdir()
+    (empty_run / "config.json").write_text("{}")
+    cases += [
+        (["synth", "edit", str(gan_dir), "--source", str(other), "--out", str(tmp_path / "e1"), "--per-class", "2"],
+         "source data has classes the generator does not know: surprised"),
+        (["synth", "edit", str(empty_run), "--source", str(faces), "--out", str(tmp_path / "e2"), "--per-class", "2"],
+         "has no generator checkpoint yet"),
+        (["synth", "edit", "fer2013-vgg", "--source", str(faces), "--out", str(tmp_path / "e3"), "--per-class", "2"],
+         "is a classifier (from `ferkit train`), but an expression generator"),
+        (["evaluate", str(gan_dir), "--test-dir", str(faces)], "is a GAN run"),
+        (["predict", str(gan_dir / "generator.safetensors"), str(faces)], "is an expression generator"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert run(argv) == 1, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) >= 1 and message in err[-1] and "Traceback" not in "".join(err), (argv, err)
+    for name in ("g1", "g2", "g3", "e1", "e2", "e3"):
+        assert not (tmp_path / name).exists(), name
