@@ -269,7 +269,7 @@ def test_plan_fails_before_training_when_generated_data_is_short(faces, tmp_path
     real = load_dataset(faces["real"], image_size=32, progress=False)
     syn = load_dataset(faces["syn"], real.classes, image_size=32, progress=False)
     cfg.replace = True
-    specs = plan_study(cfg, real, syn)
+    specs = plan_study(cfg, real, {"generated": syn})
     assert max(s.duplicates for s in specs) == 48 - 32
 
 
@@ -299,3 +299,27 @@ def test_summary_lines_wording():
     assert "beyond k = 2" in plateau and "versus augmentation: +0.0500 [+0.0100, +0.0900]" in plateau
     none, = summary_lines({50: 0}, {50: 0}, {})
     assert "did not help" in none
+
+
+def test_study_compares_named_generated_sources_in_one_table(faces, tmp_path, capsys):
+    other = _faces(tmp_path / "other", 16, seed=7)
+    out = tmp_path / "two"
+    args = ["study", "--real-train", str(faces["real"]), "--val", str(faces["val"]), "--test", str(faces["test"]),
+            "--synthetic", f"proc={faces['syn']}", "--synthetic", f"other={other}", "--out", str(out),
+            "--arch", "tiny", "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--no-progress",
+            "--ratios", "0,1", "--seeds", "2", "--real-per-class", "6", "--no-augment-arm"]
+    assert run(args) == 0
+    with open(out / "table.csv", newline="") as fh:
+        table = {r["setting"]: r for r in csv.DictReader(fh)}
+    assert set(table) == {"k0", "k1-proc", "k1-other", "synth-proc", "synth-other"}
+    assert table["k1-proc"]["source"] == "proc" and table["k1-other"]["label"] == "real + 1x other"
+    # each arm drew from its own source, per the manifests
+    for name, src in (("proc", faces["syn"]), ("other", other)):
+        rows = _rows(out / "manifests" / f"n6_k1-{name}_s0.csv")
+        generated = [r["path"] for r in rows if r["source"] == name]
+        assert len(generated) == 12 and all(p.startswith(str(src)) for p in generated)
+    summary = (out / "summary.md").read_text()
+    assert "real 6/class, proc: best k" in summary and "real 6/class, other: best k" in summary
+    assert (out / "accuracy_vs_k.png").is_file()
+    with pytest.raises(FerkitError, match="source name"):
+        StudyConfig(real_train="a", val="b", test="c", synthetic=["9lives=x"], out="o")

@@ -520,7 +520,10 @@ def _add_study(sub):
     p.add_argument("--real-train", required=True, help="real training data (class folders or manifest)")
     p.add_argument("--val", required=True, help="validation data for early stopping (real, disjoint from training)")
     p.add_argument("--test", required=True, help="real test data")
-    p.add_argument("--synthetic", required=True, action="append", help="generated data; repeat for several sources")
+    p.add_argument("--synthetic", required=True, action="append", metavar="[NAME=]DIR",
+                   help="generated data; repeat for several sources. NAME=DIR gives each named source its own arms "
+                        "(real + k x NAME, NAME only), so generators are compared in one table and plot; folders "
+                        "without a name are pooled as one source")
     p.add_argument("--ratios", default="0,0.5,1,2,3,5,8", help="k values, comma-separated (default 0,0.5,1,2,3,5,8)")
     p.add_argument("--seeds", default="3", help="number of seeds per setting (default 3)")
     p.add_argument("--out", required=True, help="study folder")

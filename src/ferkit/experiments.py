@@ -218,6 +218,25 @@ def _check_synthetic_classes(found_by_dir: dict[str, list[str]], classes, hint: 
                           f"has (synthetic classes: {', '.join(have) or 'none'}); {hint}")
 
 
+UNNAMED_SOURCE = "generated"
+
+
+def parse_sources(specs: list[str]) -> dict[str, list[str]]:
+    """``["gan=data/gan", "procedural=data/synth", "more/dir"]`` -> {name: [folders]}. A spec without a
+    name joins the source "generated"; folders given the same name are pooled."""
+    import re
+
+    sources: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or os.path.exists(spec):
+            name, path = UNNAMED_SOURCE, spec
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name):
+            raise FerkitError(f"--synthetic {spec!r}: a source name is letters, digits, _ . - (e.g. gan=data/gan)")
+        sources.setdefault(name, []).append(path)
+    return sources
+
+
 def _as_list(value) -> list[str]:
     if value is None:
         return []
@@ -307,17 +326,25 @@ class Arm:
     real: bool = True         # include the real subset
     k: float = 0.0            # generated images per real image (synth: generated count / real count)
     augment: bool = False     # classic augmentation (flip, shifts, rotations)
+    source: str = ""          # the generated-data source the arm draws from ("" for real only / augmentation)
 
 
-def study_arms(ratios, synthetic_only_k: float, augment_arm: bool = True, synthetic_arm: bool = True) -> list[Arm]:
-    """Real only, augmentation, generated only, and real + k x generated for every k > 0."""
+def study_arms(ratios, synthetic_only_k: float, augment_arm: bool = True, synthetic_arm: bool = True,
+               sources=(UNNAMED_SOURCE,)) -> list[Arm]:
+    """Real only, augmentation, and for each generated-data source: generated only and real + k x
+    generated for every k > 0. With one source the names are k2, synth (as in earlier studies);
+    with several, k2-<source>, synth-<source>."""
     arms = [Arm("k0", "real only")]
     if augment_arm:
         arms.append(Arm("aug", "real + augmentation", augment=True))
-    if synthetic_arm:
-        arms.append(Arm("synth", f"generated only ({_fmt_k(synthetic_only_k)}x real count)", real=False,
-                        k=synthetic_only_k))
-    arms += [Arm(f"k{_fmt_k(k)}", f"real + {_fmt_k(k)}x generated", k=k) for k in sorted(ratios) if k > 0]
+    single = len(sources) == 1
+    for src in sources:
+        suffix, word = ("", "generated") if single else (f"-{src}", src)
+        if synthetic_arm:
+            arms.append(Arm(f"synth{suffix}", f"{word} only ({_fmt_k(synthetic_only_k)}x real count)", real=False,
+                            k=synthetic_only_k, source=src))
+        arms += [Arm(f"k{_fmt_k(k)}{suffix}", f"real + {_fmt_k(k)}x {word}", k=k, source=src)
+                 for k in sorted(ratios) if k > 0]
     return arms
 
 
@@ -358,6 +385,7 @@ class StudyConfig:
         self.synthetic = _as_list(self.synthetic)
         if not self.synthetic:
             raise FerkitError("give at least one --synthetic source")
+        parse_sources(self.synthetic)   # checks the names
         if self.classes is not None:
             self.classes = parse_classes(self.classes)
         for name in ("seeds", "jobs", "epochs", "batch_size", "image_size"):
@@ -388,9 +416,13 @@ class StudyConfig:
             d.pop(k)
         for k in ("real_train", "val", "test"):
             d[k] = os.path.abspath(d[k])
-        d["synthetic"] = [os.path.abspath(s) for s in d["synthetic"]]
+        d["synthetic"] = [s if name == UNNAMED_SOURCE else f"{name}={s}" for name, dirs in self.sources().items()
+                          for s in (os.path.abspath(x) for x in dirs)]
         d["classes"] = list(d["classes"]) if d["classes"] else None
         return d
+
+    def sources(self) -> dict[str, list[str]]:
+        return parse_sources(self.synthetic)
 
 
 @dataclass
@@ -468,32 +500,38 @@ def _concat(sets: list[ImageSet], classes) -> ImageSet:
 
 
 def _load_sources(cfg: StudyConfig):
-    """Decode every source once: real train, val, test and the generated pool (in ``classes``)."""
+    """Decode every source once: real train, val, test and one pool per generated-data source."""
     if cfg.classes is None:
         classes = default_classes(scan_source(cfg.real_train, None, "real training data").found_classes)
     else:
         classes = cfg.classes
-    found = {d: scan_source(d, None, "synthetic data").found_classes for d in cfg.synthetic}
-    _check_synthetic_classes(found, classes, "generate them or restrict with --classes")
+    sources = cfg.sources()
+    found = {name: {d: scan_source(d, None, f"synthetic data {name}").found_classes for d in dirs}
+             for name, dirs in sources.items()}
+    for by_dir in found.values():
+        _check_synthetic_classes(by_dir, classes, "generate them or restrict with --classes")
     kw = dict(image_size=cfg.image_size, progress=cfg.progress)
     real = load_dataset(cfg.real_train, classes, role="real training data", **kw)
     val = load_dataset(cfg.val, classes, role="validation data", **kw)
     test = load_dataset(cfg.test, classes, role="test data", **kw)
-    parts = []
-    for d, have in found.items():
-        sub = tuple(c for c in classes if c in have)
-        if not sub:
-            continue
-        s = load_dataset(d, sub, role="synthetic data", **kw)
-        remap = np.asarray([classes.index(c) for c in sub])
-        parts.append(ImageSet(s.images, remap[s.labels], s.paths, tuple(classes), s.skipped))
-    return tuple(classes), real, val, test, _concat(parts, classes)
+    pools = {}
+    for name, by_dir in found.items():
+        parts = []
+        for d, have in by_dir.items():
+            sub = tuple(c for c in classes if c in have)
+            if not sub:
+                continue
+            s = load_dataset(d, sub, role=f"synthetic data {name}", **kw)
+            remap = np.asarray([classes.index(c) for c in sub])
+            parts.append(ImageSet(s.images, remap[s.labels], s.paths, tuple(classes), s.skipped))
+        pools[name] = _concat(parts, classes)
+    return tuple(classes), real, val, test, pools
 
 
-def plan_study(cfg: StudyConfig, real: ImageSet, synth: ImageSet) -> list[RunSpec]:
+def plan_study(cfg: StudyConfig, real: ImageSet, pools: dict[str, ImageSet]) -> list[RunSpec]:
     """Every run of the study with its exact images; raises before any training if a draw is impossible."""
     classes = real.classes
-    arms = study_arms(cfg.ratios, cfg.synthetic_only_ratio, cfg.augment_arm, cfg.synthetic_arm)
+    arms = study_arms(cfg.ratios, cfg.synthetic_only_ratio, cfg.augment_arm, cfg.synthetic_arm, tuple(pools))
     specs = []
     for n in cfg.real_per_class:
         sub = real_subset(real.labels, n, len(classes), cfg.subset_seed)
@@ -504,18 +542,24 @@ def plan_study(cfg: StudyConfig, real: ImageSet, synth: ImageSet) -> list[RunSpe
         for arm in arms:
             want = allocate(counts, math.floor(arm.k * len(sub) + 0.5), cfg.balance)
             for seed in range(cfg.seeds):
-                idx, dup = draw_per_class(synth.labels, want, seed, classes, cfg.replace,
+                pool = pools[arm.source].labels if arm.source else np.zeros(0, np.int64)
+                idx, dup = draw_per_class(pool, want, seed, classes, cfg.replace,
                                           where=f"generated data for n={_size_name(n)} {arm.label}")
                 specs.append(RunSpec(f"n{_size_name(n)}_{arm.name}_s{seed}", n, arm, seed,
                                      sub if arm.real else np.zeros(0, np.int64), idx, dup))
     return specs
 
 
-def _training_set(spec: RunSpec, real: ImageSet, synth: ImageSet) -> ImageSet:
+def _training_set(spec: RunSpec, real: ImageSet, pools: dict[str, ImageSet]) -> ImageSet:
+    synth = pools[spec.arm.source] if spec.arm.source else _EMPTY_POOL(real)
     return ImageSet(np.concatenate([real.images[spec.real_idx], synth.images[spec.synth_idx]]),
                     np.concatenate([real.labels[spec.real_idx], synth.labels[spec.synth_idx]]),
                     [real.paths[i] for i in spec.real_idx] + [synth.paths[i] for i in spec.synth_idx],
                     real.classes)
+
+
+def _EMPTY_POOL(real: ImageSet) -> ImageSet:  # noqa: N802 - reads as a constant at the call site
+    return ImageSet(real.images[:0], real.labels[:0], [], real.classes)
 
 
 # ----------------------------------------------------------------------------- execution
@@ -589,8 +633,8 @@ def _check_study_dir(out: Path, cfg: StudyConfig) -> None:
 def run_study(cfg: StudyConfig) -> StudyResult:
     """Run (or resume) every setting x real-data size x seed, then write table, plot and summary."""
     out = Path(cfg.out)
-    classes, real, val, test, synth = _load_sources(cfg)
-    specs = plan_study(cfg, real, synth)
+    classes, real, val, test, pools = _load_sources(cfg)
+    specs = plan_study(cfg, real, pools)
     _check_study_dir(out, cfg)   # before any training
     threads = max(1, (os.cpu_count() or 1) // cfg.jobs) if cfg.jobs > 1 else None
     jobs, rows, done = {}, {}, {}
@@ -599,7 +643,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         manifest = out / "manifests" / f"{spec.run_id}.csv"
         n_real, n_syn = len(spec.real_idx), len(spec.synth_idx)
         rows[spec.run_id] = {"run_id": spec.run_id, "real_per_class": _size_name(spec.real_per_class),
-                             "setting": spec.arm.name, "label": spec.arm.label,
+                             "setting": spec.arm.name, "label": spec.arm.label, "source": spec.arm.source,
                              "k": spec.arm.k if spec.arm.real and not spec.arm.augment else "",
                              "gen_per_real": spec.arm.k, "seed": spec.seed, "n_real": n_real,
                              "n_synthetic": n_syn, "n_train": n_real + n_syn, "duplicates": spec.duplicates}
@@ -608,10 +652,11 @@ def run_study(cfg: StudyConfig) -> StudyResult:
             done[spec.run_id] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
             if manifest.exists():
                 continue
+        synth = pools[spec.arm.source] if spec.arm.source else _EMPTY_POOL(real)
         write_manifest(manifest, [real.paths[i] for i in spec.real_idx] + [synth.paths[i] for i in spec.synth_idx],
                        [classes[real.labels[i]] for i in spec.real_idx]
                        + [classes[synth.labels[i]] for i in spec.synth_idx],
-                       ["real"] * n_real + ["synthetic"] * n_syn)
+                       ["real"] * n_real + [_manifest_source(spec.arm.source, len(pools))] * n_syn)
         if metrics is not None:
             continue
         jobs[spec.run_id] = (spec, {"run_id": spec.run_id, "test_path": str(cfg.test), "train": dict(
@@ -627,11 +672,11 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         if cfg.jobs == 1 or len(jobs) <= 1:
             for run_id, (spec, job) in jobs.items():
                 bar.set_postfix_str(run_id)
-                r = _execute(job, _training_set(spec, real, synth), val, test)
+                r = _execute(job, _training_set(spec, real, pools), val, test)
                 results[run_id] = r
                 bar.update(1)
         else:
-            _run_parallel(cfg, jobs, real, synth, val, test, threads, out, results, bar)
+            _run_parallel(cfg, jobs, real, pools, val, test, threads, out, results, bar)
     finally:
         bar.close()
     for run_id, r in results.items():
@@ -649,7 +694,11 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     return result
 
 
-def _run_parallel(cfg, jobs, real, synth, val, test, threads, out, results, bar) -> None:
+def _manifest_source(name: str, n_sources: int) -> str:
+    return "synthetic" if n_sources == 1 else name   # one source: the column reads as in earlier studies
+
+
+def _run_parallel(cfg, jobs, real, pools, val, test, threads, out, results, bar) -> None:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -665,7 +714,7 @@ def _run_parallel(cfg, jobs, real, synth, val, test, threads, out, results, bar)
             while pending or running:
                 while pending and len(running) < cfg.jobs + 1:  # build training sets lazily
                     run_id, (spec, job) = pending.pop(0)
-                    fut = pool.submit(_execute, job, _training_set(spec, real, synth), None, None,
+                    fut = pool.submit(_execute, job, _training_set(spec, real, pools), None, None,
                                       str(out / "logs" / f"{run_id}.log"))
                     running[fut] = run_id
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -682,12 +731,13 @@ def _run_parallel(cfg, jobs, real, synth, val, test, threads, out, results, bar)
 
 
 # ----------------------------------------------------------------------------- reporting
-TABLE_FIELDS = ("real_per_class", "setting", "label", "k", "gen_per_real", "seeds", "n_real", "n_synthetic", "n_train",
+TABLE_FIELDS = ("real_per_class", "setting", "label", "source", "k", "gen_per_real", "seeds", "n_real", "n_synthetic",
+                "n_train",
                 "acc_mean", "acc_std", "f1_mean", "f1_std", "acc_diff", "acc_diff_ci_low", "acc_diff_ci_high",
                 "f1_diff", "f1_diff_ci_low", "f1_diff_ci_high", "ci_method")
-RUN_FIELDS = ("run_id", "real_per_class", "setting", "label", "k", "gen_per_real", "seed", "n_real", "n_synthetic",
-              "n_train",
-              "duplicates", "accuracy", "macro_f1", "best_epoch", "epochs_run", "train_seconds")
+RUN_FIELDS = ("run_id", "real_per_class", "setting", "label", "source", "k", "gen_per_real", "seed", "n_real",
+              "n_synthetic", "n_train", "duplicates", "accuracy", "macro_f1", "best_epoch", "epochs_run",
+              "train_seconds")
 
 
 def _write_csv(path: Path, fields, rows) -> None:
@@ -708,7 +758,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
     table = []
     for (n, setting), rs in groups.items():
         ref = groups.get((n, "k0"), [])
-        row = {"real_per_class": n, "setting": setting, "label": rs[0]["label"], "k": rs[0]["k"],
+        row = {"real_per_class": n, "setting": setting, "label": rs[0]["label"], "source": rs[0].get("source", ""),
+               "k": rs[0]["k"],
                "gen_per_real": rs[0]["gen_per_real"],
                "seeds": len(rs), "n_real": rs[0]["n_real"], "n_synthetic": rs[0]["n_synthetic"],
                "n_train": rs[0]["n_train"]}
@@ -729,30 +780,36 @@ def aggregate(runs: list[dict]) -> list[dict]:
 
 
 def best_and_plateau(runs: list[dict], table: list[dict]) -> tuple[dict, dict, dict]:
-    """Per real size: the k with the best mean accuracy (k0 and mixes), the smallest k whose accuracy
-    is not significantly below the best (paired 95% CI of the difference reaches 0), and the best k
-    versus augmentation (difference and CI)."""
+    """Per real size (and generated-data source, when there are several: keys "n:source"): the k
+    with the best mean accuracy (k0 and mixes), the smallest k whose accuracy is not significantly
+    below the best (paired 95% CI of the difference reaches 0), and the best k versus augmentation
+    (difference and CI)."""
     best, plateau, vs_aug = {}, {}, {}
     by_run = {}
     for r in runs:
         if "accuracy" in r:
             by_run.setdefault((r["real_per_class"], r["setting"]), {})[r["seed"]] = r["accuracy"]
-    for n in dict.fromkeys(t["real_per_class"] for t in table):
-        mixes = sorted((t for t in table if t["real_per_class"] == n and t["k"] != ""), key=lambda t: t["k"])
+    sources = list(dict.fromkeys(t.get("source", "") for t in table if t.get("source")))
+    groups = [(n, src) for n in dict.fromkeys(t["real_per_class"] for t in table) for src in (sources or [""])]
+    for n, src in groups:
+        key = n if len(sources) <= 1 else f"{n}:{src}"
+        mixes = sorted((t for t in table if t["real_per_class"] == n and t["k"] != ""
+                        and t.get("source", "") in ("", src)), key=lambda t: t["k"])
         if not mixes:
             continue
         top = max(mixes, key=lambda t: t["acc_mean"])
+        n_key, n = n, key
         best[n] = top["k"]
         plateau[n] = top["k"]
         for t in mixes:
             if t["k"] >= top["k"]:
                 break
-            d, lo, hi, _ = diff_ci(by_run[(n, t["setting"])], by_run[(n, top["setting"])])
+            d, lo, hi, _ = diff_ci(by_run[(n_key, t["setting"])], by_run[(n_key, top["setting"])])
             if not math.isnan(hi) and hi >= 0:
                 plateau[n] = t["k"]
                 break
-        if (n, "aug") in by_run:
-            vs_aug[n] = diff_ci(by_run[(n, top["setting"])], by_run[(n, "aug")])
+        if (n_key, "aug") in by_run:
+            vs_aug[n] = diff_ci(by_run[(n_key, top["setting"])], by_run[(n_key, "aug")])
     return best, plateau, vs_aug
 
 
@@ -797,22 +854,29 @@ def plot_study(table: list[dict], path: Path) -> None:
     ax = fig.subplots()
     sizes = list(dict.fromkeys(t["real_per_class"] for t in table))
     colors = rcParams["axes.prop_cycle"].by_key()["color"]
+    sources = list(dict.fromkeys(t.get("source", "") for t in table if t.get("source")))
+    styles = ["-", "--", ":", "-."]
     for i, n in enumerate(sizes):
         col = colors[i % len(colors)]
         rows = [t for t in table if t["real_per_class"] == n]
-        mixes = sorted((t for t in rows if t["k"] != ""), key=lambda t: t["k"])
-        if mixes:
-            ax.errorbar([t["k"] for t in mixes], [t["acc_mean"] for t in mixes], yerr=[t["acc_std"] for t in mixes],
-                        marker="o", capsize=3, color=col, label=f"real {n}/class + k x generated")
+        for j, src in enumerate(sources or [""]):
+            mixes = sorted((t for t in rows if t["k"] != "" and t.get("source", "") in ("", src)),
+                           key=lambda t: t["k"])
+            if mixes:
+                ax.errorbar([t["k"] for t in mixes], [t["acc_mean"] for t in mixes],
+                            yerr=[t["acc_std"] for t in mixes], marker="o", capsize=3, color=col,
+                            ls=styles[j % len(styles)],
+                            label=f"real {n}/class + k x {src if len(sources) > 1 else 'generated'}")
         for t in rows:
             if t["setting"] == "aug":
                 ax.errorbar([0], [t["acc_mean"]], yerr=[t["acc_std"]], marker="s", mfc="none", ms=9, capsize=3,
                             color=col, ls="none", label=f"real {n}/class + augmentation")
                 ax.axhline(t["acc_mean"], color=col, ls="--", lw=0.8, alpha=0.6)
-            elif t["setting"] == "synth":
+            elif t["setting"].startswith("synth"):
                 ax.errorbar([t["gen_per_real"]], [t["acc_mean"]], yerr=[t["acc_std"]], marker="^", ms=8, capsize=3,
-                            color=col,
-                            ls="none", label=f"generated only ({t['n_synthetic']} images, n={n})")
+                            color=col, ls="none",
+                            label=f"{t.get('source') if len(sources) > 1 else 'generated'} only "
+                                  f"({t['n_synthetic']} images, n={n})")
     ax.set_xlabel("k (generated images per real image)")
     ax.set_ylabel("test accuracy")
     ax.set_title("Accuracy versus amount of generated data (mean ± sd over seeds)")
@@ -851,7 +915,8 @@ def summarise(out: Path, runs: list[dict], cfg: StudyConfig | None = None) -> St
 def summary_lines(best: dict, plateau: dict, vs_aug: dict) -> list[str]:
     lines = []
     for n, k in best.items():
-        s = f"- real {n}/class: best k = {_fmt_k(k)}"
+        size, _, src = str(n).partition(":")
+        s = f"- real {size}/class{', ' + src if src else ''}: best k = {_fmt_k(k)}"
         if plateau.get(n) == 0 and k != 0:
             s += ", but no k is significantly better than real only (k = 0)"
         elif plateau.get(n) is not None and plateau[n] != k:
