@@ -323,3 +323,17 @@ def test_study_compares_named_generated_sources_in_one_table(faces, tmp_path, ca
     assert (out / "accuracy_vs_k.png").is_file()
     with pytest.raises(FerkitError, match="source name"):
         StudyConfig(real_train="a", val="b", test="c", synthetic=["9lives=x"], out="o")
+
+
+def test_study_runs_follow_the_recipe_with_augmentation_only_in_its_arm(faces, tmp_path):
+    out = tmp_path / "recipe"
+    args = _study_args(faces, out, "--ratios", "0,1", "--seeds", "1", "--real-per-class", "6", "--recipe", "fer2013",
+                       "--no-synthetic-arm")
+    assert run(args) == 0
+    configs = {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/config.json")}
+    assert set(configs) == {"n6_k0_s0", "n6_aug_s0", "n6_k1_s0"}
+    for name, c in configs.items():
+        assert c["recipe"] == "fer2013" and c["optimizer"] == "sgd" and c["arch"] == "tiny" and c["epochs"] == 1
+        assert (c["augment"], c["erase"]) == ((True, 0.5) if "aug" in name else (False, 0.0))
+    saved = json.loads((out / "study.json").read_text())
+    assert saved["identity"]["recipe"] == "fer2013" and saved["identity"]["lr"] == 0.05

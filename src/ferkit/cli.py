@@ -508,7 +508,13 @@ def _cmd_mix(a) -> int:
     return 0
 
 
+#: help of the TrainConfig options that other commands offer too
+TRAIN_HELP = {name: text for options in TRAIN_OPTIONS.values() for name, text in options.items()}
+
+
 def _add_study(sub):
+    from .train.config import config_fields
+
     p = sub.add_parser("study", help="how much do generated faces help? real vs real + k x generated, with error bars",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train on real only (k=0), real + augmentation, generated only and real + k x "
@@ -529,15 +535,16 @@ def _add_study(sub):
     p.add_argument("--out", required=True, help="study folder")
     p.add_argument("--real-per-class", default="all",
                    help="real-data sizes: images per class, comma-separated, 'all' for all (default all)")
-    p.add_argument("--arch", default="seed", help="architecture (default seed; see `ferkit models`)")
-    p.add_argument("--epochs", type=_positive_int, default=50)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--patience", type=_nonneg_int, default=5)
-    p.add_argument("--monitor", choices=MONITOR_CHOICES, default="val_loss",
-                   help="validation metric for model selection and early stopping (default val_loss; "
-                        "val_acc for very small real sets)")
-    p.add_argument("--image-size", type=_positive_int, default=64)
+    from .train.config import RECIPES
+
+    p.add_argument("--recipe", choices=tuple(RECIPES), default="reference",
+                   help="training recipe of every run (default reference; see `ferkit train --help`). "
+                        "Augmentation is on only in the real + augmentation arm")
+    p.add_argument("--model-arg", action="append", metavar="NAME=VALUE", default=None,
+                   help="architecture argument, repeatable (see `ferkit models`)")
+    by_name = {f.name: f for f in config_fields()}
+    for name in ("arch", "epochs", "batch_size", "lr", "patience", "monitor", "image_size"):
+        _train_option(p, by_name[name], TRAIN_HELP[name])
     p.add_argument("--classes", default=None, help="comma-separated classes (default: reference six in the real data)")
     p.add_argument("--jobs", default="1", help="runs in parallel processes (torch threads are divided; default 1)")
     p.add_argument("--balance", action="store_true", help="equalise classes of the mixed sets")
@@ -547,19 +554,22 @@ def _add_study(sub):
     p.add_argument("--no-augment-arm", action="store_true", help="skip the real + augmentation baseline")
     p.add_argument("--no-synthetic-arm", action="store_true", help="skip the generated-only setting")
     p.add_argument("--subset-seed", type=int, default=0, help="seed choosing the real subsets (default 0)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    _train_option(p, by_name["precision"], TRAIN_HELP["precision"])
+    _train_option(p, by_name["device"], TRAIN_HELP["device"])
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_study)
 
 
 def _cmd_study(a) -> int:
     from .experiments import StudyConfig, run_study
+    from .models import parse_model_args
 
+    options = {"model_args": parse_model_args(a.model_arg)} if a.model_arg else {}
     cfg = StudyConfig(real_train=a.real_train, val=a.val, test=a.test, synthetic=a.synthetic, out=a.out,
-                      ratios=a.ratios, seeds=a.seeds, real_per_class=a.real_per_class, arch=a.arch,
+                      ratios=a.ratios, seeds=a.seeds, real_per_class=a.real_per_class, recipe=a.recipe, arch=a.arch,
                       epochs=a.epochs, batch_size=a.batch_size, patience=a.patience, monitor=a.monitor, lr=a.lr,
-                      image_size=a.image_size, classes=a.classes, balance=a.balance, replace=a.replace,
+                      image_size=a.image_size, train_options=options, classes=a.classes, balance=a.balance,
+                      replace=a.replace,
                       synthetic_only_ratio=a.synthetic_only_ratio, augment_arm=not a.no_augment_arm,
                       synthetic_arm=not a.no_synthetic_arm, subset_seed=a.subset_seed, jobs=a.jobs,
                       precision=a.precision, device=a.device, progress=not a.no_progress)

@@ -348,6 +348,11 @@ def study_arms(ratios, synthetic_only_k: float, augment_arm: bool = True, synthe
     return arms
 
 
+#: TrainConfig fields a study sets for all its runs (None = the recipe's), besides train_options.
+STUDY_TRAIN_FIELDS = ("arch", "epochs", "batch_size", "patience", "monitor", "lr", "image_size", "precision",
+                      "device")
+
+
 @dataclass
 class StudyConfig:
     """Everything that defines a study (saved as study.json)."""
@@ -360,13 +365,16 @@ class StudyConfig:
     ratios: tuple[float, ...] = (0, 0.5, 1, 2, 3, 5, 8)
     seeds: int = 3                                  # seeds 0 .. seeds-1
     real_per_class: tuple[int | None, ...] = (None,)  # None = all real images
-    arch: str = "seed"
-    epochs: int = 50
-    batch_size: int = 64
-    patience: int = 5
-    monitor: str = "val_loss"        # one of ferkit.train.MONITORS
-    lr: float = 1e-4
-    image_size: int = 64
+    recipe: str = "reference"        # the training recipe of every run (ferkit.train.RECIPES)
+    # None: the recipe's value (filled in when the config is built)
+    arch: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    patience: int | None = None
+    monitor: str | None = None       # one of ferkit.train.MONITORS
+    lr: float | None = None
+    image_size: int | None = None
+    train_options: dict = field(default_factory=dict)   # any other TrainConfig value, e.g. {"model_args": ...}
     classes: tuple[str, ...] | None = None
     balance: bool = False            # equalise classes of the mixed sets
     replace: bool = False            # sample generated images with replacement when short
@@ -388,7 +396,7 @@ class StudyConfig:
         parse_sources(self.synthetic)   # checks the names
         if self.classes is not None:
             self.classes = parse_classes(self.classes)
-        for name in ("seeds", "jobs", "epochs", "batch_size", "image_size"):
+        for name in ("seeds", "jobs"):
             try:
                 value = int(getattr(self, name))
             except (TypeError, ValueError):
@@ -396,11 +404,9 @@ class StudyConfig:
             if value < 1:
                 raise FerkitError(f"{name.replace('_', '-')} must be at least 1 (got {value})")
             setattr(self, name, value)
-        if self.patience < 0:
-            raise FerkitError("patience must be 0 (off) or positive")
-        from .train import MONITORS
-        if self.monitor not in MONITORS:
-            raise FerkitError(f"monitor must be one of {', '.join(MONITORS)} (got {self.monitor!r})")
+        base = self.train_config(train_dir="-", val_dir="-", out="-")   # checks every training value
+        for name in STUDY_TRAIN_FIELDS:
+            setattr(self, name, getattr(base, name))
         if self.synthetic_only_ratio is None:
             self.synthetic_only_ratio = max(1.0, max(self.ratios))
         else:
@@ -419,10 +425,17 @@ class StudyConfig:
         d["synthetic"] = [s if name == UNNAMED_SOURCE else f"{name}={s}" for name, dirs in self.sources().items()
                           for s in (os.path.abspath(x) for x in dirs)]
         d["classes"] = list(d["classes"]) if d["classes"] else None
-        return d
+        return json.loads(json.dumps(d))   # as it reads back from study.json
 
     def sources(self) -> dict[str, list[str]]:
         return parse_sources(self.synthetic)
+
+    def train_config(self, **run):
+        """The TrainConfig of one run: the recipe, this study's training values, then ``run``'s."""
+        from .train import resolve_config
+
+        given = {name: getattr(self, name) for name in STUDY_TRAIN_FIELDS}
+        return resolve_config(self.recipe, **{**given, **self.train_options, **run})
 
 
 @dataclass
@@ -659,11 +672,14 @@ def run_study(cfg: StudyConfig) -> StudyResult:
                        ["real"] * n_real + [_manifest_source(spec.arm.source, len(pools))] * n_syn)
         if metrics is not None:
             continue
-        jobs[spec.run_id] = (spec, {"run_id": spec.run_id, "test_path": str(cfg.test), "train": dict(
-            train_dir=str(manifest), val_dir=str(cfg.val), out=str(run_dir), arch=cfg.arch,
-            image_size=cfg.image_size, classes=classes, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-            patience=cfg.patience, monitor=cfg.monitor, seed=spec.seed, augment=spec.arm.augment,
-            precision=cfg.precision, device=cfg.device, num_threads=threads, progress=cfg.progress and cfg.jobs == 1)})
+        # augmentation (flips, shifts, random erasing) only in the augmentation arm, with the recipe's values
+        aug = {} if spec.arm.augment else {"augment": False, "erase": 0.0}
+        train_cfg = cfg.train_config(train_dir=str(manifest), val_dir=str(cfg.val), out=str(run_dir),
+                                     classes=classes, seed=spec.seed, num_threads=threads,
+                                     progress=cfg.progress and cfg.jobs == 1, **aug)
+        if spec.arm.augment and not train_cfg.augment:
+            train_cfg.augment = True    # the reference recipe: its --augment (flip, +-10 deg, +-8% shift/zoom)
+        jobs[spec.run_id] = (spec, {"run_id": spec.run_id, "test_path": str(cfg.test), "train": asdict(train_cfg)})
     if done:
         log(f"study {out}: {len(done)} of {len(specs)} runs already finished, skipping them")
     results = dict(done)
@@ -902,7 +918,8 @@ def summarise(out: Path, runs: list[dict], cfg: StudyConfig | None = None) -> St
     lines = ["# Generated-data study", ""]
     if cfg is not None:
         lines += [f"real: `{cfg.real_train}`, generated: {', '.join(f'`{s}`' for s in cfg.synthetic)}, "
-                  f"test: `{cfg.test}`; arch {cfg.arch}, lr {cfg.lr:g}, up to {cfg.epochs} epochs (patience "
+                  f"test: `{cfg.test}`; recipe {cfg.recipe}, arch {cfg.arch}, lr {cfg.lr:g}, up to {cfg.epochs} epochs "
+                  "(patience "
                   f"{cfg.patience} on {cfg.monitor}), {cfg.seeds} seed(s); "
                   f"accuracy on the real test set, mean ± sd over seeds; differences paired by seed.", ""]
     lines += [md, "## Best k", ""]
