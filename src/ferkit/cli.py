@@ -198,9 +198,12 @@ def _recipe_model_args(recipe: str) -> dict:
 
 def _cmd_train(a) -> int:
     from .train import train
+    from .train.distributed import from_env
 
     cfg = train_config_from_args(a)
     r = train(cfg, overwrite=a.overwrite)
+    if not from_env().main:     # torchrun: rank 0 reports
+        return 0
     print(f"best epoch {r.best_epoch}: val_loss {r.best_val_loss:.4f}, val_acc {r.best_val_acc:.4f} "
           f"({r.epochs_run} epochs, {r.seconds:.0f}s of training; this invocation {r.wall_seconds:.0f}s)")
     print(f"run folder: {r.run_dir}  (best.safetensors, last.safetensors, history.csv, curves.png)")
@@ -556,6 +559,11 @@ def _add_study(sub):
     p.add_argument("--subset-seed", type=int, default=0, help="seed choosing the real subsets (default 0)")
     _train_option(p, by_name["precision"], TRAIN_HELP["precision"])
     _train_option(p, by_name["device"], TRAIN_HELP["device"])
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only the I-th of N shares of the runs (1-based), for N machines or a job array "
+                        "sharing --out; the table appears once every share is done")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: assemble table, plot and summary from the finished runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_study)
 
@@ -572,8 +580,16 @@ def _cmd_study(a) -> int:
                       replace=a.replace,
                       synthetic_only_ratio=a.synthetic_only_ratio, augment_arm=not a.no_augment_arm,
                       synthetic_arm=not a.no_synthetic_arm, subset_seed=a.subset_seed, jobs=a.jobs,
-                      precision=a.precision, device=a.device, progress=not a.no_progress)
+                      precision=a.precision, device=a.device, progress=not a.no_progress, shard=a.shard,
+                      report_only=a.report)
     r = run_study(cfg)
+    if r.pending:
+        if a.report:
+            raise FerkitError(f"{len(r.pending)} run(s) are not finished yet (e.g. {r.pending[0]}): run their "
+                              "shards first")
+        print(f"shard {a.shard or '1/1'}: its runs are done ({r.trained} trained, {r.skipped} already finished); "
+              f"{len(r.pending)} run(s) of other shards remain")
+        return 0
     print(r.files["table_md"].read_text(), end="")
     for line in r.summary:
         print(line)

@@ -221,6 +221,28 @@ def _check_synthetic_classes(found_by_dir: dict[str, list[str]], classes, hint: 
 UNNAMED_SOURCE = "generated"
 
 
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """ "2/4" -> (2, 4); None -> None. One clear error for anything else."""
+    if spec is None:
+        return None
+    i, sep, n = str(spec).partition("/")
+    if not sep or not i.strip().isdigit() or not n.strip().isdigit():
+        raise FerkitError(f"--shard {spec!r} is not I/N (e.g. 1/4: the first of four shares)")
+    i, n = int(i), int(n)
+    if n < 1 or not 1 <= i <= n:
+        raise FerkitError(f"--shard {spec}: I must be between 1 and N (N >= 1)")
+    return i, n
+
+
+def shard_runs(run_ids: list[str], shard: tuple[int, int] | None) -> set[str]:
+    """The runs of share I of N: every N-th run of the study's (deterministic) plan, starting at
+    the I-th, so N machines or the N tasks of a job array cover every run exactly once."""
+    if shard is None:
+        return set(run_ids)
+    i, n = shard
+    return {r for k, r in enumerate(run_ids) if k % n == i - 1}
+
+
 def parse_sources(specs: list[str]) -> dict[str, list[str]]:
     """``["gan=data/gan", "procedural=data/synth", "more/dir"]`` -> {name: [folders]}. A spec without a
     name joins the source "generated"; folders given the same name are pooled."""
@@ -383,6 +405,8 @@ class StudyConfig:
     synthetic_arm: bool = True
     subset_seed: int = 0             # which real images form each real-data size
     jobs: int = 1
+    shard: str | None = None         # "I/N": run only the I-th of N shares of the runs (see shard_runs)
+    report_only: bool = False        # train nothing; assemble the table from the finished runs
     precision: str = "auto"
     device: str = "auto"
     progress: bool = True
@@ -404,6 +428,7 @@ class StudyConfig:
             if value < 1:
                 raise FerkitError(f"{name.replace('_', '-')} must be at least 1 (got {value})")
             setattr(self, name, value)
+        parse_shard(self.shard)
         base = self.train_config(train_dir="-", val_dir="-", out="-")   # checks every training value
         for name in STUDY_TRAIN_FIELDS:
             setattr(self, name, getattr(base, name))
@@ -418,7 +443,7 @@ class StudyConfig:
         """Settings every run of the study shares; a re-run into the same folder must match."""
         d = asdict(self)
         for k in ("out", "ratios", "seeds", "real_per_class", "jobs", "progress", "device",
-                  "augment_arm", "synthetic_arm"):
+                  "augment_arm", "synthetic_arm", "shard", "report_only"):
             d.pop(k)
         for k in ("real_train", "val", "test"):
             d[k] = os.path.abspath(d[k])
@@ -462,6 +487,7 @@ class StudyResult:
     skipped: int = 0
     files: dict = field(default_factory=dict)
     summary: list[str] = field(default_factory=list)  # best k per real size, as printed
+    pending: list[str] = field(default_factory=list)  # runs not finished yet (other shards)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -680,10 +706,13 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         if spec.arm.augment and not train_cfg.augment:
             train_cfg.augment = True    # the reference recipe: its --augment (flip, +-10 deg, +-8% shift/zoom)
         jobs[spec.run_id] = (spec, {"run_id": spec.run_id, "test_path": str(cfg.test), "train": asdict(train_cfg)})
+    mine = set() if cfg.report_only else shard_runs([spec.run_id for spec in specs], parse_shard(cfg.shard))
+    jobs = {k: v for k, v in jobs.items() if k in mine}
     if done:
         log(f"study {out}: {len(done)} of {len(specs)} runs already finished, skipping them")
     results = dict(done)
-    bar = progress_bar(total=len(specs), initial=len(done), desc="study", unit="run", enabled=cfg.progress, position=0)
+    bar = progress_bar(total=len(mine), initial=len(mine) - len(jobs), desc="study", unit="run",
+                       enabled=cfg.progress, position=0)
     try:
         if cfg.jobs == 1 or len(jobs) <= 1:
             for run_id, (spec, job) in jobs.items():
@@ -705,6 +734,12 @@ def run_study(cfg: StudyConfig) -> StudyResult:
                                 train_seconds=s.get("seconds"))
         except (OSError, ValueError):
             pass
+    missing = [run_id for run_id in rows if run_id not in results]
+    if missing:   # a shard finished its share, others are still to come: no table yet
+        log(f"study {out}: {len(rows) - len(missing)} of {len(rows)} runs finished; the table is written once every "
+            f"shard is done (re-run any shard, or --report)")
+        return StudyResult(out, list(rows.values()), [], {}, {}, trained=len(jobs), skipped=len(done),
+                           pending=missing)
     result = summarise(out, list(rows.values()), cfg)
     result.trained, result.skipped = len(jobs), len(done)
     return result

@@ -26,9 +26,10 @@ from ..console import log, progress_bar
 from ..data import ImageSet, load_dataset
 from ..errors import FerkitError, Interrupted
 from ..models import CheckpointRecord, InputSpec, count_parameters, create_model
-from ..runtime import autocast, predict_logits, resolve_precision, select_device
+from ..runtime import autocast, predict_logits, resolve_precision
 from . import augment as A
 from .config import MONITORS, TrainConfig
+from .distributed import Dist, from_env, setup, teardown
 from .run_folder import RunFolder
 
 
@@ -108,11 +109,20 @@ class Trainer:
     class_weight: torch.Tensor | None = None
     ema: torch.optim.swa_utils.AveragedModel | None = None
     step: int = 0
+    dist: Dist = field(default_factory=Dist)
 
     def __post_init__(self):
         # fp16 autocast (CUDA without bf16) needs loss scaling; everywhere else this is a no-op
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda")
+        # one process: one generator for everything (exactly ferkit 0.1's draws); several: the shared
+        # generator orders the epoch identically on every rank, each rank augments with its own
+        self.aug_gen = self.gen
+        self.net = self.model                       # what is trained: the model, or its DDP wrapper
+        if self.dist.active:
+            self.aug_gen = torch.Generator().manual_seed(self.cfg.seed + 1_000_003 * (self.dist.rank + 1))
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -124,28 +134,38 @@ class Trainer:
         cfg = self.cfg
         x = images_u8.unsqueeze(1).float().div_(self.spec.pixel_max)
         if cfg.augment:
-            x = A.geometric(x, self.gen, cfg.rotate, cfg.shift, cfg.zoom, cfg.aspect)
+            x = A.geometric(x, self.aug_gen, cfg.rotate, cfg.shift, cfg.zoom, cfg.aspect)
         x = self.spec.normalize(x)
         if cfg.erase > 0:
-            x = A.random_erase(x, self.gen, cfg.erase)
+            x = A.random_erase(x, self.aug_gen, cfg.erase)
         return x.contiguous(memory_format=torch.channels_last)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, weight=self.class_weight, label_smoothing=self.cfg.label_smoothing)
 
     def train_one_epoch(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> dict:
-        """One pass over (a random subset of) the training set. Returns its loss and accuracy."""
-        cfg, model = self.cfg, self.model
+        """One pass over (a random subset of) the training set. Returns its loss and accuracy.
+
+        With several processes each global batch of ``batch_size`` images is split evenly across
+        the ranks, and a last batch smaller than ``batch_size`` is dropped (so every rank takes the
+        same number of steps); the returned figures are over all ranks."""
+        cfg, model, dist = self.cfg, self.net, self.dist
         model.train()
         n = len(labels) if cfg.train_limit is None else min(cfg.train_limit, len(labels))
         order = torch.randperm(len(labels), generator=self.gen)[:n].to(images.device)
-        total_loss, correct, seen = 0.0, 0, 0
-        bar = progress_bar(total=n, enabled=cfg.progress, desc=f"epoch {epoch}/{cfg.epochs}", unit="img", leave=False)
+        if dist.active:
+            n -= n % cfg.batch_size
+        share = cfg.batch_size // dist.world
+        total_loss, correct, seen, diverged = 0.0, 0, 0, float("nan")
+        bar = progress_bar(total=n, enabled=cfg.progress and dist.main, desc=f"epoch {epoch}/{cfg.epochs}",
+                           unit="img", leave=False)
         for start in range(0, n, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
+            if dist.active:
+                idx = idx[dist.rank * share:(dist.rank + 1) * share]
             y = labels[idx]
             x = self.batch_input(images[idx])
-            x, y_a, y_b, lam = A.mix(x, y, self.gen, cfg.mixup, cfg.cutmix)
+            x, y_a, y_b, lam = A.mix(x, y, self.aug_gen, cfg.mixup, cfg.cutmix)
             for g in self.opt.param_groups:
                 g["lr"] = cfg.lr * self.schedule.factor(self.step)
             with autocast(self.device, self.amp_dtype):
@@ -155,8 +175,9 @@ class Trainer:
                 loss = lam * loss + (1 - lam) * self.loss(logits, y_b)
             value = loss.item()
             if not math.isfinite(value):
-                raise FerkitError(f"training diverged: the loss became {value} in epoch {epoch} (lr {cfg.lr:g}); "
-                                  "nothing from this epoch was saved. Lower --lr or set --grad-clip, with --overwrite")
+                if not dist.active:
+                    _diverged(value, epoch, cfg)
+                diverged = value   # several processes: all must step on, then stop together
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
@@ -165,17 +186,31 @@ class Trainer:
             self.scaler.step(self.opt)
             self.scaler.update()
             if self.ema is not None:
-                self.ema.update_parameters(model)
+                self.ema.update_parameters(self.model)
             self.step += 1
             total_loss += value * len(idx)
             correct += (logits.argmax(1) == y_a).sum().item()
             seen += len(idx)
-            bar.update(len(idx))
+            bar.update(len(idx) * dist.world)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
         bar.close()
+        if dist.active:
+            bad = 0.0 if math.isnan(diverged) else 1.0
+            total_loss, correct, seen, bad = dist.sum([total_loss, correct, seen, bad], self.device)
+            if bad:
+                _diverged(diverged if not math.isnan(diverged) else float("nan"), epoch, cfg)
         return {"train_loss": total_loss / seen, "train_acc": correct / seen}
 
     def validate(self, images, labels) -> dict:
+        """Validation metrics. With several processes rank 0 validates and the others receive its
+        loss and accuracy, so every rank takes the same early-stopping decision."""
+        if self.dist.active:
+            out = self._validate(images, labels) if self.dist.main else {"val_loss": 0.0, "val_acc": 0.0}
+            out["val_loss"], out["val_acc"] = self.dist.broadcast([out["val_loss"], out["val_acc"]], self.device)
+            return out
+        return self._validate(images, labels)
+
+    def _validate(self, images, labels) -> dict:
         logits = predict_logits(self.eval_model, images, self.spec, self.device, self.amp_dtype)
         labels = torch.as_tensor(labels)
         return {"val_loss": F.cross_entropy(logits, labels).item(),
@@ -194,6 +229,9 @@ class Trainer:
             t.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         t["rng.gen"] = self.gen.get_state()
         t["rng.torch"] = torch.get_rng_state()
+        if self.dist.active:   # every rank's augmentation generator (a collective: all ranks call it)
+            for r, state in enumerate(self.dist.gather_tensor(self.aug_gen.get_state())):
+                t[f"rng.aug.{r}"] = state
         return t
 
     def load_state_tensors(self, t: dict[str, torch.Tensor], progress: dict) -> None:
@@ -210,8 +248,15 @@ class Trainer:
             self.ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
         self.gen.set_state(t["rng.gen"])
         torch.set_rng_state(t["rng.torch"])
+        if self.dist.active:
+            self.aug_gen.set_state(t[f"rng.aug.{self.dist.rank}"])
         self.step = progress["step"]
         self.schedule.plateau_factor, self.schedule.plateau_bad = progress.get("plateau", [1.0, 0])
+
+
+def _diverged(value: float, epoch: int, cfg: TrainConfig):
+    raise FerkitError(f"training diverged: the loss became {value} in epoch {epoch} (lr {cfg.lr:g}); "
+                      "nothing from this epoch was saved. Lower --lr or set --grad-clip, with --overwrite")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -241,7 +286,7 @@ def _val_subset(cfg: TrainConfig, val_set: ImageSet) -> tuple[np.ndarray, np.nda
     return images, labels
 
 
-def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device) -> Trainer:
+def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, dist: Dist | None = None) -> Trainer:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = create_model(cfg.arch, len(cfg.classes), cfg.image_size, **cfg.model_args).to(device)
@@ -256,13 +301,18 @@ def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device) 
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     spec = InputSpec(cfg.image_size, 1, 255.0, (cfg.input_mean,), (cfg.input_std,))
-    return Trainer(cfg, model, make_optimizer(cfg, model), LRSchedule(cfg, math.ceil(n / cfg.batch_size)), spec,
-                   device, resolve_precision(cfg.precision, device), gen, weight, ema)
+    dist = dist or Dist()
+    steps = math.ceil(n / cfg.batch_size) if not dist.active else n // cfg.batch_size
+    return Trainer(cfg, model, make_optimizer(cfg, model), LRSchedule(cfg, max(1, steps)), spec,
+                   device, resolve_precision(cfg.precision, device), gen, weight, ema, dist=dist)
 
 
 def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, ImageSet] | None = None,
           keep_state: bool = True) -> RunResult:
     """Train a model as configured and write the run folder. Returns the run's summary.
+
+    Under torchrun (several processes) the same call trains with DistributedDataParallel, and
+    only rank 0 writes the run folder (see :mod:`ferkit.train.distributed`).
 
     Args:
         cfg: the run's configuration (see :func:`ferkit.train.resolve_config` for recipes).
@@ -272,85 +322,124 @@ def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, Image
         keep_state: keep ``state/`` after the run finishes, so a larger ``epochs`` can continue it
             (``ferkit study`` drops it: many small runs, never extended).
     """
-    t0 = time.time()
-    folder = RunFolder(cfg.out)
+    dist = from_env() if data is None else Dist()
+    if dist.active and cfg.batch_size % dist.world:
+        raise FerkitError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the number of "
+                          f"processes ({dist.world})")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = select_device(cfg.device)
+    device = setup(dist, cfg.device)
+    try:
+        return _fit(cfg, overwrite, data, keep_state, dist, device)
+    except RuntimeError as exc:
+        if not dist.active:
+            raise
+        raise FerkitError(f"rank {dist.rank}: another process stopped or timed out "
+                          f"({str(exc).splitlines()[0][:120]})") from None
+    finally:
+        teardown(dist)
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: its history, best epoch so far and epochs without improvement."""
+
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"val_loss": math.inf, "epoch": 0, "val_acc": 0.0})
+    bad_epochs: int = 0
+
+
+def _fit(cfg: TrainConfig, overwrite: bool, data, keep_state: bool, dist: Dist, device: torch.device) -> RunResult:
+    t0 = time.time()
+    folder = RunFolder(cfg.out, writer=dist.main)
     train_set, val_set = data if data is not None else load_train_val(cfg)
     cfg.classes = train_set.classes
-    progress = folder.prepare(cfg, overwrite)
-    tr = _build_trainer(cfg, train_set, device)
+    saved = folder.prepare(cfg, overwrite)
+    dist.barrier()                      # rank 0 has prepared the folder (cleared it, or kept a state)
+    if saved is not None and saved.get("world_size", 1) != dist.world:
+        raise FerkitError(f"{folder.path} was trained by {saved.get('world_size', 1)} process(es); resume it with "
+                          f"the same number (this is {dist.world}), or pass --overwrite")
+    tr = _build_trainer(cfg, train_set, device, dist)
     val_images, val_labels = _val_subset(cfg, val_set)
     images = torch.from_numpy(train_set.images).to(device)   # uint8, resident on the training device
     labels = torch.from_numpy(train_set.labels).to(device)
-
-    config_record = {**asdict(cfg), "classes": list(cfg.classes), "device": str(device),
+    config_record = {**asdict(cfg), "classes": list(cfg.classes), "device": str(device), "world_size": dist.world,
                      "precision_used": str(tr.amp_dtype or "float32"), "parameters": count_parameters(tr.model),
                      "train_counts": train_set.class_counts(), "val_counts": val_set.class_counts(),
                      "skipped_files": train_set.skipped + val_set.skipped, "input": tr.spec.to_json()}
-    history, best, bad_epochs = [], {"val_loss": math.inf, "epoch": 0, "val_acc": 0.0}, 0
-    if progress is not None:
-        tr.load_state_tensors(folder.load_state(progress), progress)
-        history, best, bad_epochs = progress["history"], progress["best"], progress["bad_epochs"]
+    p = _Progress()
+    if saved is not None:
+        tr.load_state_tensors(folder.load_state(saved), saved)
+        p = _Progress(saved["history"], saved["best"], saved["bad_epochs"])
     else:
         folder.write_config(config_record)
     log(f"training {cfg.arch} ({count_parameters(tr.model):,} parameters) on {len(images)} images, "
         f"validating on {len(val_labels)}; classes: {', '.join(cfg.classes)}; recipe {cfg.recipe}; device {device}, "
-        f"{'autocast ' + str(tr.amp_dtype).split('.')[-1] if tr.amp_dtype else 'fp32'}")
+        f"{'autocast ' + str(tr.amp_dtype).split('.')[-1] if tr.amp_dtype else 'fp32'}"
+        + (f"; {dist.world} processes" if dist.active else ""))
 
     def record(epoch: int, metrics: dict) -> CheckpointRecord:
         return CheckpointRecord(cfg.arch, tuple(cfg.classes), tr.spec, dict(cfg.model_args), epoch, metrics,
                                 config_record)
 
     stopped_early = False
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
-        if cfg.patience and bad_epochs >= cfg.patience:
+    for epoch in range(len(p.history) + 1, cfg.epochs + 1):
+        if cfg.patience and p.bad_epochs >= cfg.patience:
             stopped_early = True
             break
-        t_ep = time.time()
-        row = {"epoch": epoch, "lr": cfg.lr * tr.schedule.factor(tr.step)}
-        try:
-            row.update(tr.train_one_epoch(images, labels, epoch))
-            val = tr.validate(val_images, val_labels)
-        except KeyboardInterrupt:
-            raise Interrupted(f"training stopped during epoch {epoch}; {folder.path} keeps "
-                              f"{'epochs 1-' + str(epoch - 1) if epoch > 1 else 'no finished epoch'}: re-run the same "
-                              "command to resume") from None
-        if not math.isfinite(val["val_loss"]):
-            raise FerkitError(f"training diverged: validation loss is {val['val_loss']} after epoch {epoch}; "
-                              "nothing from this epoch was saved. Lower --lr, with --overwrite")
-        row.update(val_loss=val["val_loss"], val_acc=val["val_acc"], seconds=round(time.time() - t_ep, 2))
-        history.append(row)
-        improved = _better(row, best, cfg.monitor)
-        if improved:
-            from sklearn.metrics import f1_score
-            best = {"val_loss": row["val_loss"], "val_acc": row["val_acc"], "epoch": epoch,
-                    "val_macro_f1": float(f1_score(val_labels, val["val_pred"], average="macro",
-                                                   labels=list(range(len(cfg.classes))), zero_division=0))}
-            folder.save_checkpoint("best.safetensors", tr.eval_model, record(epoch, best))
-        bad_epochs = 0 if improved else bad_epochs + 1
-        tr.schedule.epoch_end(improved)
-        log(f"epoch {epoch:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
-            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.3g}  {row['seconds']:.1f}s"
-            f"{'  *best' if improved else ''}")
-        folder.write_history(history)
-        folder.save_state(tr.state_tensors(), {"config": cfg.identity(), "history": history, "best": best,
-                                               "bad_epochs": bad_epochs, "step": tr.step,
-                                               "plateau": [tr.schedule.plateau_factor, tr.schedule.plateau_bad]})
+        _epoch(tr, folder, cfg, p, epoch, images, labels, val_images, val_labels, record)
     if stopped_early:
         log(f"early stop: {cfg.monitor.replace('val_', 'validation ')} has not improved for {cfg.patience} epochs")
 
-    last = history[-1]
+    last = p.history[-1]
     folder.save_checkpoint("last.safetensors", tr.eval_model,
-                           record(len(history), {k: last[k] for k in ("val_loss", "val_acc")}))
-    folder.plot_curves(history, title=f"{cfg.arch} on {Path(cfg.train_dir).name}")
-    result = RunResult(folder.path, tuple(cfg.classes), best["epoch"], best["val_loss"], best["val_acc"],
-                       len(history), history, seconds=round(sum(float(h["seconds"]) for h in history), 1),
+                           record(len(p.history), {k: last[k] for k in ("val_loss", "val_acc")}))
+    folder.plot_curves(p.history, title=f"{cfg.arch} on {Path(cfg.train_dir).name}")
+    result = RunResult(folder.path, tuple(cfg.classes), p.best["epoch"], p.best["val_loss"], p.best["val_acc"],
+                       len(p.history), p.history, seconds=round(sum(float(h["seconds"]) for h in p.history), 1),
                        wall_seconds=round(time.time() - t0, 1))
-    folder.write_summary({"best_epoch": best["epoch"], "best_val": best, "epochs_run": len(history),
+    folder.write_summary({"best_epoch": p.best["epoch"], "best_val": p.best, "epochs_run": len(p.history),
                           "stopped_early": stopped_early, "seconds": result.seconds,
-                          "wall_seconds": result.wall_seconds, "classes": list(cfg.classes), "recipe": cfg.recipe})
+                          "wall_seconds": result.wall_seconds, "classes": list(cfg.classes), "recipe": cfg.recipe,
+                          "world_size": dist.world})
     if not keep_state:
         folder.drop_state()
+    dist.barrier()                      # nobody leaves before rank 0 has written the last file
     return result
+
+
+def _epoch(tr: Trainer, folder: RunFolder, cfg: TrainConfig, p: _Progress, epoch: int, images, labels,
+           val_images, val_labels, record) -> None:
+    """Train one epoch, validate, and save what it changed (history, best checkpoint, resume state)."""
+    t_ep = time.time()
+    row = {"epoch": epoch, "lr": cfg.lr * tr.schedule.factor(tr.step)}
+    try:
+        row.update(tr.train_one_epoch(images, labels, epoch))
+        val = tr.validate(val_images, val_labels)
+    except KeyboardInterrupt:
+        raise Interrupted(f"training stopped during epoch {epoch}; {folder.path} keeps "
+                          f"{'epochs 1-' + str(epoch - 1) if epoch > 1 else 'no finished epoch'}: re-run the same "
+                          "command to resume") from None
+    if not math.isfinite(val["val_loss"]):
+        raise FerkitError(f"training diverged: validation loss is {val['val_loss']} after epoch {epoch}; "
+                          "nothing from this epoch was saved. Lower --lr, with --overwrite")
+    row.update(val_loss=val["val_loss"], val_acc=val["val_acc"], seconds=round(time.time() - t_ep, 2))
+    p.history.append(row)
+    improved = _better(row, p.best, cfg.monitor)
+    if improved:
+        p.best = {"val_loss": row["val_loss"], "val_acc": row["val_acc"], "epoch": epoch}
+        if folder.writer:
+            from sklearn.metrics import f1_score
+            p.best["val_macro_f1"] = float(f1_score(val_labels, val["val_pred"], average="macro",
+                                                    labels=list(range(len(cfg.classes))), zero_division=0))
+        folder.save_checkpoint("best.safetensors", tr.eval_model, record(epoch, p.best))
+    p.bad_epochs = 0 if improved else p.bad_epochs + 1
+    tr.schedule.epoch_end(improved)
+    if folder.writer:
+        log(f"epoch {epoch:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.3g}  {row['seconds']:.1f}s"
+            f"{'  *best' if improved else ''}")
+    folder.write_history(p.history)
+    folder.save_state(tr.state_tensors(), {"config": cfg.identity(), "history": p.history, "best": p.best,
+                                           "bad_epochs": p.bad_epochs, "step": tr.step, "world_size": tr.dist.world,
+                                           "plateau": [tr.schedule.plateau_factor, tr.schedule.plateau_bad]})

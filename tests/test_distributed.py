@@ -1,0 +1,176 @@
+"""Data-parallel training with torchrun (2 gloo processes on the CPU) and sharded studies."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_folder
+
+from ferkit.errors import FerkitError
+from ferkit.train.distributed import Dist, from_env
+
+# Each rank runs ferkit's CLI, recording every file it renames into place (ferkit writes all files
+# through files.atomic_path), so the test can tell which rank wrote what.
+_RANK_RECORDER = """
+import os, sys
+import ferkit.files as files
+log = open(os.environ["FERKIT_WRITES"] + "." + os.environ.get("RANK", "0"), "a")
+real = files.atomic_path
+def recording(path):
+    log.write(str(path) + "\\n"); log.flush()
+    return real(path)
+files.atomic_path = recording
+from ferkit.cli import main
+sys.argv = ["ferkit"] + sys.argv[1:]
+main()
+"""
+
+
+def _torchrun(script: Path, args: list, env: dict, nproc: int = 2, **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
+           str(29500 + os.getpid() % 1000), str(script), *map(str, args)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.fixture
+def ddp_data(tmp_path):
+    data = tmp_path / "data"
+    make_folder(data / "train", ["happy", "sad", "angry"], 16, seed=1, size=32)
+    make_folder(data / "val", ["happy", "sad", "angry"], 6, seed=2, size=32)
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_RECORDER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FERKIT_CACHE": str(tmp_path / "cache"),
+           "FERKIT_WRITES": str(tmp_path / "writes"), "FERKIT_DIST_TIMEOUT": "60"}
+    return data, script, env
+
+
+def _args(data: Path, out: Path, epochs: int = 3) -> list:
+    return ["train", "--train-dir", data / "train", "--val-dir", data / "val", "--out", out, "--arch", "tiny",
+            "--image-size", "32", "--epochs", epochs, "--batch-size", "8", "--lr", "1e-3", "--patience", "0"]
+
+
+def _history(run: Path) -> list[list[float]]:
+    with open(run / "history.csv") as fh:
+        return [[round(float(v), 5) for k, v in r.items() if k != "seconds"] for r in csv.DictReader(fh)]
+
+
+def test_two_process_training_writes_one_run_folder_from_rank_0(ddp_data, tmp_path):
+    data, script, env = ddp_data
+    out = tmp_path / "ddp"
+    proc = _torchrun(script, _args(data, out), env)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert stdout.count("best epoch") == 1                         # rank 0 reports, rank 1 does not
+    rank0 = Path(f"{env['FERKIT_WRITES']}.0").read_text().splitlines()
+    rank1 = Path(f"{env['FERKIT_WRITES']}.1").read_text().splitlines() if Path(f"{env['FERKIT_WRITES']}.1").exists() \
+        else []
+    assert any(p.endswith("best.safetensors") for p in rank0) and any(p.endswith("state.json") for p in rank0)
+    assert not [p for p in rank1 if p.startswith(str(out))]        # rank 1 wrote nothing in the run folder
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2 and len(_history(out)) == 3
+    from safetensors import safe_open
+    with safe_open(str(out / "best.safetensors"), framework="pt") as fh:
+        assert not [k for k in fh.keys() if k.startswith("module.")]
+    from ferkit.evaluate import evaluate
+    r = evaluate(out, data / "val", out_dir=False, progress=False)
+    assert r.n == 18 and 0 <= r.accuracy <= 1
+
+
+def test_interrupted_two_process_run_resumes_to_the_same_history(ddp_data, tmp_path):
+    data, script, env = ddp_data
+    full = _torchrun(script, _args(data, tmp_path / "full", 40), env)
+    assert full.wait(timeout=300) == 0
+    cut = tmp_path / "cut"
+    proc = _torchrun(script, _args(data, cut, 40), env, start_new_session=True)
+    state = cut / "state" / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["history"]):
+        time.sleep(0.05)
+    # every process of the job at once (torchrun's workers are not all in its process group)
+    subprocess.run(["pkill", "-9", "-f", "--", f"--out {cut}"])
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "summary.json").exists()
+    again = _torchrun(script, _args(data, cut, 40), env)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert _history(cut) == _history(tmp_path / "full")
+    # the same folder with another number of processes is refused, in one line
+    single = subprocess.run([sys.executable, "-m", "ferkit", *map(str, _args(data, cut, 50))], env=env,
+                            capture_output=True, text=True)
+    assert single.returncode == 1 and "trained by 2 process(es)" in single.stderr.strip().splitlines()[-1]
+
+
+def test_torchrun_environment_is_checked(monkeypatch):
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    assert from_env() == Dist()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(FerkitError, match="RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT not set"):
+        from_env()
+    for k, v in (("RANK", "3"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "localhost"), ("MASTER_PORT", "1")):
+        monkeypatch.setenv(k, v)
+    with pytest.raises(FerkitError, match="inconsistent torchrun environment: RANK=3"):
+        from_env()
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(FerkitError, match="whole numbers"):
+        from_env()
+
+
+def test_a_dead_rank_ends_the_other_with_one_line(ddp_data, tmp_path):
+    """Rank 1 dies in its first epoch; rank 0 must not hang: one clear line, non-zero exit."""
+    data, _, env = ddp_data
+    dying = tmp_path / "dying.py"
+    dying.write_text(_RANK_RECORDER.replace("main()\n", "") + """
+import ferkit.train.loop as loop
+real_epoch = loop.Trainer.train_one_epoch
+def die(self, *a, **k):
+    if self.dist.rank == 1:
+        os._exit(3)
+    return real_epoch(self, *a, **k)
+loop.Trainer.train_one_epoch = die
+main()
+""")
+    proc = _torchrun(dying, _args(data, tmp_path / "dead"), {**env, "FERKIT_DIST_TIMEOUT": "20"})
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    assert "rank 0: another process stopped or timed out" in err and "Traceback (most recent call last)" not in \
+        err.split("rank 0: another process")[0].split("\n")[-1]
+
+
+def test_a_study_in_two_shards_equals_the_unsharded_study(tmp_path, capsys):
+    from ferkit.cli import run
+    from ferkit.synth import generate_faces
+
+    def faces(name, n, seed):
+        return generate_faces(tmp_path / name, per_class=n, classes=["happy", "sad"], size=32, seed=seed, workers=1,
+                              progress=False)
+    real, val, test, syn = faces("real", 8, 1), faces("val", 4, 2), faces("test", 6, 3), faces("syn", 16, 4)
+
+    def study(out, *extra):
+        return run(["study", "--real-train", str(real), "--val", str(val), "--test", str(test), "--synthetic",
+                    str(syn), "--out", str(out), "--arch", "tiny", "--epochs", "1", "--image-size", "32",
+                    "--batch-size", "16", "--ratios", "0,1", "--seeds", "2", "--real-per-class", "6",
+                    "--no-progress", *extra])
+    assert study(tmp_path / "whole") == 0
+    assert study(tmp_path / "split", "--shard", "1/2") == 0
+    assert "remain" in capsys.readouterr().out and not (tmp_path / "split" / "table.csv").exists()
+    assert study(tmp_path / "split", "--report") == 1                     # shard 2 not run yet: one line
+    assert "not finished yet" in capsys.readouterr().err
+    assert study(tmp_path / "split", "--shard", "2/2") == 0
+    assert (tmp_path / "split" / "table.csv").read_text() == (tmp_path / "whole" / "table.csv").read_text()
+    ran = {p.name for p in (tmp_path / "split" / "runs").iterdir()}
+    assert ran == {p.name for p in (tmp_path / "whole" / "runs").iterdir()} and len(ran) == 8
+    assert study(tmp_path / "split", "--report") == 0
+    for bad in ("3/2", "0/2", "1-2", "x/y", "1/0"):
+        capsys.readouterr()
+        assert study(tmp_path / "bad", "--shard", bad) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--shard" in err[0], err
