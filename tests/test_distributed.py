@@ -174,3 +174,21 @@ def test_a_study_in_two_shards_equals_the_unsharded_study(tmp_path, capsys):
         assert study(tmp_path / "bad", "--shard", bad) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--shard" in err[0], err
+
+
+def test_two_process_gan_training(ddp_data, tmp_path):
+    data, script, env = ddp_data
+    out = tmp_path / "gan"
+    args = ["gan", "train", "--data", data / "train", "--out", out, "--image-size", "32", "--iterations", "10",
+            "--batch-size", "8", "--g-width", "8", "--d-width", "8", "--g-res-blocks", "1", "--d-layers", "3",
+            "--held-out", "3", "--log-every", "5", "--checkpoint-every", "5", "--sample-every", "5"]
+    proc = _torchrun(script, args, env)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert stdout.count("iterations,") == 1
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+    rank1 = Path(f"{env['FERKIT_WRITES']}.1")
+    assert not rank1.exists() or not [p for p in rank1.read_text().splitlines() if p.startswith(str(out))]
+    from ferkit.synth.gan import load_generator
+    g, rec, _ = load_generator(out)
+    assert rec.epoch == 10 and rec.kind == "generator"

@@ -678,10 +678,13 @@ def _add_gan(sub):
 
 
 def _cmd_gan_train(a) -> int:
+    from .train.distributed import from_env
     from .train.gan import GanConfig, train_gan
 
     given = {name: getattr(a, name) for name in GAN_OPTIONS if getattr(a, name) is not None}
     r = train_gan(GanConfig(data=a.data, out=a.out, progress=not a.no_progress, **given), overwrite=a.overwrite)
+    if not from_env().main:     # torchrun: rank 0 reports
+        return 0
     last = r.history[-1] if r.history else {}
     print(f"{r.iterations} iterations, {r.seconds:.0f}s of training; last losses: "
           + ", ".join(f"{k} {last[k]:.3f}" for k in ("d_adv", "g_adv", "g_cls", "g_rec") if k in last))

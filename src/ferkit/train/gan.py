@@ -45,8 +45,9 @@ from ..files import atomic_path, make_dir
 from ..labels import parse_classes
 from ..models import CheckpointRecord, InputSpec, count_parameters
 from ..models.gan import MIN_IMAGE_SIZE, create_discriminator, create_generator, resolve_gan_args
-from ..runtime import autocast, resolve_precision, select_device
+from ..runtime import autocast, resolve_precision
 from .config import ResumableConfig
+from .distributed import Dist, from_env, setup, teardown
 from .run_folder import RunFolder
 
 GAN_HISTORY_FIELDS = ("iteration", "d_adv", "d_cls", "d_real_acc", "g_adv", "g_cls", "g_rec", "lr", "seconds")
@@ -159,8 +160,13 @@ def check_gan_data(data: ImageSet) -> None:
 
 # ----------------------------------------------------------------------------- one iteration
 class GanTrainer:
-    def __init__(self, cfg: GanConfig, n_classes: int, device: torch.device):
+    """One discriminator + generator step at a time. With several processes (torchrun) every rank
+    draws the same global batch, trains on its slice, and the gradients are averaged across ranks
+    before each optimiser step, so N processes take the steps one process would."""
+
+    def __init__(self, cfg: GanConfig, n_classes: int, device: torch.device, dist: Dist | None = None):
         self.cfg, self.device, self.n_classes = cfg, device, n_classes
+        self.dist = dist or Dist()
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.G = create_generator(n_classes, cfg.image_size, **cfg.generator_args()).to(device)
@@ -178,15 +184,31 @@ class GanTrainer:
         return max(0.0, 1 - (self.iteration - start) / max(1.0, self.cfg.iterations - start))
 
     def batch(self, images: torch.Tensor, labels: torch.Tensor):
-        cfg = self.cfg
-        idx = torch.randint(0, len(labels), (cfg.batch_size,), generator=self.gen).to(images.device)
+        cfg, d = self.cfg, self.dist
+        idx = torch.randint(0, len(labels), (cfg.batch_size,), generator=self.gen)
+        flip = torch.rand(cfg.batch_size, generator=self.gen) < 0.5
+        shift = torch.randint(1, self.n_classes, (cfg.batch_size,), generator=self.gen)
+        if d.active:   # this rank's slice of the global batch
+            share = cfg.batch_size // d.world
+            idx, flip, shift = (t[d.rank * share:(d.rank + 1) * share] for t in (idx, flip, shift))
+        idx = idx.to(images.device)
         x = self.spec.to_tensor(images[idx])
         if cfg.flip:
-            flip = (torch.rand(cfg.batch_size, generator=self.gen) < 0.5).to(x.device)
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
         y = labels[idx]
-        shift = torch.randint(1, self.n_classes, (cfg.batch_size,), generator=self.gen).to(y.device)
-        return x, y, (y + shift) % self.n_classes       # a target expression other than the face's own
+        return x, y, (y + shift.to(y.device)) % self.n_classes   # a target expression other than the face's own
+
+    def _average_gradients(self, module: torch.nn.Module) -> None:
+        if not self.dist.active:
+            return
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.dist.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> dict:
         cfg = self.cfg
@@ -203,6 +225,7 @@ class GanTrainer:
         d_cls = F.cross_entropy(cls_real.float(), y)
         self.opt_d.zero_grad(set_to_none=True)
         (d_adv + cfg.lambda_cls * d_cls).backward()
+        self._average_gradients(self.D)
         self.opt_d.step()
         # generator: fool D, be classified as the target, and give the input back from the output
         with autocast(self.device, self.amp):
@@ -214,10 +237,13 @@ class GanTrainer:
         g_rec = (rec.float() - x).abs().mean()
         self.opt_g.zero_grad(set_to_none=True)
         (g_adv + cfg.lambda_cls * g_cls + cfg.lambda_rec * g_rec).backward()
+        self._average_gradients(self.G)
         self.opt_g.step()
         self.iteration += 1
-        out = {"d_adv": d_adv.item(), "d_cls": d_cls.item(), "g_adv": g_adv.item(), "g_cls": g_cls.item(),
-               "g_rec": g_rec.item(), "d_real_acc": (cls_real.argmax(1) == y).float().mean().item()}
+        names = ("d_adv", "d_cls", "g_adv", "g_cls", "g_rec", "d_real_acc")
+        values = [d_adv.item(), d_cls.item(), g_adv.item(), g_cls.item(), g_rec.item(),
+                  (cls_real.argmax(1) == y).float().mean().item()]
+        out = dict(zip(names, (v / self.dist.world for v in self.dist.sum(values, self.device))))
         bad = [k for k, v in out.items() if not math.isfinite(v)]
         if bad:
             raise FerkitError(f"GAN training diverged at iteration {self.iteration} ({', '.join(bad)} not finite); "
@@ -314,20 +340,40 @@ def plot_gan_curves(history: list[dict], path: Path) -> None:
 # ----------------------------------------------------------------------------- the run
 def train_gan(cfg: GanConfig, overwrite: bool = False) -> GanResult:
     """Train (or resume, or continue) a StarGAN-style expression editor and write its run folder."""
-    t0 = time.time()
+    dist = from_env()
+    if dist.active and cfg.batch_size % dist.world:
+        raise FerkitError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the number of "
+                          f"processes ({dist.world})")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = select_device(cfg.device)
+    device = setup(dist, cfg.device)
+    try:
+        return _train_gan(cfg, overwrite, dist, device)
+    except RuntimeError as exc:
+        if not dist.active:
+            raise
+        raise FerkitError(f"rank {dist.rank}: another process stopped or timed out "
+                          f"({str(exc).splitlines()[0][:120]})") from None
+    finally:
+        teardown(dist)
+
+
+def _train_gan(cfg: GanConfig, overwrite: bool, dist: Dist, device: torch.device) -> GanResult:
+    t0 = time.time()
     data = load_dataset(cfg.data, cfg.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
                         role="GAN training data")
     check_gan_data(data)
     cfg.classes = data.classes
-    folder = RunFolder(cfg.out)
+    folder = RunFolder(cfg.out, writer=dist.main)
     saved = folder.prepare(cfg, overwrite)
+    dist.barrier()
+    if saved is not None and saved.get("world_size", 1) != dist.world:
+        raise FerkitError(f"{folder.path} was trained by {saved.get('world_size', 1)} process(es); resume it with "
+                          f"the same number (this is {dist.world}), or pass --overwrite")
     train_idx, held = split_held_out(data, cfg.held_out, cfg.seed)
     images = torch.from_numpy(data.images[train_idx]).to(device)
     labels = torch.from_numpy(data.labels[train_idx]).to(device)
-    tr = GanTrainer(cfg, len(cfg.classes), device)
+    tr = GanTrainer(cfg, len(cfg.classes), device, dist)
     record = {**asdict(cfg), "classes": list(cfg.classes), "device": str(device),
               "precision_used": str(tr.amp or "float32"), "counts": data.class_counts(),
               "held_out": [data.paths[i] for i in held], "skipped_files": data.skipped,
@@ -338,7 +384,8 @@ def train_gan(cfg: GanConfig, overwrite: bool = False) -> GanResult:
         history = saved["history"]
     else:
         folder.write_config(record)
-    make_dir(folder.path / "samples", "samples folder")
+    if dist.main:
+        make_dir(folder.path / "samples", "samples folder")
     log(f"training a GAN (generator {count_parameters(tr.G):,}, discriminator {count_parameters(tr.D):,} "
         f"parameters) on {len(labels)} faces of {', '.join(cfg.classes)}; device {device}, "
         f"{'autocast ' + str(tr.amp).split('.')[-1] if tr.amp else 'fp32'}")
@@ -348,18 +395,19 @@ def train_gan(cfg: GanConfig, overwrite: bool = False) -> GanResult:
     def save() -> None:
         folder.write_history(history, GAN_HISTORY_FIELDS)
         folder.save_state(tr.state_tensors(), {"config": cfg.identity(), "history": history,
-                                               "iteration": tr.iteration, "sums": sums,
+                                               "iteration": tr.iteration, "sums": sums, "world_size": dist.world,
                                                "window_seconds": round(time.time() - t_log, 2)})
         checkpointed[0] = tr.iteration
         rec = CheckpointRecord("stargan", tuple(cfg.classes), tr.spec, cfg.generator_args(), tr.iteration,
                                {"g_rec": history[-1]["g_rec"]} if history else {}, record, kind="generator")
         folder.save_checkpoint("generator.safetensors", tr.G, rec)
-        if history:
+        if history and folder.writer:
             plot_gan_curves(history, folder.path / "curves.png")
 
     sums: dict[str, float] = dict(saved.get("sums", {})) if saved else {}   # a partly logged window
     t_log = time.time() - (saved.get("window_seconds", 0.0) if saved else 0.0)
-    bar = progress_bar(total=cfg.iterations, initial=tr.iteration, enabled=cfg.progress, desc="gan", unit="it")
+    bar = progress_bar(total=cfg.iterations, initial=tr.iteration, enabled=cfg.progress and dist.main, desc="gan",
+                       unit="it")
     try:
         while tr.iteration < cfg.iterations:
             losses = tr.step(*tr.batch(images, labels))
@@ -373,11 +421,11 @@ def train_gan(cfg: GanConfig, overwrite: bool = False) -> GanResult:
                 sums, t_log = {}, time.time()
                 bar.set_postfix(d=f"{row['d_adv']:.3f}", g=f"{row['g_adv']:.3f}", rec=f"{row['g_rec']:.3f}",
                                 refresh=False)
-                if bar.disable:   # no terminal: one plain line per logged interval
+                if bar.disable and dist.main:   # no terminal: one plain line per logged interval
                     log(f"iteration {tr.iteration:6d}/{cfg.iterations}  d_adv {row['d_adv']:.3f}  d_cls "
                         f"{row['d_cls']:.3f}  g_adv {row['g_adv']:.3f}  g_cls {row['g_cls']:.3f}  "
                         f"g_rec {row['g_rec']:.3f}  {row['seconds']:.1f}s")
-            if tr.iteration % cfg.sample_every == 0 or tr.iteration == cfg.iterations:
+            if dist.main and (tr.iteration % cfg.sample_every == 0 or tr.iteration == cfg.iterations):
                 _write_png(folder.path / "samples" / f"iter_{tr.iteration:06d}.png",
                            sample_grid(tr.G, data.images[held], data.labels[held], cfg.classes, tr.spec, device))
             if tr.iteration % cfg.checkpoint_every == 0 or tr.iteration == cfg.iterations:
@@ -389,5 +437,7 @@ def train_gan(cfg: GanConfig, overwrite: bool = False) -> GanResult:
         bar.close()
     seconds = round(sum(float(h["seconds"]) for h in history), 1)
     folder.write_summary({"iterations": tr.iteration, "seconds": seconds, "wall_seconds": round(time.time() - t0, 1),
-                          "classes": list(cfg.classes), "final": history[-1] if history else {}})
+                          "classes": list(cfg.classes), "final": history[-1] if history else {},
+                          "world_size": dist.world})
+    dist.barrier()
     return GanResult(folder.path, tuple(cfg.classes), tr.iteration, history, seconds)
