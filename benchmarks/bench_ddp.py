@@ -49,8 +49,9 @@ def main() -> None:
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
                        stdout=subprocess.DEVNULL)
         h = history(work / ("one" if cmd is one else "two"))
-        print(f"{name}, {threads} thread(s) each: seconds per epoch " + ", ".join(f"{float(r['seconds']):.1f}" for r in h)
-              + "; validation accuracy per epoch " + ", ".join(f"{float(r['val_acc']):.4f}" for r in h))
+        secs = ", ".join(f"{float(r['seconds']):.1f}" for r in h)
+        accs = ", ".join(f"{float(r['val_acc']):.4f}" for r in h)
+        print(f"{name}, {threads} thread(s) each: seconds per epoch {secs}; validation accuracy per epoch {accs}")
     print("command: " + " ".join(one[1:]) + "  (and the same under torch.distributed.run --nproc-per-node 2)")
 
 
