@@ -61,11 +61,16 @@ def resolve_model_path(model: str | os.PathLike | None) -> Path:
 
 def is_model_path(text: str) -> bool:
     """Does a command-line word name a model (rather than an image, video or folder of images)?"""
+    from .data import IMAGE_EXTENSIONS
+    from .predict.runner import VIDEO_EXTENSIONS
+
     p = Path(text)
     if text in BUNDLED and not p.exists():
         return True
     if p.is_dir():
         return (p / "best.safetensors").is_file() or (p / "last.safetensors").is_file()
+    if not p.exists():   # a missing path that is not an image or video name: a mistyped model, say so
+        return p.suffix.lower() not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
     return p.suffix.lower() in (".safetensors", ".onnx")
 
 
