@@ -590,14 +590,14 @@ def plan_study(cfg: StudyConfig, real: ImageSet, pools: dict[str, ImageSet]) -> 
 
 
 def _training_set(spec: RunSpec, real: ImageSet, pools: dict[str, ImageSet]) -> ImageSet:
-    synth = pools[spec.arm.source] if spec.arm.source else _EMPTY_POOL(real)
+    synth = pools[spec.arm.source] if spec.arm.source else _empty_pool(real)
     return ImageSet(np.concatenate([real.images[spec.real_idx], synth.images[spec.synth_idx]]),
                     np.concatenate([real.labels[spec.real_idx], synth.labels[spec.synth_idx]]),
                     [real.paths[i] for i in spec.real_idx] + [synth.paths[i] for i in spec.synth_idx],
                     real.classes)
 
 
-def _EMPTY_POOL(real: ImageSet) -> ImageSet:  # noqa: N802 - reads as a constant at the call site
+def _empty_pool(real: ImageSet) -> ImageSet:
     return ImageSet(real.images[:0], real.labels[:0], [], real.classes)
 
 
@@ -691,7 +691,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
             done[spec.run_id] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
             if manifest.exists():
                 continue
-        synth = pools[spec.arm.source] if spec.arm.source else _EMPTY_POOL(real)
+        synth = pools[spec.arm.source] if spec.arm.source else _empty_pool(real)
         write_manifest(manifest, [real.paths[i] for i in spec.real_idx] + [synth.paths[i] for i in spec.synth_idx],
                        [classes[real.labels[i]] for i in spec.real_idx]
                        + [classes[synth.labels[i]] for i in spec.synth_idx],

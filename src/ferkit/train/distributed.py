@@ -118,3 +118,31 @@ def setup(dist: Dist, device_name: str) -> torch.device:
 def teardown(dist: Dist) -> None:
     if dist.active and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def launch(run, batch_size: int, device_name: str, num_threads: int | None = None, dist: Dist | None = None):
+    """Take this process's place (torchrun's, or the only one), call ``run(dist, device)`` and leave
+    the process group; a collective that fails because another rank died becomes one line."""
+    dist = from_env() if dist is None else dist
+    if dist.active and batch_size % dist.world:
+        raise FerkitError(f"--batch-size {batch_size} (the global batch) must be divisible by the number of "
+                          f"processes ({dist.world})")
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    device = setup(dist, device_name)
+    try:
+        return run(dist, device)
+    except RuntimeError as exc:
+        if not dist.active:
+            raise
+        raise FerkitError(f"rank {dist.rank}: another process stopped or timed out "
+                          f"({str(exc).splitlines()[0][:120]})") from None
+    finally:
+        teardown(dist)
+
+
+def check_world(saved: dict | None, dist: Dist, where) -> None:
+    """A run saved by N processes resumes only with N (the data order depends on it)."""
+    if saved is not None and saved.get("world_size", 1) != dist.world:
+        raise FerkitError(f"{where} was trained by {saved.get('world_size', 1)} process(es); resume it with "
+                          f"the same number (this is {dist.world}), or pass --overwrite")

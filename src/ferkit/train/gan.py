@@ -47,7 +47,7 @@ from ..models import CheckpointRecord, InputSpec, count_parameters
 from ..models.gan import MIN_IMAGE_SIZE, create_discriminator, create_generator, resolve_gan_args
 from ..runtime import autocast, resolve_precision
 from .config import ResumableConfig
-from .distributed import Dist, from_env, setup, teardown
+from .distributed import Dist, check_world, launch
 from .run_folder import RunFolder
 
 GAN_HISTORY_FIELDS = ("iteration", "d_adv", "d_cls", "d_real_acc", "g_adv", "g_cls", "g_rec", "lr", "seconds")
@@ -340,22 +340,8 @@ def plot_gan_curves(history: list[dict], path: Path) -> None:
 # ----------------------------------------------------------------------------- the run
 def train_gan(cfg: GanConfig, overwrite: bool = False) -> GanResult:
     """Train (or resume, or continue) a StarGAN-style expression editor and write its run folder."""
-    dist = from_env()
-    if dist.active and cfg.batch_size % dist.world:
-        raise FerkitError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the number of "
-                          f"processes ({dist.world})")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    device = setup(dist, cfg.device)
-    try:
-        return _train_gan(cfg, overwrite, dist, device)
-    except RuntimeError as exc:
-        if not dist.active:
-            raise
-        raise FerkitError(f"rank {dist.rank}: another process stopped or timed out "
-                          f"({str(exc).splitlines()[0][:120]})") from None
-    finally:
-        teardown(dist)
+    return launch(lambda dist, device: _train_gan(cfg, overwrite, dist, device), cfg.batch_size, cfg.device,
+                  cfg.num_threads)
 
 
 def _train_gan(cfg: GanConfig, overwrite: bool, dist: Dist, device: torch.device) -> GanResult:
@@ -367,9 +353,7 @@ def _train_gan(cfg: GanConfig, overwrite: bool, dist: Dist, device: torch.device
     folder = RunFolder(cfg.out, writer=dist.main)
     saved = folder.prepare(cfg, overwrite)
     dist.barrier()
-    if saved is not None and saved.get("world_size", 1) != dist.world:
-        raise FerkitError(f"{folder.path} was trained by {saved.get('world_size', 1)} process(es); resume it with "
-                          f"the same number (this is {dist.world}), or pass --overwrite")
+    check_world(saved, dist, folder.path)
     train_idx, held = split_held_out(data, cfg.held_out, cfg.seed)
     images = torch.from_numpy(data.images[train_idx]).to(device)
     labels = torch.from_numpy(data.labels[train_idx]).to(device)

@@ -29,7 +29,7 @@ from ..models import CheckpointRecord, InputSpec, count_parameters, create_model
 from ..runtime import autocast, predict_logits, resolve_precision
 from . import augment as A
 from .config import MONITORS, TrainConfig
-from .distributed import Dist, from_env, setup, teardown
+from .distributed import Dist, check_world, launch
 from .run_folder import RunFolder
 
 
@@ -322,22 +322,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, Image
         keep_state: keep ``state/`` after the run finishes, so a larger ``epochs`` can continue it
             (``ferkit study`` drops it: many small runs, never extended).
     """
-    dist = from_env() if data is None else Dist()
-    if dist.active and cfg.batch_size % dist.world:
-        raise FerkitError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the number of "
-                          f"processes ({dist.world})")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    device = setup(dist, cfg.device)
-    try:
-        return _fit(cfg, overwrite, data, keep_state, dist, device)
-    except RuntimeError as exc:
-        if not dist.active:
-            raise
-        raise FerkitError(f"rank {dist.rank}: another process stopped or timed out "
-                          f"({str(exc).splitlines()[0][:120]})") from None
-    finally:
-        teardown(dist)
+    return launch(lambda dist, device: _fit(cfg, overwrite, data, keep_state, dist, device), cfg.batch_size,
+                  cfg.device, cfg.num_threads, dist=None if data is None else Dist())
 
 
 @dataclass
@@ -356,9 +342,7 @@ def _fit(cfg: TrainConfig, overwrite: bool, data, keep_state: bool, dist: Dist, 
     cfg.classes = train_set.classes
     saved = folder.prepare(cfg, overwrite)
     dist.barrier()                      # rank 0 has prepared the folder (cleared it, or kept a state)
-    if saved is not None and saved.get("world_size", 1) != dist.world:
-        raise FerkitError(f"{folder.path} was trained by {saved.get('world_size', 1)} process(es); resume it with "
-                          f"the same number (this is {dist.world}), or pass --overwrite")
+    check_world(saved, dist, folder.path)
     tr = _build_trainer(cfg, train_set, device, dist)
     val_images, val_labels = _val_subset(cfg, val_set)
     images = torch.from_numpy(train_set.images).to(device)   # uint8, resident on the training device
