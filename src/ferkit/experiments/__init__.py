@@ -1,0 +1,46 @@
+"""Generated-data experiments: how much do synthetic faces help, and where does it stop?
+
+- :mod:`ferkit.experiments.mix`: ``ferkit mix`` and the selection rules the study shares.
+- :mod:`ferkit.experiments.study`: ``ferkit study``: plan, run (sharded, resumable), evaluate.
+- :mod:`ferkit.experiments.stats`: intervals of differences, paired by seed.
+- :mod:`ferkit.experiments.report`: tables, plot and summary.
+
+Example::
+
+    from ferkit.experiments import StudyConfig, run_study, build_mix
+    build_mix("data/train", ["data/synth"], ratio=2, out="mix/train_k2.csv")
+    res = run_study(StudyConfig(real_train="data/train", val="data/val", test="data/test",
+                                synthetic=["gan=data/gan", "procedural=data/synth"], out="study", ratios="0,1,2,4"))
+"""
+from .mix import (
+                  MANIFEST_FIELDS,
+                  MixResult,
+                  allocate,
+                  build_mix,
+                  draw_per_class,
+                  parse_ratios,
+                  parse_sizes,
+                  real_subset,
+                  write_manifest,
+)
+from .report import StudyResult, aggregate, best_and_plateau, markdown_table, plot_study, summarise, summary_lines
+from .stats import diff_ci, t_quantile
+from .study import (
+                  STUDY_TRAIN_FIELDS,
+                  UNNAMED_SOURCE,
+                  Arm,
+                  RunSpec,
+                  StudyConfig,
+                  parse_shard,
+                  parse_sources,
+                  plan_study,
+                  run_study,
+                  shard_runs,
+                  study_arms,
+)
+
+__all__ = ["MANIFEST_FIELDS", "STUDY_TRAIN_FIELDS", "UNNAMED_SOURCE", "Arm", "MixResult", "RunSpec", "StudyConfig",
+           "StudyResult", "aggregate", "allocate", "best_and_plateau", "build_mix", "diff_ci", "draw_per_class",
+           "markdown_table", "parse_ratios", "parse_shard", "parse_sizes", "parse_sources", "plan_study",
+           "plot_study", "real_subset", "run_study", "shard_runs", "study_arms", "summarise", "summary_lines",
+           "t_quantile", "write_manifest"]

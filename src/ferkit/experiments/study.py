@@ -1,0 +1,496 @@
+"""``ferkit study``: how much do generated faces help, and where does it stop?
+
+The reference paper's experiment on the user's own data: for every real-data size, train on
+real only (k = 0), real with classic augmentation (the baseline generated data must beat),
+generated only, and real + k x generated for every k and every generated-data source; every
+setting with every seed; evaluate on the real test set; tabulate mean +- sd over seeds and the
+difference to real-only with a 95% confidence interval (paired by seed); plot accuracy versus
+k; name the best k and the k beyond which more generated data stops helping.
+
+Each source is decoded once (``load_dataset`` with its cache) and every run's training set is
+built by indexing the in-memory arrays; each run still gets a manifest for traceability.
+
+Study folder (``out``)::
+
+    study.json                 the study's settings (a re-run must match them)
+    manifests/<run>.csv        the exact training images of each run
+    runs/<run>/                a normal ferkit run folder (+ eval-test/metrics.json)
+    logs/<run>.log             training log of runs executed in worker processes (--jobs > 1)
+    runs.csv                   one row per run: setting, seed, images used, accuracy, macro-F1
+    table.csv, table.md        per setting: mean/sd over seeds, difference to real-only, 95% CI
+    accuracy_vs_k.png          accuracy versus k, one line per real-data size, error bars
+    summary.md                 the table plus the best k per real-data size
+
+Run names are ``n<per-class|all>_<setting>_s<seed>``, settings ``k0`` (real only), ``k<K>``
+(real + K x generated), ``aug`` (real + augmentation), ``synth`` (generated only). Re-running the
+same study skips finished runs and resumes interrupted ones.
+
+Example::
+
+    from ferkit.experiments import StudyConfig, run_study, build_mix
+    build_mix("data/train", ["data/synth"], ratio=2, out="mix/train_k2.csv")
+    res = run_study(StudyConfig(real_train="data/train", val="data/val", test="data/test",
+                                synthetic=["data/synth"], out="study", ratios="0,1,2,4", seeds=3))
+    res.best_k   # {real-per-class: best k}
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..console import log, progress_bar
+from ..data import ImageSet, default_classes, load_dataset, scan_source
+from ..errors import FerkitError
+from ..files import make_dir, write_json
+from ..labels import parse_classes
+from .mix import (
+    _as_list,
+    _check_synthetic_classes,
+    _fmt_k,
+    _size_name,
+    allocate,
+    draw_per_class,
+    parse_ratios,
+    parse_sizes,
+    real_subset,
+    write_manifest,
+)
+from .report import StudyResult, summarise
+
+UNNAMED_SOURCE = "generated"
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """ "2/4" -> (2, 4); None -> None. One clear error for anything else."""
+    if spec is None:
+        return None
+    i, sep, n = str(spec).partition("/")
+    if not sep or not i.strip().isdigit() or not n.strip().isdigit():
+        raise FerkitError(f"--shard {spec!r} is not I/N (e.g. 1/4: the first of four shares)")
+    i, n = int(i), int(n)
+    if n < 1 or not 1 <= i <= n:
+        raise FerkitError(f"--shard {spec}: I must be between 1 and N (N >= 1)")
+    return i, n
+
+
+def shard_runs(run_ids: list[str], shard: tuple[int, int] | None) -> set[str]:
+    """The runs of share I of N: every N-th run of the study's (deterministic) plan, starting at
+    the I-th, so N machines or the N tasks of a job array cover every run exactly once."""
+    if shard is None:
+        return set(run_ids)
+    i, n = shard
+    return {r for k, r in enumerate(run_ids) if k % n == i - 1}
+
+
+def parse_sources(specs: list[str]) -> dict[str, list[str]]:
+    """``["gan=data/gan", "procedural=data/synth", "more/dir"]`` -> {name: [folders]}. A spec without a
+    name joins the source "generated"; folders given the same name are pooled."""
+    import re
+
+    sources: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or os.path.exists(spec):
+            name, path = UNNAMED_SOURCE, spec
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name):
+            raise FerkitError(f"--synthetic {spec!r}: a source name is letters, digits, _ . - (e.g. gan=data/gan)")
+        sources.setdefault(name, []).append(path)
+    return sources
+
+
+# ----------------------------------------------------------------------------- study config
+@dataclass(frozen=True)
+class Arm:
+    """One experimental setting, as data: what the training set is made of."""
+
+    name: str                 # run-name part: k0, k0.5, aug, synth
+    label: str                # for tables: "real only", "real + 2x generated", ...
+    real: bool = True         # include the real subset
+    k: float = 0.0            # generated images per real image (synth: generated count / real count)
+    augment: bool = False     # classic augmentation (flip, shifts, rotations)
+    source: str = ""          # the generated-data source the arm draws from ("" for real only / augmentation)
+
+
+def study_arms(ratios, synthetic_only_k: float, augment_arm: bool = True, synthetic_arm: bool = True,
+               sources=(UNNAMED_SOURCE,)) -> list[Arm]:
+    """Real only, augmentation, and for each generated-data source: generated only and real + k x
+    generated for every k > 0. With one source the names are k2, synth (as in earlier studies);
+    with several, k2-<source>, synth-<source>."""
+    arms = [Arm("k0", "real only")]
+    if augment_arm:
+        arms.append(Arm("aug", "real + augmentation", augment=True))
+    single = len(sources) == 1
+    for src in sources:
+        suffix, word = ("", "generated") if single else (f"-{src}", src)
+        if synthetic_arm:
+            arms.append(Arm(f"synth{suffix}", f"{word} only ({_fmt_k(synthetic_only_k)}x real count)", real=False,
+                            k=synthetic_only_k, source=src))
+        arms += [Arm(f"k{_fmt_k(k)}{suffix}", f"real + {_fmt_k(k)}x {word}", k=k, source=src)
+                 for k in sorted(ratios) if k > 0]
+    return arms
+
+
+#: TrainConfig fields a study sets for all its runs (None = the recipe's), besides train_options.
+STUDY_TRAIN_FIELDS = ("arch", "epochs", "batch_size", "patience", "monitor", "lr", "image_size", "precision",
+                      "device")
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines a study (saved as study.json)."""
+
+    real_train: str
+    val: str
+    test: str
+    synthetic: list[str]
+    out: str
+    ratios: tuple[float, ...] = (0, 0.5, 1, 2, 3, 5, 8)
+    seeds: int = 3                                  # seeds 0 .. seeds-1
+    real_per_class: tuple[int | None, ...] = (None,)  # None = all real images
+    recipe: str = "reference"        # the training recipe of every run (ferkit.train.RECIPES)
+    # None: the recipe's value (filled in when the config is built)
+    arch: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    patience: int | None = None
+    monitor: str | None = None       # one of ferkit.train.MONITORS
+    lr: float | None = None
+    image_size: int | None = None
+    train_options: dict = field(default_factory=dict)   # any other TrainConfig value, e.g. {"model_args": ...}
+    classes: tuple[str, ...] | None = None
+    balance: bool = False            # equalise classes of the mixed sets
+    replace: bool = False            # sample generated images with replacement when short
+    synthetic_only_ratio: float | None = None  # generated-only size / real size; None = max ratio (>= 1)
+    augment_arm: bool = True
+    synthetic_arm: bool = True
+    subset_seed: int = 0             # which real images form each real-data size
+    jobs: int = 1
+    shard: str | None = None         # "I/N": run only the I-th of N shares of the runs (see shard_runs)
+    report_only: bool = False        # train nothing; assemble the table from the finished runs
+    precision: str = "auto"
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        self.ratios = parse_ratios(self.ratios, "ratio")
+        self.real_per_class = parse_sizes(self.real_per_class)
+        self.synthetic = _as_list(self.synthetic)
+        if not self.synthetic:
+            raise FerkitError("give at least one --synthetic source")
+        parse_sources(self.synthetic)   # checks the names
+        if self.classes is not None:
+            self.classes = parse_classes(self.classes)
+        for name in ("seeds", "jobs"):
+            try:
+                value = int(getattr(self, name))
+            except (TypeError, ValueError):
+                raise FerkitError(f"{name.replace('_', '-')} must be a whole number") from None
+            if value < 1:
+                raise FerkitError(f"{name.replace('_', '-')} must be at least 1 (got {value})")
+            setattr(self, name, value)
+        parse_shard(self.shard)
+        base = self.train_config(train_dir="-", val_dir="-", out="-")   # checks every training value
+        for name in STUDY_TRAIN_FIELDS:
+            setattr(self, name, getattr(base, name))
+        if self.synthetic_only_ratio is None:
+            self.synthetic_only_ratio = max(1.0, max(self.ratios))
+        else:
+            (self.synthetic_only_ratio,) = parse_ratios([self.synthetic_only_ratio], "synthetic-only ratio")
+            if self.synthetic_only_ratio == 0:
+                raise FerkitError("synthetic-only ratio must be positive")
+
+    def identity(self) -> dict:
+        """Settings every run of the study shares; a re-run into the same folder must match."""
+        d = asdict(self)
+        for k in ("out", "ratios", "seeds", "real_per_class", "jobs", "progress", "device",
+                  "augment_arm", "synthetic_arm", "shard", "report_only"):
+            d.pop(k)
+        for k in ("real_train", "val", "test"):
+            d[k] = os.path.abspath(d[k])
+        d["synthetic"] = [s if name == UNNAMED_SOURCE else f"{name}={s}" for name, dirs in self.sources().items()
+                          for s in (os.path.abspath(x) for x in dirs)]
+        d["classes"] = list(d["classes"]) if d["classes"] else None
+        return json.loads(json.dumps(d))   # as it reads back from study.json
+
+    def sources(self) -> dict[str, list[str]]:
+        return parse_sources(self.synthetic)
+
+    def train_config(self, **run):
+        """The TrainConfig of one run: the recipe, this study's training values, then ``run``'s."""
+        from ..train import resolve_config
+
+        given = {name: getattr(self, name) for name in STUDY_TRAIN_FIELDS}
+        return resolve_config(self.recipe, **{**given, **self.train_options, **run})
+
+
+@dataclass
+class RunSpec:
+    """One training run: a setting at one real-data size with one seed, and its exact data."""
+
+    run_id: str
+    real_per_class: int | None
+    arm: Arm
+    seed: int
+    real_idx: np.ndarray
+    synth_idx: np.ndarray
+    duplicates: int = 0
+
+
+# ----------------------------------------------------------------------------- planning
+def _concat(sets: list[ImageSet], classes) -> ImageSet:
+    if len(sets) == 1:
+        return sets[0]
+    return ImageSet(np.concatenate([s.images for s in sets]), np.concatenate([s.labels for s in sets]),
+                    [p for s in sets for p in s.paths], tuple(classes), [x for s in sets for x in s.skipped])
+
+
+def _load_sources(cfg: StudyConfig):
+    """Decode every source once: real train, val, test and one pool per generated-data source."""
+    if cfg.classes is None:
+        classes = default_classes(scan_source(cfg.real_train, None, "real training data").found_classes)
+    else:
+        classes = cfg.classes
+    sources = cfg.sources()
+    found = {name: {d: scan_source(d, None, f"synthetic data {name}").found_classes for d in dirs}
+             for name, dirs in sources.items()}
+    for by_dir in found.values():
+        _check_synthetic_classes(by_dir, classes, "generate them or restrict with --classes")
+    kw = dict(image_size=cfg.image_size, progress=cfg.progress)
+    real = load_dataset(cfg.real_train, classes, role="real training data", **kw)
+    val = load_dataset(cfg.val, classes, role="validation data", **kw)
+    test = load_dataset(cfg.test, classes, role="test data", **kw)
+    pools = {}
+    for name, by_dir in found.items():
+        parts = []
+        for d, have in by_dir.items():
+            sub = tuple(c for c in classes if c in have)
+            if not sub:
+                continue
+            s = load_dataset(d, sub, role=f"synthetic data {name}", **kw)
+            remap = np.asarray([classes.index(c) for c in sub])
+            parts.append(ImageSet(s.images, remap[s.labels], s.paths, tuple(classes), s.skipped))
+        pools[name] = _concat(parts, classes)
+    return tuple(classes), real, val, test, pools
+
+
+def plan_study(cfg: StudyConfig, real: ImageSet, pools: dict[str, ImageSet]) -> list[RunSpec]:
+    """Every run of the study with its exact images; raises before any training if a draw is impossible."""
+    classes = real.classes
+    arms = study_arms(cfg.ratios, cfg.synthetic_only_ratio, cfg.augment_arm, cfg.synthetic_arm, tuple(pools))
+    specs = []
+    for n in cfg.real_per_class:
+        sub = real_subset(real.labels, n, len(classes), cfg.subset_seed)
+        counts = np.bincount(real.labels[sub], minlength=len(classes))
+        if n is not None and (counts < n).any():
+            short = [f"{c} ({k})" for c, k in zip(classes, counts) if k < n]
+            log(f"note: real data has fewer than {n} images of {', '.join(short)}; using all of them")
+        for arm in arms:
+            want = allocate(counts, math.floor(arm.k * len(sub) + 0.5), cfg.balance)
+            for seed in range(cfg.seeds):
+                pool = pools[arm.source].labels if arm.source else np.zeros(0, np.int64)
+                idx, dup = draw_per_class(pool, want, seed, classes, cfg.replace,
+                                          where=f"generated data for n={_size_name(n)} {arm.label}")
+                specs.append(RunSpec(f"n{_size_name(n)}_{arm.name}_s{seed}", n, arm, seed,
+                                     sub if arm.real else np.zeros(0, np.int64), idx, dup))
+    return specs
+
+
+def _training_set(spec: RunSpec, real: ImageSet, pools: dict[str, ImageSet]) -> ImageSet:
+    synth = pools[spec.arm.source] if spec.arm.source else _empty_pool(real)
+    return ImageSet(np.concatenate([real.images[spec.real_idx], synth.images[spec.synth_idx]]),
+                    np.concatenate([real.labels[spec.real_idx], synth.labels[spec.synth_idx]]),
+                    [real.paths[i] for i in spec.real_idx] + [synth.paths[i] for i in spec.synth_idx],
+                    real.classes)
+
+
+def _empty_pool(real: ImageSet) -> ImageSet:
+    return ImageSet(real.images[:0], real.labels[:0], [], real.classes)
+
+
+# ----------------------------------------------------------------------------- execution
+_WORKER: dict = {}
+
+
+def _init_worker(val: ImageSet, test: ImageSet, threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+    _WORKER.update(val=val, test=test)
+
+
+def _finished(run_dir: Path) -> dict | None:
+    """Metrics of a finished and evaluated run, else None."""
+    try:
+        if not (run_dir / "summary.json").exists():
+            return None
+        return json.loads((run_dir / "eval-test" / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _execute(job: dict, train_set: ImageSet, val: ImageSet | None = None, test: ImageSet | None = None,
+             log_path: str | None = None) -> dict:
+    """Train (or resume) one run, then evaluate it on the test set. Runs in-process or in a worker."""
+    from ..evaluate import evaluate
+    from ..train import TrainConfig, train
+
+    val = val if val is not None else _WORKER["val"]
+    test = test if test is not None else _WORKER["test"]
+    run_dir = Path(job["train"]["out"])
+    t0 = time.time()
+    old = sys.stderr
+    fh = open(log_path, "a") if log_path else None
+    try:
+        if fh:
+            sys.stderr = fh
+        if not (run_dir / "summary.json").exists():
+            # An interrupted run (state/) resumes; a run folder without summary and without state
+            # (e.g. its summary was deleted) cannot resume and is trained again from scratch.
+            resumable = (run_dir / "state" / "state.json").exists()
+            train(TrainConfig(**job["train"]), overwrite=not resumable, data=(train_set, val), keep_state=False)
+        ev = evaluate(run_dir, job["test_path"], out_dir=run_dir / "eval-test", data=test,
+                      precision=job["train"]["precision"], device=job["train"]["device"], progress=False)
+    finally:
+        sys.stderr = old
+        if fh:
+            fh.close()
+    return {"run_id": job["run_id"], "accuracy": ev.accuracy, "macro_f1": ev.macro_f1,
+            "seconds": round(time.time() - t0, 1)}
+
+
+def _check_study_dir(out: Path, cfg: StudyConfig) -> None:
+    make_dir(out, "study folder")
+    record = out / "study.json"
+    ident = cfg.identity()
+    if record.exists():
+        try:
+            saved = json.loads(record.read_text()).get("identity")
+        except ValueError:
+            saved = None
+        if saved is not None and saved != ident:
+            diff = sorted(k for k in set(saved) | set(ident) if saved.get(k) != ident.get(k))
+            raise FerkitError(f"{out} holds a study with different settings ({', '.join(diff)}); "
+                              "use another --out or the same settings")
+    elif any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise FerkitError(f"{out} is not empty and is not a ferkit study; choose another --out")
+    write_json(record, {"identity": ident, "config": asdict(cfg)})
+
+
+def run_study(cfg: StudyConfig) -> StudyResult:
+    """Run (or resume) every setting x real-data size x seed, then write table, plot and summary."""
+    out = Path(cfg.out)
+    classes, real, val, test, pools = _load_sources(cfg)
+    specs = plan_study(cfg, real, pools)
+    _check_study_dir(out, cfg)   # before any training
+    threads = max(1, (os.cpu_count() or 1) // cfg.jobs) if cfg.jobs > 1 else None
+    jobs, rows, done = {}, {}, {}
+    for spec in specs:
+        run_dir = out / "runs" / spec.run_id
+        manifest = out / "manifests" / f"{spec.run_id}.csv"
+        n_real, n_syn = len(spec.real_idx), len(spec.synth_idx)
+        rows[spec.run_id] = {"run_id": spec.run_id, "real_per_class": _size_name(spec.real_per_class),
+                             "setting": spec.arm.name, "label": spec.arm.label, "source": spec.arm.source,
+                             "k": spec.arm.k if spec.arm.real and not spec.arm.augment else "",
+                             "gen_per_real": spec.arm.k, "seed": spec.seed, "n_real": n_real,
+                             "n_synthetic": n_syn, "n_train": n_real + n_syn, "duplicates": spec.duplicates}
+        metrics = _finished(run_dir)
+        if metrics is not None:
+            done[spec.run_id] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+            if manifest.exists():
+                continue
+        synth = pools[spec.arm.source] if spec.arm.source else _empty_pool(real)
+        write_manifest(manifest, [real.paths[i] for i in spec.real_idx] + [synth.paths[i] for i in spec.synth_idx],
+                       [classes[real.labels[i]] for i in spec.real_idx]
+                       + [classes[synth.labels[i]] for i in spec.synth_idx],
+                       ["real"] * n_real + [_manifest_source(spec.arm.source, len(pools))] * n_syn)
+        if metrics is not None:
+            continue
+        # augmentation (flips, shifts, random erasing) only in the augmentation arm, with the recipe's values
+        aug = {} if spec.arm.augment else {"augment": False, "erase": 0.0}
+        train_cfg = cfg.train_config(train_dir=str(manifest), val_dir=str(cfg.val), out=str(run_dir),
+                                     classes=classes, seed=spec.seed, num_threads=threads,
+                                     progress=cfg.progress and cfg.jobs == 1, **aug)
+        if spec.arm.augment and not train_cfg.augment:
+            train_cfg.augment = True    # the reference recipe: its --augment (flip, +-10 deg, +-8% shift/zoom)
+        jobs[spec.run_id] = (spec, {"run_id": spec.run_id, "test_path": str(cfg.test), "train": asdict(train_cfg)})
+    mine = set() if cfg.report_only else shard_runs([spec.run_id for spec in specs], parse_shard(cfg.shard))
+    jobs = {k: v for k, v in jobs.items() if k in mine}
+    if done:
+        log(f"study {out}: {len(done)} of {len(specs)} runs already finished, skipping them")
+    results = dict(done)
+    bar = progress_bar(total=len(mine), initial=len(mine) - len(jobs), desc="study", unit="run",
+                       enabled=cfg.progress, position=0)
+    try:
+        if cfg.jobs == 1 or len(jobs) <= 1:
+            for run_id, (spec, job) in jobs.items():
+                bar.set_postfix_str(run_id)
+                r = _execute(job, _training_set(spec, real, pools), val, test)
+                results[run_id] = r
+                bar.update(1)
+        else:
+            _run_parallel(cfg, jobs, real, pools, val, test, threads, out, results, bar)
+    finally:
+        bar.close()
+    for run_id, r in results.items():
+        rows[run_id].update(accuracy=r["accuracy"], macro_f1=r["macro_f1"])
+    for run_id in rows:
+        summary = out / "runs" / run_id / "summary.json"
+        try:
+            s = json.loads(summary.read_text())
+            rows[run_id].update(best_epoch=s.get("best_epoch"), epochs_run=s.get("epochs_run"),
+                                train_seconds=s.get("seconds"))
+        except (OSError, ValueError):
+            pass
+    missing = [run_id for run_id in rows if run_id not in results]
+    if missing:   # a shard finished its share, others are still to come: no table yet
+        log(f"study {out}: {len(rows) - len(missing)} of {len(rows)} runs finished; the table is written once every "
+            f"shard is done (re-run any shard, or --report)")
+        return StudyResult(out, list(rows.values()), [], {}, {}, trained=len(jobs), skipped=len(done),
+                           pending=missing)
+    result = summarise(out, list(rows.values()), cfg)
+    result.trained, result.skipped = len(jobs), len(done)
+    return result
+
+
+def _manifest_source(name: str, n_sources: int) -> str:
+    return "synthetic" if n_sources == 1 else name   # one source: the column reads as in earlier studies
+
+
+def _run_parallel(cfg, jobs, real, pools, val, test, threads, out, results, bar) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    (out / "logs").mkdir(exist_ok=True)
+    log(f"running {len(jobs)} runs in {cfg.jobs} processes ({threads} torch thread(s) each); "
+        f"training logs in {out / 'logs'}")
+    pending = list(jobs.items())
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(val, test, threads)) as pool:
+        running = {}
+        try:
+            while pending or running:
+                while pending and len(running) < cfg.jobs + 1:  # build training sets lazily
+                    run_id, (spec, job) = pending.pop(0)
+                    fut = pool.submit(_execute, job, _training_set(spec, real, pools), None, None,
+                                      str(out / "logs" / f"{run_id}.log"))
+                    running[fut] = run_id
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    run_id = running.pop(fut)
+                    results[run_id] = fut.result()
+                    bar.set_postfix_str(f"done {run_id}")
+                    bar.update(1)
+        except BaseException:
+            for fut in running:
+                fut.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
