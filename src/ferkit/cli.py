@@ -107,17 +107,18 @@ def _config_option(group, f, text: str, shown: str) -> None:
     from .train.config import MONITORS, OPTIMIZERS, SCHEDULES
 
     flag = "--" + f.name.replace("_", "-")
+    text = f"{text} ({shown})" if shown else text
     kinds = {"int": _positive_int, "int | None": _positive_int, "float": _finite_float}
     choices = {"monitor": tuple(MONITORS), "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
                "precision": PRECISIONS}.get(f.name)
     if f.type == "bool":
-        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{text} ({shown})")
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
     elif f.name in ("seed", "patience"):
         group.add_argument(flag, type=int if f.name == "seed" else _nonneg_int, default=None,
-                           help=f"{text} ({shown})")
+                           help=text)
     else:
         group.add_argument(flag, type=kinds.get(f.type, str), choices=choices, default=None,
-                           help=f"{text} ({shown})")
+                           help=text)
 
 
 def _show(value) -> str:
@@ -655,7 +656,7 @@ def _add_gan(sub):
         if name == "seed":
             t.add_argument("--seed", type=int, default=None, help=f"{text} (default {default})")
         else:
-            _config_option(t, f, text, f"default {_show(default)}")
+            _config_option(t, f, text, "" if default is None else f"default {_show(default)}")
     t.add_argument("--overwrite", action="store_true", help="replace what --out holds and start over")
     t.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     t.set_defaults(func=_cmd_gan_train)
