@@ -67,8 +67,8 @@ def is_model_path(text: str) -> bool:
     p = Path(text)
     if text in BUNDLED and not p.exists():
         return True
-    if p.is_dir():
-        return (p / "best.safetensors").is_file() or (p / "last.safetensors").is_file()
+    if p.is_dir():   # a run folder (a GAN's too, so that predict says it is the wrong kind)
+        return any((p / name).is_file() for name in ("best.safetensors", "last.safetensors", "generator.safetensors"))
     if not p.exists():   # a missing path that is not an image or video name: a mistyped model, say so
         return p.suffix.lower() not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
     return p.suffix.lower() in (".safetensors", ".onnx")
