@@ -137,6 +137,7 @@ def test_gan_bad_input_is_one_clear_line(faces, tmp_path, capsys):
         (["synth", "edit", "fer2013-vgg", "--source", str(faces), "--out", str(tmp_path / "e3"), "--per-class", "2"],
          "is a classifier (from `ferkit train`), but an expression generator"),
         (["evaluate", str(gan_dir), "--test-dir", str(faces)], "is a GAN run"),
+        (["predict", str(gan_dir), str(faces)], "is a GAN run"),
         (["predict", str(gan_dir / "generator.safetensors"), str(faces)], "is an expression generator"),
     ]
     for argv, message in cases:
