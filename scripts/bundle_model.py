@@ -17,8 +17,15 @@ import torch
 
 from ferkit.bundled import BUNDLED, DEFAULT_MODEL
 from ferkit.models import load_checkpoint, resolve_checkpoint, save_checkpoint
+from ferkit.train.config import RECIPES, TrainConfig
 
 MAX_MB = 8.0
+
+
+def _non_recipe_epochs(cfg: dict) -> str:
+    """' --epochs N' when the run trained for another number of epochs than its recipe's."""
+    default = RECIPES.get(cfg.get("recipe"), {}).get("epochs", TrainConfig.epochs)
+    return f" --epochs {cfg['epochs']}" if "epochs" in cfg and cfg["epochs"] != default else ""
 
 
 def main() -> int:
@@ -31,7 +38,7 @@ def main() -> int:
     cfg = record.train_config
     record.extra["bundled"] = {
         "name": a.name, "source": f"{Path(cfg.get('out', a.run)).name}/{ckpt.name}", "epoch": record.epoch,
-        "command": f"ferkit train --recipe {cfg.get('recipe')} --train-dir FER2013/train "
+        "command": f"ferkit train --recipe {cfg.get('recipe')}{_non_recipe_epochs(cfg)} --train-dir FER2013/train "
                    f"--val-dir FER2013/validation --classes all7 --out {Path(cfg.get('out', 'run')).name}",
         "weights": "float16 (computed in float32)"}
     target = BUNDLED[a.name].path
