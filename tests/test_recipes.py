@@ -141,3 +141,63 @@ def test_evaluate_records_tta(tiny_splits, tmp_path):
     assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["tta"] == "flip"
     assert json.loads((tmp_path / "e0" / "metrics.json").read_text())["tta"] == "none"
     assert plain.n == flip.n == 30
+
+
+def test_init_from_checkpoint_keeps_body_and_matches_output_rows_by_class(tmp_path):
+    from ferkit.models import CheckpointRecord, init_from_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    old = create_model("tiny", 3, 24)
+    spec = InputSpec(24, 1, 255.0, (0.5,), (0.25,))
+    ckpt = save_checkpoint(old, tmp_path / "old.safetensors",
+                           CheckpointRecord("tiny", ("angry", "happy", "surprised"), spec, {}, 4, {}, {}))
+    torch.manual_seed(1)
+    new = create_model("tiny", 3, 24)
+    fresh = {k: v.clone() for k, v in new.state_dict().items()}
+    note = init_from_checkpoint(new, ckpt, ("happy", "sad", "angry"))
+    assert "kept for 2 of 3 classes, new: sad" in note
+    got, want = new.state_dict(), old.state_dict()
+    head = [k for k in got if k.endswith(("weight", "bias"))][-2:]
+    for k in got:
+        if k not in head:
+            assert torch.equal(got[k], want[k]), k
+    for k in head:   # happy <- old row 1, sad keeps its fresh row, angry <- old row 0
+        assert torch.equal(got[k][0], want[k][1]) and torch.equal(got[k][2], want[k][0]), k
+        assert torch.equal(got[k][1], fresh[k][1]) and not torch.equal(got[k][1], want[k][1]), k
+    with pytest.raises(FerkitError, match="do not fit this model"):
+        init_from_checkpoint(create_model("vgg", 3, 24, width=8, depths=(1, 1)), ckpt, ("happy",))
+
+
+def test_init_takes_the_model_from_the_checkpoint_and_refuses_a_different_one():
+    cfg = resolve_config("reference", train_dir="a", val_dir="b", out="c", init="fer2013-vgg")
+    assert (cfg.arch, cfg.image_size, cfg.model_args["width"]) == ("vgg", 48, 48)
+    assert (cfg.input_mean, cfg.input_std, len(cfg.classes)) == (0.5, 0.25, 7)   # the bundled model's contract
+    mine = resolve_config("fer2013", train_dir="a", val_dir="b", out="c", init="fer2013-vgg",
+                          classes="happy,sad", model_args={"width": 48})
+    assert mine.classes == ("happy", "sad")
+    with pytest.raises(FerkitError, match=r"--arch tiny differs from the initial weights' vgg"):
+        resolve_config("reference", train_dir="a", val_dir="b", out="c", init="fer2013-vgg", arch="tiny")
+    with pytest.raises(FerkitError, match=r"--model-arg .*width=32.* differs"):
+        resolve_config("reference", train_dir="a", val_dir="b", out="c", init="fer2013-vgg", model_args={"width": 32})
+    with pytest.raises(FerkitError, match="no such checkpoint or run folder, and not a bundled model"):
+        resolve_config("reference", train_dir="a", val_dir="b", out="c", init="no-such-model")
+
+
+def test_cli_fine_tunes_a_run_and_resumes_without_reloading(tiny_splits, tmp_path, capsys):
+    from ferkit.cli import run
+    train_dir, val_dir = tiny_splits
+    base = ["--train-dir", str(train_dir), "--val-dir", str(val_dir), "--no-progress"]
+    assert run(["train", "--arch", "tiny", "--image-size", "24", "--epochs", "1", "--out", str(tmp_path / "a"),
+                *base]) == 0
+    assert run(["train", "--init", str(tmp_path / "a"), "--recipe", "fer2013", "--epochs", "1",
+                "--out", str(tmp_path / "b"), *base]) == 0
+    assert "initial weights:" in capsys.readouterr().err
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert (config["arch"], config["image_size"], config["init"]) == ("tiny", 24, str(tmp_path / "a"))
+    assert config["optimizer"] == "sgd"      # the rest of the recipe applies
+    assert run(["train", "--init", str(tmp_path / "a"), "--recipe", "fer2013", "--epochs", "2",
+                "--out", str(tmp_path / "b"), *base]) == 0
+    err = capsys.readouterr().err
+    assert "continuing the finished run" in err and "initial weights:" not in err   # its own state, not --init
+    assert run(["train", "--init", str(tmp_path / "a"), "--arch", "seed", "--out", str(tmp_path / "c"), *base]) == 1
+    assert "differs from the initial weights' tiny" in capsys.readouterr().err

@@ -42,6 +42,9 @@ def _nonneg_int(text: str) -> int:
 TRAIN_OPTIONS = {
     "model and data": {
         "arch": "architecture (see `ferkit models`)",
+        "init": "start from these weights instead of random ones (fine-tuning): a checkpoint, run folder or "
+                "bundled model name such as fer2013-vgg. Architecture, its arguments, image size, input "
+                "scaling and (unless given) classes come from it; a class it knows keeps its output weights",
         "image_size": "square input side in pixels",
         "classes": "comma-separated classes, in model order ('all7' = the reference six + neutral; "
                    "default: the reference six the data has)",
@@ -98,7 +101,9 @@ def _train_option(group, f, text: str) -> None:
     from .train.config import RECIPES
 
     values = {name: recipe.get(f.name, f.default) for name, recipe in RECIPES.items()}
-    _config_option(group, f, text, ", ".join(f"{name} {_show(v)}" for name, v in values.items()))
+    shown = "" if all(v is None for v in values.values()) else ", ".join(f"{name} {_show(v)}"
+                                                                       for name, v in values.items())
+    _config_option(group, f, text, shown)
 
 
 def _config_option(group, f, text: str, shown: str) -> None:
@@ -185,7 +190,7 @@ def train_config_from_args(a, **fixed):
     given = {name: getattr(a, name) for options in TRAIN_OPTIONS.values() for name in options}
     if a.model_arg:
         given["model_args"] = parse_model_args(a.model_arg)
-        base = {} if given.get("arch") else _recipe_model_args(a.recipe)
+        base = {} if given.get("arch") or given.get("init") else _recipe_model_args(a.recipe)
         given["model_args"] = {**base, **given["model_args"]}
     return resolve_config(a.recipe, train_dir=a.train_dir, val_dir=a.val_dir, out=a.out,
                           progress=not a.no_progress, **given, **fixed)

@@ -13,6 +13,7 @@ from .record import (
     FORMAT_VERSION,
     CheckpointRecord,
     InputSpec,
+    init_from_checkpoint,
     load_checkpoint,
     read_checkpoint_record,
     resolve_checkpoint,
@@ -50,5 +51,6 @@ def list_models_info() -> dict:
 
 __all__ = ["list_models_info",
            "CHECKPOINT_FORMAT", "DECODING", "FORMAT_VERSION", "CheckpointRecord", "InputSpec", "count_parameters",
-           "create_model", "get_model_entry", "list_models", "load_checkpoint", "parse_model_args",
-           "read_checkpoint_record", "register_model", "resolve_checkpoint", "resolve_model_args", "save_checkpoint"]
+           "create_model", "get_model_entry", "init_from_checkpoint", "list_models", "load_checkpoint",
+           "parse_model_args", "read_checkpoint_record", "register_model", "resolve_checkpoint", "resolve_model_args",
+           "save_checkpoint"]

@@ -236,3 +236,46 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         first = str(exc).splitlines()[0]
         raise FerkitError(f"{p}: weights do not match architecture {record.arch!r}: {first[:160]}") from None
     return model.to(device).eval(), record
+
+
+def init_from_checkpoint(model: nn.Module, path: str | os.PathLike, classes: tuple[str, ...]) -> str:
+    """Start ``model`` from a checkpoint's weights (fine-tuning); returns a line saying what was kept.
+
+    Every tensor but the output layer must match by name and shape (same architecture, arguments
+    and image size). The output layer is matched by class name: a class the checkpoint knows keeps
+    its row of weights wherever it sits in ``classes``; a new class keeps its fresh initialisation.
+    """
+    from safetensors.torch import load_file
+
+    p = resolve_checkpoint(path)
+    record = read_checkpoint_record(p)
+    if record.kind != "classifier":
+        raise FerkitError(f"{p} is {_KIND_HINT.get(record.kind, record.kind)}; initial weights must be "
+                          f"{_KIND_HINT['classifier']}")
+    try:
+        state = load_file(str(p), device="cpu")
+    except Exception as exc:  # safetensors' own error type: a truncated or damaged file
+        raise FerkitError(f"{p}: cannot read weights ({str(exc).splitlines()[0][:120]})") from None
+    head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    own = model.state_dict()
+    body = {k: v for k, v in own.items() if not k.startswith(head + ".")}
+    mismatch = sorted(k for k in body if k not in state or state[k].shape != body[k].shape)
+    if mismatch or any(k not in own for k in state if not k.startswith(head + ".")):
+        raise FerkitError(f"initial weights {p} ({record.arch} {record.model_args}, {record.image_size} px) do not "
+                          f"fit this model: first difference at {(mismatch or ['extra tensors'])[0]!r}; "
+                          "the architecture, its arguments and the image size must be the checkpoint's")
+    new = {k: state[k].to(v.dtype) for k, v in body.items()}
+    known = {c: i for i, c in enumerate(record.classes)}
+    kept = [c for c in classes if c in known]
+    for suffix in ("weight", "bias"):
+        key = f"{head}.{suffix}"
+        if key in own:
+            rows = own[key].clone()
+            for i, c in enumerate(classes):
+                if c in known:
+                    rows[i] = state[key][known[c]].to(rows.dtype)
+            new[key] = rows
+    model.load_state_dict({**own, **new}, strict=True)
+    fresh = [c for c in classes if c not in known]
+    return (f"initial weights: {p} (epoch {record.epoch}); output weights kept for {len(kept)} of {len(classes)} "
+            "classes" + (f", new: {', '.join(fresh)}" if fresh else ""))

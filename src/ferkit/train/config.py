@@ -89,6 +89,7 @@ class TrainConfig(ResumableConfig):
     model_args: dict = field(default_factory=dict)  # builder arguments beyond classes/size (width, depths, ...)
     image_size: int = 64
     classes: tuple[str, ...] | None = None   # None: the reference six present in train_dir
+    init: str | None = None         # start from these weights (checkpoint, run folder, bundled model name)
     input_mean: float = 0.0         # model input = (pixel / 255 - mean) / std
     input_std: float = 1.0
     # schedule of the run
@@ -196,7 +197,51 @@ def resolve_config(recipe: str = "reference", **values) -> TrainConfig:
     merged = {**RECIPES[recipe], **given, "recipe": recipe}
     if "arch" in given and given["arch"] != RECIPES[recipe].get("arch", "seed") and "model_args" not in given:
         merged["model_args"] = {}  # another architecture: the recipe's arguments were for its own
+    if given.get("init"):
+        merged.update(_model_of_init(str(given["init"]), given))
     return TrainConfig(**merged)
+
+
+def _model_of_init(init: str, given: dict) -> dict:
+    """The model fields of a run that starts from checkpoint ``init``: the checkpoint's architecture,
+    arguments, image size, input scaling and (unless given) classes. A given value that differs is
+    an error, since the weights would not fit (classes may differ: the output layer is matched by name)."""
+    from ..bundled import BUNDLED, resolve_model_path
+    from ..models import read_checkpoint_record, resolve_model_args
+
+    path = resolve_model_path(init)
+    if not path.exists():
+        raise FerkitError(f"--init {init}: no such checkpoint or run folder, and not a bundled model "
+                          f"({', '.join(BUNDLED)})")
+    record = read_checkpoint_record(path)
+    if record.kind != "classifier":
+        raise FerkitError(f"--init {init} is not a classifier checkpoint (it is a {record.kind})")
+    spec = record.input
+    if spec.channels != 1 or spec.pixel_max != 255.0 or len(set(spec.mean)) != 1 or len(set(spec.std)) != 1:
+        raise FerkitError(f"--init {init}: its input contract ({spec.to_json()}) is not one ferkit train can "
+                          "reproduce (gray, pixel/255, one mean and std)")
+    model = {"arch": record.arch, "model_args": dict(record.model_args), "image_size": record.image_size,
+             "input_mean": spec.mean[0], "input_std": spec.std[0]}
+    for name, value in model.items():
+        if name not in given:
+            continue
+        mine = given[name]
+        if name == "model_args":
+            mine = resolve_model_args(record.arch, record.image_size, {**record.model_args, **given[name]})
+            value = resolve_model_args(record.arch, record.image_size, value)
+        if mine != value:
+            flag = "--model-arg" if name == "model_args" else "--" + name.replace("_", "-")
+            raise FerkitError(f"{flag} {_plain(given[name])} differs from the initial weights' {_plain(value)} "
+                              f"(--init {init}); leave it out to take the checkpoint's")
+    if "classes" not in given:
+        model["classes"] = tuple(record.classes)
+    return model
+
+
+def _plain(value) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 def config_fields() -> list:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..console import log, progress_bar
 from ..data import ImageSet, load_dataset
 from ..errors import FerkitError, Interrupted
-from ..models import CheckpointRecord, InputSpec, count_parameters, create_model
+from ..models import CheckpointRecord, InputSpec, count_parameters, create_model, init_from_checkpoint
 from ..runtime import autocast, predict_logits, resolve_precision
 from . import augment as A
 from .config import MONITORS, TrainConfig
@@ -286,10 +286,20 @@ def _val_subset(cfg: TrainConfig, val_set: ImageSet) -> tuple[np.ndarray, np.nda
     return images, labels
 
 
-def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, dist: Dist | None = None) -> Trainer:
+def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, dist: Dist | None = None,
+                   fresh: bool = True) -> Trainer:
+    """The model, optimiser, schedule and augmentation of a run; ``fresh``: a new run (not resumed),
+    which starts from ``cfg.init``'s weights when given."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = create_model(cfg.arch, len(cfg.classes), cfg.image_size, **cfg.model_args).to(device)
+    model = create_model(cfg.arch, len(cfg.classes), cfg.image_size, **cfg.model_args)
+    if cfg.init and fresh:
+        from ..bundled import resolve_model_path
+
+        note = init_from_checkpoint(model, resolve_model_path(cfg.init), tuple(cfg.classes))
+        if dist is None or dist.main:
+            log(note)
+    model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
     n = len(train_set) if cfg.train_limit is None else min(cfg.train_limit, len(train_set))
     weight = None
@@ -343,7 +353,7 @@ def _fit(cfg: TrainConfig, overwrite: bool, data, keep_state: bool, dist: Dist, 
     saved = folder.prepare(cfg, overwrite)
     dist.barrier()                      # rank 0 has prepared the folder (cleared it, or kept a state)
     check_world(saved, dist, folder.path)
-    tr = _build_trainer(cfg, train_set, device, dist)
+    tr = _build_trainer(cfg, train_set, device, dist, fresh=saved is None)
     val_images, val_labels = _val_subset(cfg, val_set)
     images = torch.from_numpy(train_set.images).to(device)   # uint8, resident on the training device
     labels = torch.from_numpy(train_set.labels).to(device)
