@@ -32,14 +32,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="run folder (its best.safetensors) or checkpoint")
     ap.add_argument("--name", default=DEFAULT_MODEL, choices=tuple(BUNDLED))
+    ap.add_argument("--command", default=None,
+                    help="the training command(s) to record instead of the one rebuilt from the run's config, "
+                         "for a run made in steps (e.g. a finished run continued with a larger --epochs, whose "
+                         "cosine schedule then restarted from a higher rate)")
     a = ap.parse_args()
     ckpt = resolve_checkpoint(a.run)
     model, record = load_checkpoint(ckpt)
     cfg = record.train_config
     record.extra["bundled"] = {
         "name": a.name, "source": f"{Path(cfg.get('out', a.run)).name}/{ckpt.name}", "epoch": record.epoch,
-        "command": f"ferkit train --recipe {cfg.get('recipe')}{_non_recipe_epochs(cfg)} --train-dir FER2013/train "
-                   f"--val-dir FER2013/validation --classes all7 --out {Path(cfg.get('out', 'run')).name}",
+        "command": a.command or (f"ferkit train --recipe {cfg.get('recipe')}{_non_recipe_epochs(cfg)} "
+                                 f"--train-dir FER2013/train --val-dir FER2013/validation --classes all7 "
+                                 f"--out {Path(cfg.get('out', 'run')).name}"),
         "weights": "float16 (computed in float32)"}
     target = BUNDLED[a.name].path
     target.parent.mkdir(parents=True, exist_ok=True)
