@@ -33,8 +33,8 @@ class BundledModel:
 
 BUNDLED: dict[str, BundledModel] = {m.name: m for m in (
     BundledModel("fer2013-vgg", "fer2013-vgg.safetensors",
-                 "VGG-style CNN (width 48) trained by `ferkit train --recipe fer2013` on FER2013's train split; "
-                 "seven classes, 48 px gray faces", "docs/model-card.md"),
+                 "VGG-style CNN (width 48) trained by `ferkit train --recipe fer2013` (80 epochs) on FER2013's "
+                 "train split; seven classes, 48 px gray faces", "docs/model-card.md"),
 )}
 DEFAULT_MODEL = "fer2013-vgg"
 

@@ -734,7 +734,7 @@ def _cmd_models(a) -> int:
         args = ", ".join(f"{k}={_show(v)}" for k, v in m["arguments"].items()) or "no arguments"
         print(f"  {m['name']:8s} {m['summary']}\n"
               f"           arguments: {args}; minimum image size {m['min_image_size']}")
-    print("bundled models (ferkit predict [--model NAME]; the first is the default):")
+    print("bundled models (ferkit predict [--model NAME], ferkit train --init NAME; the first is the default):")
     for b in info["bundled"]:
         status = (f"{b['arch']}, {len(b['classes'])} classes ({', '.join(b['classes'])}), {b['image_size']} px, "
                   f"{b['size_mb']:.1f} MB" if b["available"] else "missing from this installation")
