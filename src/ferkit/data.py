@@ -232,7 +232,8 @@ def scan_source(path: str | os.PathLike, classes: tuple[str, ...] | None = None,
         missing = [c for c in classes if c not in src.found_classes]
         if missing:
             raise FerkitError(f"{role} {root} has no images of class {', '.join(missing)} "
-                              f"(it has: {', '.join(src.found_classes) or 'none'}; wanted: {', '.join(classes)})")
+                              f"(it has: {', '.join(src.found_classes) or 'none'}; wanted: {', '.join(classes)}); "
+                              "--classes chooses which to use")
         src.ignored = [c for c in src.found_classes if c not in classes]
         keep = [i for i, lab in enumerate(src.labels) if lab in classes]
         src.files = [src.files[i] for i in keep]
