@@ -139,11 +139,15 @@ def test_gan_bad_input_is_one_clear_line(faces, tmp_path, capsys):
         (["evaluate", str(gan_dir), "--test-dir", str(faces)], "is a GAN run"),
         (["predict", str(gan_dir), str(faces)], "is a GAN run"),
         (["predict", str(gan_dir / "generator.safetensors"), str(faces)], "is an expression generator"),
+        (["train", "--init", str(gan_dir), "--train-dir", str(faces), "--val-dir", str(faces),
+          "--out", str(tmp_path / "t1")], "is a GAN run"),
+        (["train", "--init", str(gan_dir / "generator.safetensors"), "--train-dir", str(faces), "--val-dir",
+          str(faces), "--out", str(tmp_path / "t2")], "is an expression generator"),
     ]
     for argv, message in cases:
         capsys.readouterr()
         assert run(argv) == 1, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) >= 1 and message in err[-1] and "Traceback" not in "".join(err), (argv, err)
-    for name in ("g1", "g2", "g3", "e1", "e2", "e3"):
+    for name in ("g1", "g2", "g3", "e1", "e2", "e3", "t1", "t2"):
         assert not (tmp_path / name).exists(), name

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_folder
 
 from ferkit.errors import FerkitError
 from ferkit.models import InputSpec, create_model
@@ -201,3 +202,13 @@ def test_cli_fine_tunes_a_run_and_resumes_without_reloading(tiny_splits, tmp_pat
     assert "continuing the finished run" in err and "initial weights:" not in err   # its own state, not --init
     assert run(["train", "--init", str(tmp_path / "a"), "--arch", "seed", "--out", str(tmp_path / "c"), *base]) == 1
     assert "differs from the initial weights' tiny" in capsys.readouterr().err
+    # the classes default to the initial weights'; data without one of them says how to choose
+    assert run(["train", "--init", str(tmp_path / "a"), "--classes", "angry,happy,surprised,sad",
+                "--out", str(tmp_path / "d"), *base]) == 1
+    assert "has no images of class sad" in capsys.readouterr().err
+    make_folder(tmp_path / "two", ["angry", "happy"], 12, seed=3)
+    assert run(["train", "--init", str(tmp_path / "a"), "--train-dir", str(tmp_path / "two"), "--val-dir",
+                str(val_dir), "--out", str(tmp_path / "e"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(f"the classes default to those of {tmp_path / 'a'}; --classes picks them")
+    assert not (tmp_path / "e").exists()

@@ -203,8 +203,10 @@ def _read_manifest(path: Path) -> Source:
     return Source(path, files, labels, found)
 
 
-def scan_source(path: str | os.PathLike, classes: tuple[str, ...] | None = None, role: str = "data") -> Source:
-    """List the image files of a class-folder tree or manifest, restricted to ``classes``.
+def scan_source(path: str | os.PathLike, classes: tuple[str, ...] | None = None, role: str = "data",
+                hint: str = "") -> Source:
+    """List the image files of a class-folder tree or manifest, restricted to ``classes``
+    (``hint`` ends the message when a requested class is absent).
 
     Raises FerkitError for a missing or empty source, or a requested class that is absent or empty.
     """
@@ -232,8 +234,8 @@ def scan_source(path: str | os.PathLike, classes: tuple[str, ...] | None = None,
         missing = [c for c in classes if c not in src.found_classes]
         if missing:
             raise FerkitError(f"{role} {root} has no images of class {', '.join(missing)} "
-                              f"(it has: {', '.join(src.found_classes) or 'none'}; wanted: {', '.join(classes)}); "
-                              "--classes chooses which to use")
+                              f"(it has: {', '.join(src.found_classes) or 'none'}; wanted: {', '.join(classes)})"
+                              + (f"; {hint}" if hint else ""))
         src.ignored = [c for c in src.found_classes if c not in classes]
         keep = [i for i, lab in enumerate(src.labels) if lab in classes]
         src.files = [src.files[i] for i in keep]
@@ -342,7 +344,7 @@ def _store_cached(key: str, images: np.ndarray, ok: list[int], bad: list) -> Non
 
 def load_dataset(source: str | os.PathLike, classes: tuple[str, ...] | None = None, image_size: int = 64,
                  strict: bool = False, use_cache: bool = True, progress: bool = True,
-                 role: str = "data") -> ImageSet:
+                 role: str = "data", hint: str = "") -> ImageSet:
     """Decode a dataset source into memory.
 
     Args:
@@ -352,8 +354,9 @@ def load_dataset(source: str | os.PathLike, classes: tuple[str, ...] | None = No
         strict: raise on the first undecodable file instead of skipping it (skips are listed).
         use_cache: read/write the decoded-dataset cache.
         role: word used in error messages ("training data", "test data", ...).
+        hint: what to do when a requested class is absent (ends that error message).
     """
-    src = scan_source(source, classes, role)
+    src = scan_source(source, classes, role, hint)
     if classes is None:
         classes = default_classes(src.found_classes)
         src = scan_source(source, classes, role)

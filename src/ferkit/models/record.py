@@ -211,6 +211,26 @@ _KIND_HINT = {"classifier": "a classifier (from `ferkit train`)",
               "generator": "an expression generator (from `ferkit gan train`)"}
 
 
+def check_kind(record: CheckpointRecord, kind: str, where) -> None:
+    """A generator given where a classifier is needed (or the reverse) is one clear error."""
+    if record.kind != kind:
+        raise FerkitError(f"{where} is {_KIND_HINT.get(record.kind, record.kind)}, but {_KIND_HINT.get(kind, kind)} "
+                          "is needed here")
+
+
+def _read_weights(path, kind: str) -> tuple[Path, CheckpointRecord, dict]:
+    """(file, record, tensors) of a checkpoint of ``kind``, with one clear error for a damaged file."""
+    from safetensors.torch import load_file
+
+    p = resolve_checkpoint(path)
+    record = read_checkpoint_record(p)
+    check_kind(record, kind, p)
+    try:
+        return p, record, load_file(str(p), device="cpu")
+    except Exception as exc:  # safetensors' own error type: a truncated or damaged file
+        raise FerkitError(f"{p}: cannot read weights ({str(exc).splitlines()[0][:120]})") from None
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                     kind: str = "classifier") -> tuple[nn.Module, CheckpointRecord]:
     """Rebuild the model a checkpoint names, with its arguments, and load its weights (eval mode).
@@ -218,18 +238,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     Raises FerkitError if the file is not a ferkit checkpoint, is of another ``kind`` (a GAN
     generator given where a classifier is expected, or the reverse) or its weights do not fit.
     """
-    from safetensors.torch import load_file
-
-    p = resolve_checkpoint(path)
-    record = read_checkpoint_record(p)
-    if record.kind != kind:
-        raise FerkitError(f"{p} is {_KIND_HINT.get(record.kind, record.kind)}, but {_KIND_HINT.get(kind, kind)} "
-                          "is needed here")
+    p, record, state = _read_weights(path, kind)
     model = record.build_model()
-    try:
-        state = load_file(str(p), device="cpu")
-    except Exception as exc:  # safetensors' own error type: a truncated or damaged file
-        raise FerkitError(f"{p}: cannot read weights ({str(exc).splitlines()[0][:120]})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -245,17 +255,7 @@ def init_from_checkpoint(model: nn.Module, path: str | os.PathLike, classes: tup
     and image size). The output layer is matched by class name: a class the checkpoint knows keeps
     its row of weights wherever it sits in ``classes``; a new class keeps its fresh initialisation.
     """
-    from safetensors.torch import load_file
-
-    p = resolve_checkpoint(path)
-    record = read_checkpoint_record(p)
-    if record.kind != "classifier":
-        raise FerkitError(f"{p} is {_KIND_HINT.get(record.kind, record.kind)}; initial weights must be "
-                          f"{_KIND_HINT['classifier']}")
-    try:
-        state = load_file(str(p), device="cpu")
-    except Exception as exc:  # safetensors' own error type: a truncated or damaged file
-        raise FerkitError(f"{p}: cannot read weights ({str(exc).splitlines()[0][:120]})") from None
+    p, record, state = _read_weights(path, "classifier")
     head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     own = model.state_dict()
     body = {k: v for k, v in own.items() if not k.startswith(head + ".")}

@@ -207,15 +207,15 @@ def _model_of_init(init: str, given: dict) -> dict:
     arguments, image size, input scaling and (unless given) classes. A given value that differs is
     an error, since the weights would not fit (classes may differ: the output layer is matched by name)."""
     from ..bundled import BUNDLED, resolve_model_path
-    from ..models import read_checkpoint_record, resolve_model_args
+    from ..models.record import check_kind, read_checkpoint_record
+    from ..models.registry import resolve_model_args
 
     path = resolve_model_path(init)
     if not path.exists():
         raise FerkitError(f"--init {init}: no such checkpoint or run folder, and not a bundled model "
                           f"({', '.join(BUNDLED)})")
     record = read_checkpoint_record(path)
-    if record.kind != "classifier":
-        raise FerkitError(f"--init {init} is not a classifier checkpoint (it is a {record.kind})")
+    check_kind(record, "classifier", f"--init {init}")
     spec = record.input
     if spec.channels != 1 or spec.pixel_max != 255.0 or len(set(spec.mean)) != 1 or len(set(spec.std)) != 1:
         raise FerkitError(f"--init {init}: its input contract ({spec.to_json()}) is not one ferkit train can "

@@ -271,8 +271,9 @@ def _better(row: dict, best: dict, monitor: str) -> bool:
 
 def load_train_val(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
     """Decode training and validation data with one class list (from the training data)."""
+    hint = f"with --init the classes default to those of {cfg.init}; --classes picks them" if cfg.init else ""
     train = load_dataset(cfg.train_dir, cfg.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
-                         role="training data")
+                         role="training data", hint=hint)
     val = load_dataset(cfg.val_dir, train.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
                        role="validation data")
     return train, val
