@@ -16,6 +16,7 @@ time; it continues where it stopped (finished steps are skipped, interrupted one
    the fer2013 recipe, tested on PublicTest.
 
     .venv/bin/python benchmarks/bench_gan_study.py [--iterations 20000] [--steps split,gan,edit,study]
+        [--sizes 50,200] [--epochs 60] [--seeds 3] [--ratios 0,1,2,5] [--jobs 1]
     .venv/bin/python benchmarks/bench_gan_study.py --print-commands     # the ferkit commands, nothing run
 
 Everything goes under --work (default ~/ferkit-bench/gan-study); FER2013 comes from ../shared/data.
@@ -70,19 +71,22 @@ def split(work: Path, val_per_class: int = 100, subset_seed: int = 0) -> dict[st
     return paths
 
 
-def commands(work: Path, iterations: int, epochs: int, seeds: int) -> list[tuple[str, list[str], Path]]:
-    """(step, ferkit arguments, the path whose existence means done) for every step after the split."""
+def commands(work: Path, iterations: int, epochs: int, seeds: int, sizes=SIZES,
+             ratios: str = RATIOS, jobs: int = 1) -> list[tuple[str, list[str], Path]]:
+    """(step, ferkit arguments, the path whose existence means done) for every step after the split,
+    for the real sizes in ``sizes`` (a subset of SIZES)."""
     root = fer2013_dir()
     m = {name: work / f"{name}.csv" for name in ("val", "trainpool", "gan_pool", *[f"real{n}" for n in SIZES])}
     cls = ",".join(CLASSES)
     gan = ["--classes", cls, "--image-size", "48", "--iterations", str(iterations), "--no-progress"]
     out: list[tuple[str, list[str], Path]] = []
-    for name, data in (("gan-self-50", m["real50"]), ("gan-self-200", m["real200"]), ("gan-pool", m["gan_pool"])):
+    gans = [(f"gan-self-{n}", m[f"real{n}"]) for n in sizes] + [("gan-pool", m["gan_pool"])]
+    for name, data in gans:
         run = work / name
         out.append(("gan", ["gan", "train", "--data", str(data), "--out", str(run), *gan], run / "summary.json"))
         out.append(("gan", ["gan", "evaluate", str(run), "--real", str(m["val"]), "--per-class", "200",
                             "--no-progress"], run / "quality" / "quality.json"))
-    for n in SIZES:
+    for n in sizes:
         per = 5 * n
         for name, run in ((f"gan_self_{n}", work / f"gan-self-{n}"), (f"gan_pool_{n}", work / "gan-pool")):
             out.append(("edit", ["synth", "edit", str(run), "--source", str(m[f"real{n}"]), "--out",
@@ -91,7 +95,7 @@ def commands(work: Path, iterations: int, epochs: int, seeds: int) -> list[tuple
     out.append(("edit", ["synth", "faces", "--out", str(work / "faces" / "procedural"), "--per-class", "1000",
                          "--size", "48", "--classes", cls, "--no-progress"], work / "faces" / "procedural" /
                 "metadata.csv"))
-    for n in SIZES:
+    for n in sizes:
         study = work / f"study-{n}"
         out.append(("study", ["study", "--real-train", str(m["trainpool"]), "--real-per-class", str(n),
                               "--val", str(m["val"]), "--test", str(root / "validation"), "--classes", cls,
@@ -99,9 +103,9 @@ def commands(work: Path, iterations: int, epochs: int, seeds: int) -> list[tuple
                               "--synthetic", f"gan_pool={work / 'faces' / f'gan_pool_{n}'}",
                               "--synthetic", f"procedural={work / 'faces' / 'procedural'}",
                               "--synthetic", f"pool_real={m['gan_pool']}",
-                              "--ratios", RATIOS, "--seeds", str(seeds), "--no-synthetic-arm",
-                              "--recipe", "fer2013", "--epochs", str(epochs), "--image-size", "48", "--out",
-                              str(study), "--no-progress"], study / "summary.md"))
+                              "--ratios", ratios, "--seeds", str(seeds), "--no-synthetic-arm",
+                              "--recipe", "fer2013", "--epochs", str(epochs), "--jobs", str(jobs),
+                              "--image-size", "48", "--out", str(study), "--no-progress"], study / "summary.md"))
     return out
 
 
@@ -111,6 +115,10 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=20000, help="GAN iterations (default 20000)")
     ap.add_argument("--epochs", type=int, default=60, help="classifier epochs per study run (fer2013 recipe)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=1, help="study runs trained side by side (2 suits 2 cores)")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                    help="real images per class to run (default 50,200; each has its own GAN and study)")
+    ap.add_argument("--ratios", default=RATIOS, help=f"k values of the studies (default {RATIOS})")
     ap.add_argument("--steps", default="split,gan,edit,study", help="which steps to run (default all)")
     ap.add_argument("--print-commands", action="store_true")
     a = ap.parse_args()
@@ -120,7 +128,10 @@ def main() -> None:
     if "split" in steps or not a.print_commands:
         split(work)
     ferkit = [sys.executable, "-m", "ferkit"]
-    for step, args, done in commands(work, a.iterations, a.epochs, a.seeds):
+    sizes = tuple(int(n) for n in a.sizes.split(","))
+    if not set(sizes) <= set(SIZES):
+        sys.exit(f"--sizes must be among {','.join(map(str, SIZES))}")
+    for step, args, done in commands(work, a.iterations, a.epochs, a.seeds, sizes, a.ratios, a.jobs):
         line = "ferkit " + shlex.join(args)
         if a.print_commands:
             print(line)
