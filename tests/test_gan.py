@@ -98,6 +98,8 @@ def test_quality_report_on_tiny_data(faces, tmp_path, capsys):
     acc = report["expression_accuracy"]
     assert report["generated_faces"] == 18 and 0 <= acc["generated"] <= 1 and 0 <= acc["real"] <= 1
     assert set(acc["per_class_generated"]) == set(CLASSES)
+    # every edit moves a face to another expression: read as the target and as the source are disjoint
+    assert 0 <= acc["generated_read_as_source"] and acc["generated"] + acc["generated_read_as_source"] <= 1
     assert report["kid"]["mean"] > report["kid_real_halves"]["mean"] - 0.05      # finite, and real-real is small
     assert 0 < report["identity"]["cycle_l1"] < 1
     assert (tmp_path / "gan" / "quality" / "quality.png").is_file()

@@ -703,7 +703,8 @@ def _cmd_gan_evaluate(a) -> int:
 
     r = evaluate_gan(a.gan_run, a.real, a.classifier, a.out, a.per_class, a.seed, a.device, not a.no_progress)
     acc, k, ident = r["expression_accuracy"], r["kid"], r["identity"]
-    print(f"expression accuracy: generated {acc['generated']:.4f} (real {acc['real']:.4f})")
+    print(f"expression accuracy: generated {acc['generated']:.4f} (real {acc['real']:.4f}); generated faces read "
+          f"as their source face's expression: {acc['generated_read_as_source']:.4f}")
     print(f"KID generated vs real: {k['mean']:.4f} +- {k['std']:.4f} "
           f"(real vs real: {r['kid_real_halves']['mean']:.4f})")
     print(f"identity: cycle L1 {ident['cycle_l1']:.4f}, edit L1 {ident['edit_l1']:.4f}")

@@ -109,6 +109,8 @@ def evaluate_gan(gan_run, real, classifier=None, out=None, per_class: int = 200,
         "classes": list(classes),
         "expression_accuracy": {
             "generated": float((gen_pred == targets).mean()), "real": float((real_pred == labels).mean()),
+            # an edit that did not change the expression is still read as its source's
+            "generated_read_as_source": float((gen_pred == labels[src]).mean()),
             "per_class_generated": {grec.classes[t]: float((gen_pred[targets == t] == t).mean()) for t in plan},
             "per_class_real": {c: float((real_pred[labels == grec.classes.index(c)] == grec.classes.index(c)).mean())
                                for c in classes}},
@@ -136,7 +138,8 @@ def _plot(r: dict, path: Path) -> None:
     x = np.arange(len(classes))
     ax.bar(x - 0.2, [acc["per_class_real"].get(c, np.nan) for c in classes], 0.4, label=f"real ({acc['real']:.2f})")
     ax.bar(x + 0.2, [acc["per_class_generated"][c] for c in classes], 0.4,
-           label=f"generated, read as the target ({acc['generated']:.2f})")
+           label=f"generated, read as the target ({acc['generated']:.2f}; "
+                 f"as the source face's: {acc.get('generated_read_as_source', np.nan):.2f})")
     ax.set_xticks(x, classes)
     ax.set_ylim(0, 1)
     ax.set_ylabel("classifier accuracy")
