@@ -103,7 +103,7 @@ def commands(work: Path, iterations: int, epochs: int, seeds: int, sizes=SIZES,
                               "--synthetic", f"gan_pool={work / 'faces' / f'gan_pool_{n}'}",
                               "--synthetic", f"procedural={work / 'faces' / 'procedural'}",
                               "--synthetic", f"pool_real={m['gan_pool']}",
-                              "--ratios", ratios, "--seeds", str(seeds), "--no-synthetic-arm",
+                              "--ratios", ratios, "--seeds", str(seeds), "--no-synthetic-arm", "--replace",
                               "--recipe", "fer2013", "--epochs", str(epochs), "--jobs", str(jobs),
                               "--image-size", "48", "--out", str(study), "--no-progress"], study / "summary.md"))
     return out

@@ -134,6 +134,8 @@ def test_gan_bad_input_is_one_clear_line(faces, tmp_path, capsys):
     cases += [
         (["synth", "edit", str(gan_dir), "--source", str(other), "--out", str(tmp_path / "e1"), "--per-class", "2"],
          "source data has classes the generator does not know: surprised"),
+        (["synth", "edit", str(gan_dir), "--source", str(other), "--out", str(tmp_path / "e4"), "--per-class", "2",
+          "--from-classes", "angry,sad"], "source data has no sad faces"),
         (["synth", "edit", str(empty_run), "--source", str(faces), "--out", str(tmp_path / "e2"), "--per-class", "2"],
          "has no generator checkpoint yet"),
         (["synth", "edit", "fer2013-vgg", "--source", str(faces), "--out", str(tmp_path / "e3"), "--per-class", "2"],
@@ -151,5 +153,10 @@ def test_gan_bad_input_is_one_clear_line(faces, tmp_path, capsys):
         assert run(argv) == 1, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) >= 1 and message in err[-1] and "Traceback" not in "".join(err), (argv, err)
-    for name in ("g1", "g2", "g3", "e1", "e2", "e3", "t1", "t2"):
+    for name in ("g1", "g2", "g3", "e1", "e2", "e3", "e4", "t1", "t2"):
         assert not (tmp_path / name).exists(), name
+    # the unknown class folder is fine once the source classes are chosen
+    assert run(["synth", "edit", str(gan_dir), "--source", str(other), "--out", str(tmp_path / "e5"), "--per-class",
+                "2", "--from-classes", "angry", "--classes", "happy,sad", "--no-progress"]) == 0
+    with open(tmp_path / "e5" / "metadata.csv") as fh:
+        assert {row["source_class"] for row in csv.DictReader(fh)} == {"angry"}

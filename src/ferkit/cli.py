@@ -304,6 +304,9 @@ def _add_synth(sub):
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--per-class", type=_positive_int, required=True, help="faces per target class")
     e.add_argument("--classes", default=None, help="target classes (default: every class the generator knows)")
+    e.add_argument("--from-classes", default=None,
+                   help="source classes to edit, others ignored (default: every class of --source; each must be "
+                        "one the generator knows), e.g. the six of a seven-class FER2013 folder")
     e.add_argument("--seed", type=int, default=0, help="which source faces are drawn (default 0)")
     e.add_argument("--batch-size", type=_positive_int, default=256)
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -317,7 +320,8 @@ def _cmd_synth_edit(a) -> int:
     from .synth.gan import edit_faces
 
     out = edit_faces(a.gan_run, a.source, a.out, a.per_class, seed=a.seed, classes=a.classes,
-                     batch_size=a.batch_size, device=a.device, overwrite=a.overwrite, progress=not a.no_progress)
+                     batch_size=a.batch_size, device=a.device, overwrite=a.overwrite, progress=not a.no_progress,
+                     from_classes=a.from_classes)
     print(f"edited faces written to {out} (metadata: {Path(out) / 'metadata.csv'})")
     return 0
 
@@ -675,6 +679,8 @@ def _add_gan(sub):
     e.add_argument("--real", required=True, help="real faces (class folders or manifest), ideally not trained on")
     e.add_argument("--classifier", default=None, help="classifier run/checkpoint/bundled name (default: bundled)")
     e.add_argument("--per-class", type=_positive_int, default=200, help="generated faces per class (default 200)")
+    e.add_argument("--classes", default=None,
+                   help="classes of --real to use, others ignored (default: all; each must be one the generator knows)")
     e.add_argument("--out", default=None, help="report folder (default: <run>/quality)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -701,7 +707,8 @@ def _cmd_gan_train(a) -> int:
 def _cmd_gan_evaluate(a) -> int:
     from .synth.quality import evaluate_gan
 
-    r = evaluate_gan(a.gan_run, a.real, a.classifier, a.out, a.per_class, a.seed, a.device, not a.no_progress)
+    r = evaluate_gan(a.gan_run, a.real, a.classifier, a.out, a.per_class, a.seed, a.device, not a.no_progress,
+                     classes=a.classes)
     acc, k, ident = r["expression_accuracy"], r["kid"], r["identity"]
     print(f"expression accuracy: generated {acc['generated']:.4f} (real {acc['real']:.4f}); generated faces read "
           f"as their source face's expression: {acc['generated_read_as_source']:.4f}")

@@ -63,13 +63,21 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def source_classes(source, record: CheckpointRecord) -> tuple[str, ...]:
-    """The source's classes, which the generator must know (in the generator's order)."""
+def source_classes(source, record: CheckpointRecord, only=None) -> tuple[str, ...]:
+    """The source's classes (``only`` those, when given), which the generator must know, in the
+    generator's order. Class folders outside ``only`` are ignored."""
     found = scan_source(source, None, "source data").found_classes
+    if only is not None:
+        only = parse_classes(only)
+        absent = [c for c in only if c not in found]
+        if absent:
+            raise FerkitError(f"source data has no {', '.join(absent)} faces (it has {', '.join(found)})")
+        found = only
     unknown = [c for c in found if c not in record.classes]
     if unknown:
         raise FerkitError(f"source data has classes the generator does not know: {', '.join(unknown)} (it knows "
-                          f"{', '.join(record.classes)}); choose its folders or train the GAN on them")
+                          f"{', '.join(record.classes)}); choose the source classes "
+                          f"(--from-classes / --classes) or train the GAN on them")
     return tuple(c for c in record.classes if c in found)
 
 
@@ -102,8 +110,9 @@ def plan_edits(labels: np.ndarray, n_classes: int, targets, per_class: int, seed
 
 
 def edit_faces(gan_run, source, out, per_class: int, seed: int = 0, classes=None, batch_size: int = 256,
-               device: str = "auto", overwrite: bool = False, progress: bool = True) -> Path:
-    """Write ``per_class`` edited faces per target class (default: every class the generator knows).
+               device: str = "auto", overwrite: bool = False, progress: bool = True, from_classes=None) -> Path:
+    """Write ``per_class`` edited faces per target class (default: every class the generator knows),
+    edited from the source's faces of ``from_classes`` (default: all its classes).
 
     Raises FerkitError for a run without a generator, a classifier checkpoint, source classes the
     generator does not know, or an unusable output folder (checked before any work).
@@ -114,7 +123,7 @@ def edit_faces(gan_run, source, out, per_class: int, seed: int = 0, classes=None
     check_out_dir(out, overwrite)
     dev = select_device(device)
     G, record, path = load_generator(gan_run, dev)
-    src_classes = source_classes(source, record)
+    src_classes = source_classes(source, record, from_classes)
     targets = parse_classes(classes) if classes is not None else record.classes
     unknown = [c for c in targets if c not in record.classes]
     if unknown:

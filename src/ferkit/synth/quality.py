@@ -72,9 +72,9 @@ def _predict(model, faces, spec, device, columns) -> np.ndarray:
 
 
 def evaluate_gan(gan_run, real, classifier=None, out=None, per_class: int = 200, seed: int = 0,
-                 device: str = "auto", progress: bool = True) -> dict:
-    """The quality report of a GAN run against real faces; written to ``out`` (default
-    ``<run>/quality``) as quality.json and quality.png. Returns the report."""
+                 device: str = "auto", progress: bool = True, classes=None) -> dict:
+    """The quality report of a GAN run against real faces (of ``classes`` only, when given);
+    written to ``out`` (default ``<run>/quality``) as quality.json and quality.png. Returns the report."""
     from ..bundled import resolve_model_path
 
     dev = select_device(device)
@@ -83,7 +83,7 @@ def evaluate_gan(gan_run, real, classifier=None, out=None, per_class: int = 200,
     missing = [c for c in grec.classes if c not in crec.classes]
     if missing:
         raise FerkitError(f"the classifier does not know {', '.join(missing)}; it has {', '.join(crec.classes)}")
-    classes = source_classes(real, grec)
+    classes = source_classes(real, grec, classes)
     data = load_dataset(real, classes, grec.image_size, progress=progress, role="real data")
     to_gen = np.asarray([grec.classes.index(c) for c in data.classes])
     labels = to_gen[data.labels]
