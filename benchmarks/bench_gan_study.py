@@ -109,6 +109,40 @@ def commands(work: Path, iterations: int, epochs: int, seeds: int, sizes=SIZES,
     return out
 
 
+PAIRS = (("gan_pool", "procedural"), ("gan_pool", "pool_real"), ("gan_pool", "gan_self"), ("gan_self", "procedural"))
+
+
+def compare(study: Path) -> str:
+    """Sources against each other at equal k (same images, same SGD steps), and every mix against
+    augmentation: paired 95% intervals over seeds, from the study's runs.csv. Written to compare.md."""
+    import csv
+
+    from ferkit.experiments.stats import diff_ci
+
+    with open(study / "runs.csv") as fh:
+        runs = [r for r in csv.DictReader(fh) if r.get("accuracy")]
+    acc: dict[tuple[str, str], dict[int, float]] = {}    # (k, source) or ("aug", "") -> seed -> accuracy
+    for r in runs:
+        key = ("aug", "") if r["setting"] == "aug" else (r["k"], r["source"])
+        acc.setdefault(key, {})[int(r["seed"])] = float(r["accuracy"])
+    ks = sorted({r["k"] for r in runs if r["source"] and r["k"] not in ("", "0")}, key=float)
+
+    def cell(a: tuple, b: tuple) -> str:
+        if a not in acc or b not in acc:
+            return "–"
+        d, lo, hi, _ = diff_ci(acc[a], acc[b])
+        return f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+    sources = sorted({r["source"] for r in runs if r["source"]})
+    head = [f"{a} − {b}" for a, b in PAIRS] + [f"{s} − augmentation" for s in sources]
+    lines = ["| k | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for k in ks:
+        cells = [cell((k, a), (k, b)) for a, b in PAIRS] + [cell((k, s), ("aug", "")) for s in sources]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    (study / "compare.md").write_text(text)
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=str(Path.home() / "ferkit-bench" / "gan-study"))
@@ -119,7 +153,8 @@ def main() -> None:
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)),
                     help="real images per class to run (default 50,200; each has its own GAN and study)")
     ap.add_argument("--ratios", default=RATIOS, help=f"k values of the studies (default {RATIOS})")
-    ap.add_argument("--steps", default="split,gan,edit,study", help="which steps to run (default all)")
+    ap.add_argument("--steps", default="split,gan,edit,study,compare",
+                    help="which steps to run (default all; compare: sources against each other at equal k)")
     ap.add_argument("--print-commands", action="store_true")
     a = ap.parse_args()
     work = Path(a.work)
@@ -143,6 +178,11 @@ def main() -> None:
             continue
         print(f"running: {line}", flush=True)
         subprocess.run([*ferkit, *args], check=True)
+    if "compare" in steps and not a.print_commands:
+        for n in sizes:
+            if (work / f"study-{n}" / "runs.csv").exists():
+                print(f"study-{n}, accuracy differences at equal k (paired by seed, 95% CI):")
+                print(compare(work / f"study-{n}"))
 
 
 if __name__ == "__main__":
