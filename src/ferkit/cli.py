@@ -308,7 +308,7 @@ def _add_synth(sub):
                    help="source classes to edit, others ignored (default: every class of --source; each must be "
                         "one the generator knows), e.g. the six of a seven-class FER2013 folder")
     e.add_argument("--seed", type=int, default=0, help="which source faces are drawn (default 0)")
-    e.add_argument("--batch-size", type=_positive_int, default=256)
+    e.add_argument("--batch-size", type=_positive_int, default=64, help="faces per generator call (default 64)")
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out dataset")
     e.add_argument("--no-progress", action="store_true")

@@ -81,9 +81,14 @@ def source_classes(source, record: CheckpointRecord, only=None) -> tuple[str, ..
     return tuple(c for c in record.classes if c in found)
 
 
+#: Faces per generator call: 32-64 keep a 48 px batch's activations in cache; 256 was ~35% slower
+#: on a 2-core CPU (fp32, 185 vs 290 faces/s).
+EDIT_BATCH = 64
+
+
 @torch.no_grad()
 def generate(G, record: CheckpointRecord, faces: np.ndarray, targets: np.ndarray, device: torch.device,
-             batch_size: int = 256) -> np.ndarray:
+             batch_size: int = EDIT_BATCH) -> np.ndarray:
     """uint8 faces (N, S, S) moved to ``targets`` (indices into record.classes) -> uint8 (N, S, S)."""
     from ..train.gan import to_uint8
 
@@ -109,7 +114,7 @@ def plan_edits(labels: np.ndarray, n_classes: int, targets, per_class: int, seed
     return plan
 
 
-def edit_faces(gan_run, source, out, per_class: int, seed: int = 0, classes=None, batch_size: int = 256,
+def edit_faces(gan_run, source, out, per_class: int, seed: int = 0, classes=None, batch_size: int = EDIT_BATCH,
                device: str = "auto", overwrite: bool = False, progress: bool = True, from_classes=None) -> Path:
     """Write ``per_class`` edited faces per target class (default: every class the generator knows),
     edited from the source's faces of ``from_classes`` (default: all its classes).
