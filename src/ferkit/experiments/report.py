@@ -144,8 +144,9 @@ def markdown_table(table: list[dict]) -> str:
 
 
 def plot_study(table: list[dict], path: Path) -> None:
-    """Accuracy vs k, one line per real size (error bars: sd over seeds); augmentation and
-    generated-only as reference markers (dashed line: the augmentation baseline)."""
+    """Accuracy vs k, one line per real size and source (error bars: sd over seeds); augmentation
+    and generated-only as reference markers (a thin line: the augmentation baseline). With several
+    sources, colour is the source and line style the real size."""
     from matplotlib import rcParams
 
     from ..files import new_figure
@@ -156,26 +157,31 @@ def plot_study(table: list[dict], path: Path) -> None:
     colors = rcParams["axes.prop_cycle"].by_key()["color"]
     sources = list(dict.fromkeys(t.get("source", "") for t in table if t.get("source")))
     styles = ["-", "--", ":", "-."]
+    several = len(sources) > 1     # then colour tells the sources apart and line style the sizes
     for i, n in enumerate(sizes):
         col = colors[i % len(colors)]
+        ref_col = "0.3" if several else col
         rows = [t for t in table if t["real_per_class"] == n]
         for j, src in enumerate(sources or [""]):
             mixes = sorted((t for t in rows if t["k"] != "" and t.get("source", "") in ("", src)),
                            key=lambda t: t["k"])
             if mixes:
                 ax.errorbar([t["k"] for t in mixes], [t["acc_mean"] for t in mixes],
-                            yerr=[t["acc_std"] for t in mixes], marker="o", capsize=3, color=col,
-                            ls=styles[j % len(styles)],
-                            label=f"real {n}/class + k x {src if len(sources) > 1 else 'generated'}")
+                            yerr=[t["acc_std"] for t in mixes], marker="o", capsize=3,
+                            color=colors[j % len(colors)] if several else col,
+                            ls=styles[(i if several else j) % len(styles)],
+                            label=f"real {n}/class + k x {src if several else 'generated'}")
         for t in rows:
             if t["setting"] == "aug":
                 ax.errorbar([0], [t["acc_mean"]], yerr=[t["acc_std"]], marker="s", mfc="none", ms=9, capsize=3,
-                            color=col, ls="none", label=f"real {n}/class + augmentation")
-                ax.axhline(t["acc_mean"], color=col, ls="--", lw=0.8, alpha=0.6)
+                            color=ref_col, ls="none", label=f"real {n}/class + augmentation")
+                ax.axhline(t["acc_mean"], color=ref_col, ls=styles[i % len(styles)] if several else "--", lw=0.8,
+                           alpha=0.6)
             elif t["setting"].startswith("synth"):
+                j = sources.index(t.get("source")) if several and t.get("source") in sources else 0
                 ax.errorbar([t["gen_per_real"]], [t["acc_mean"]], yerr=[t["acc_std"]], marker="^", ms=8, capsize=3,
-                            color=col, ls="none",
-                            label=f"{t.get('source') if len(sources) > 1 else 'generated'} only "
+                            color=colors[j % len(colors)] if several else col, ls="none",
+                            label=f"{t.get('source') if several else 'generated'} only "
                                   f"({t['n_synthetic']} images, n={n})")
     ax.set_xlabel("k (generated images per real image)")
     ax.set_ylabel("test accuracy")
