@@ -2,6 +2,7 @@
 nothing half-written remains, and a training run killed at any moment resumes."""
 from __future__ import annotations
 
+import csv
 import io
 import os
 import random
@@ -222,13 +223,13 @@ def test_training_killed_at_random_moments_resumes_to_the_same_result(tmp_path):
     from ferkit.train import RunFolder
 
     data = tmp_path / "data"
-    make_folder(data / "train", ["happy", "sad", "angry"], 16, seed=1, size=32)
+    make_folder(data / "train", ["happy", "sad", "angry"], 64, seed=1, size=32)   # ~24 steps an epoch
     make_folder(data / "val", ["happy", "sad", "angry"], 6, seed=2, size=32)
     env = {**ENV, "FERKIT_CACHE": str(tmp_path / "cache")}
-    t0 = time.time()
     ref = subprocess.run(_train_cmd(data, tmp_path / "ref"), env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
-    duration = time.time() - t0
+    with open(tmp_path / "ref" / "history.csv") as fh:
+        epoch_seconds = max(float(row["seconds"]) for row in csv.DictReader(fh))
 
     out = tmp_path / "cut"
     died = subprocess.run([sys.executable, "-c", _KILL_DURING_FIRST_CHECKPOINT, *_train_cmd(data, out)[3:]],
@@ -237,11 +238,23 @@ def test_training_killed_at_random_moments_resumes_to_the_same_result(tmp_path):
     assert (out / "config.json").exists() and not (out / "best.safetensors").exists()
     rng = random.Random(0)
     kills = 0
-    for _ in range(6):                                    # then SIGKILL at random moments of the run
-        proc = subprocess.Popen(_train_cmd(data, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def epochs_logged() -> int:
         try:
-            proc.wait(timeout=rng.uniform(0.2, 0.8) * duration)
-        except subprocess.TimeoutExpired:
+            return (out / "history.csv").read_text().count("\n")
+        except OSError:
+            return 0
+    # then SIGKILL at random moments of training: each time once the run has logged another epoch,
+    # somewhere in the next one (a timer from process start mostly hit the interpreter's start-up,
+    # and on a busy machine let a resumed run finish before its second kill)
+    for _ in range(6):
+        logged = epochs_logged()
+        proc = subprocess.Popen(_train_cmd(data, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while proc.poll() is None and epochs_logged() <= logged:
+            time.sleep(0.01)
+        if proc.poll() is None:
+            time.sleep(rng.uniform(0.0, 1.0) * epoch_seconds)
+        if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
@@ -253,7 +266,7 @@ def test_training_killed_at_random_moments_resumes_to_the_same_result(tmp_path):
     else:
         final = subprocess.run(_train_cmd(data, out), env=env, capture_output=True, text=True)
         assert final.returncode == 0, final.stderr
-    assert kills >= 2
+    assert kills >= 2, kills
     assert (out / "history.csv").read_text().count("\n") == 7
 
     def strip(run: Path) -> list[list[str]]:
