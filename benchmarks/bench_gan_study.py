@@ -118,6 +118,7 @@ def compare(study: Path) -> str:
     import csv
 
     from ferkit.experiments.stats import diff_ci
+    from ferkit.files import write_text
 
     with open(study / "runs.csv") as fh:
         runs = [r for r in csv.DictReader(fh) if r.get("accuracy")]
@@ -139,7 +140,7 @@ def compare(study: Path) -> str:
         cells = [cell((k, a), (k, b)) for a, b in PAIRS] + [cell((k, s), ("aug", "")) for s in sources]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    (study / "compare.md").write_text(text)
+    write_text(study / "compare.md", text)
     return text
 
 
@@ -157,15 +158,18 @@ def main() -> None:
                     help="which steps to run (default all; compare: sources against each other at equal k)")
     ap.add_argument("--print-commands", action="store_true")
     a = ap.parse_args()
+    try:
+        sizes = tuple(int(n) for n in a.sizes.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or not set(sizes) <= set(SIZES):
+        sys.exit(f"--sizes must be among {','.join(map(str, SIZES))} (got {a.sizes})")
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     steps = set(a.steps.split(","))
     if "split" in steps or not a.print_commands:
         split(work)
     ferkit = [sys.executable, "-m", "ferkit"]
-    sizes = tuple(int(n) for n in a.sizes.split(","))
-    if not set(sizes) <= set(SIZES):
-        sys.exit(f"--sizes must be among {','.join(map(str, SIZES))}")
     for step, args, done in commands(work, a.iterations, a.epochs, a.seeds, sizes, a.ratios, a.jobs):
         line = "ferkit " + shlex.join(args)
         if a.print_commands:

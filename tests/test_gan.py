@@ -133,7 +133,11 @@ def test_gan_bad_input_is_one_clear_line(faces, tmp_path, capsys):
     (empty_run / "config.json").write_text("{}")
     cases += [
         (["synth", "edit", str(gan_dir), "--source", str(other), "--out", str(tmp_path / "e1"), "--per-class", "2"],
-         "source data has classes the generator does not know: surprised"),
+         "does not know: surprised (it knows angry, happy, sad); choose the source classes with --from-classes"),
+        (["gan", "evaluate", str(gan_dir), "--real", str(other), "--no-progress"], "choose the source classes with "
+         "--classes"),
+        (["gan", "evaluate", str(gan_dir), "--real", str(other), "--classes", "angry,sad", "--no-progress"],
+         "source data has no sad faces"),
         (["synth", "edit", str(gan_dir), "--source", str(other), "--out", str(tmp_path / "e4"), "--per-class", "2",
           "--from-classes", "angry,sad"], "source data has no sad faces"),
         (["synth", "edit", str(empty_run), "--source", str(faces), "--out", str(tmp_path / "e2"), "--per-class", "2"],
@@ -155,6 +159,7 @@ def test_gan_bad_input_is_one_clear_line(faces, tmp_path, capsys):
         assert len(err) >= 1 and message in err[-1] and "Traceback" not in "".join(err), (argv, err)
     for name in ("g1", "g2", "g3", "e1", "e2", "e3", "e4", "t1", "t2"):
         assert not (tmp_path / name).exists(), name
+    assert not (gan_dir / "quality").exists()
     # the unknown class folder is fine once the source classes are chosen
     assert run(["synth", "edit", str(gan_dir), "--source", str(other), "--out", str(tmp_path / "e5"), "--per-class",
                 "2", "--from-classes", "angry", "--classes", "happy,sad", "--no-progress"]) == 0

@@ -63,9 +63,10 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def source_classes(source, record: CheckpointRecord, only=None) -> tuple[str, ...]:
+def source_classes(source, record: CheckpointRecord, only=None, option: str = "--from-classes") -> tuple[str, ...]:
     """The source's classes (``only`` those, when given), which the generator must know, in the
-    generator's order. Class folders outside ``only`` are ignored."""
+    generator's order. Class folders outside ``only`` are ignored; ``option`` is the command's
+    name for ``only``, which the error for an unknown class suggests."""
     found = scan_source(source, None, "source data").found_classes
     if only is not None:
         only = parse_classes(only)
@@ -76,8 +77,8 @@ def source_classes(source, record: CheckpointRecord, only=None) -> tuple[str, ..
     unknown = [c for c in found if c not in record.classes]
     if unknown:
         raise FerkitError(f"source data has classes the generator does not know: {', '.join(unknown)} (it knows "
-                          f"{', '.join(record.classes)}); choose the source classes "
-                          f"(--from-classes / --classes) or train the GAN on them")
+                          f"{', '.join(record.classes)}); choose the source classes with {option} or train the GAN "
+                          "on them")
     return tuple(c for c in record.classes if c in found)
 
 

@@ -83,7 +83,7 @@ def evaluate_gan(gan_run, real, classifier=None, out=None, per_class: int = 200,
     missing = [c for c in grec.classes if c not in crec.classes]
     if missing:
         raise FerkitError(f"the classifier does not know {', '.join(missing)}; it has {', '.join(crec.classes)}")
-    classes = source_classes(real, grec, classes)
+    classes = source_classes(real, grec, classes, option="--classes")
     data = load_dataset(real, classes, grec.image_size, progress=progress, role="real data")
     to_gen = np.asarray([grec.classes.index(c) for c in data.classes])
     labels = to_gen[data.labels]
@@ -139,7 +139,7 @@ def _plot(r: dict, path: Path) -> None:
     ax.bar(x - 0.2, [acc["per_class_real"].get(c, np.nan) for c in classes], 0.4, label=f"real ({acc['real']:.2f})")
     ax.bar(x + 0.2, [acc["per_class_generated"][c] for c in classes], 0.4,
            label=f"generated, read as the target ({acc['generated']:.2f}; "
-                 f"as the source face's: {acc.get('generated_read_as_source', np.nan):.2f})")
+                 f"as the source face's: {acc['generated_read_as_source']:.2f})")
     ax.set_xticks(x, classes)
     ax.set_ylim(0, 1)
     ax.set_ylabel("classifier accuracy")
