@@ -13,10 +13,15 @@ time; it continues where it stopped (finished steps are skipped, interrupted one
    (the obvious alternative to a GAN trained on the pool: add the pool's images directly);
 4. one study per real size with every source as a named arm: real only, real + augmentation,
    real + k x {gan_self, gan_pool, procedural, pool_real} for k in 1, 2, 5, three seeds,
-   the fer2013 recipe, tested on PublicTest.
+   the fer2013 recipe, tested on PublicTest;
+5. controls for training length (``control``): every run of a study has the same epochs, so
+   real + k x generated also gets k+1 times the SGD steps of real only. For each k in
+   --control-ks, a study ``study-<n>-steps<S>`` trains real only and real + augmentation for S
+   steps, the steps of the real + k x generated runs (``ferkit study --steps``);
+6. ``compare``: sources against each other at equal k, and against the controls at equal steps.
 
-    .venv/bin/python benchmarks/bench_gan_study.py [--iterations 20000] [--steps split,gan,edit,study]
-        [--sizes 50,200] [--epochs 60] [--seeds 3] [--ratios 0,1,2,5] [--jobs 1]
+    .venv/bin/python benchmarks/bench_gan_study.py [--iterations 20000] [--steps split,gan,edit,study,...]
+        [--sizes 50,200] [--epochs 60] [--seeds 3] [--ratios 0,1,2,5] [--control-ks 1,5] [--jobs 1]
     .venv/bin/python benchmarks/bench_gan_study.py --print-commands     # the ferkit commands, nothing run
 
 Everything goes under --work (default ~/ferkit-bench/gan-study); FER2013 comes from ../shared/data.
@@ -24,6 +29,7 @@ Everything goes under --work (default ~/ferkit-bench/gan-study); FER2013 comes f
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import subprocess
 import sys
@@ -37,6 +43,14 @@ from common import fer2013_dir  # noqa: E402
 CLASSES = ("angry", "disgusted", "fearful", "happy", "sad", "surprised")
 SIZES = (50, 200)
 RATIOS = "0,1,2,5"
+CONTROL_KS = "1,5"
+BATCH = 64   # the fer2013 recipe's batch size, which the studies use
+
+
+def control_steps(n: int, k: float, epochs: int) -> int:
+    """SGD steps of a real + k x generated run at n real faces per class: batches an epoch x epochs."""
+    n_train = len(CLASSES) * n + math.floor(k * len(CLASSES) * n + 0.5)
+    return math.ceil(n_train / BATCH) * epochs
 
 
 def split(work: Path, val_per_class: int = 100, subset_seed: int = 0) -> dict[str, Path]:
@@ -72,7 +86,7 @@ def split(work: Path, val_per_class: int = 100, subset_seed: int = 0) -> dict[st
 
 
 def commands(work: Path, iterations: int, epochs: int, seeds: int, sizes=SIZES,
-             ratios: str = RATIOS, jobs: int = 1) -> list[tuple[str, list[str], Path]]:
+             ratios: str = RATIOS, jobs: int = 1, control_ks: str = CONTROL_KS) -> list[tuple[str, list[str], Path]]:
     """(step, ferkit arguments, the path whose existence means done) for every step after the split,
     for the real sizes in ``sizes`` (a subset of SIZES)."""
     root = fer2013_dir()
@@ -106,39 +120,76 @@ def commands(work: Path, iterations: int, epochs: int, seeds: int, sizes=SIZES,
                               "--ratios", ratios, "--seeds", str(seeds), "--no-synthetic-arm", "--replace",
                               "--recipe", "fer2013", "--epochs", str(epochs), "--jobs", str(jobs),
                               "--image-size", "48", "--out", str(study), "--no-progress"], study / "summary.md"))
+    for n in sizes:
+        for k in _floats(control_ks):
+            study = work / f"study-{n}-steps{control_steps(n, k, epochs)}"
+            out.append(("control", ["study", "--real-train", str(m["trainpool"]), "--real-per-class", str(n),
+                                    "--val", str(m["val"]), "--test", str(root / "validation"), "--classes", cls,
+                                    "--synthetic", f"procedural={work / 'faces' / 'procedural'}", "--ratios", "0",
+                                    "--seeds", str(seeds), "--no-synthetic-arm", "--recipe", "fer2013",
+                                    "--steps", str(control_steps(n, k, epochs)), "--jobs", str(jobs),
+                                    "--image-size", "48", "--out", str(study), "--no-progress"],
+                        study / "summary.md"))
     return out
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
 
 
 PAIRS = (("gan_pool", "procedural"), ("gan_pool", "pool_real"), ("gan_pool", "gan_self"), ("gan_self", "procedural"))
 
 
-def compare(study: Path) -> str:
-    """Sources against each other at equal k (same images, same SGD steps), and every mix against
-    augmentation: paired 95% intervals over seeds, from the study's runs.csv. Written to compare.md."""
+def _accuracies(study: Path) -> dict[tuple[str, str], dict[int, float]]:
+    """(k, source), ("aug", "") or ("0", "") -> seed -> PublicTest accuracy, from a study's runs.csv."""
     import csv
-
-    from ferkit.experiments.stats import diff_ci
-    from ferkit.files import write_text
 
     with open(study / "runs.csv") as fh:
         runs = [r for r in csv.DictReader(fh) if r.get("accuracy")]
-    acc: dict[tuple[str, str], dict[int, float]] = {}    # (k, source) or ("aug", "") -> seed -> accuracy
+    acc: dict[tuple[str, str], dict[int, float]] = {}
     for r in runs:
         key = ("aug", "") if r["setting"] == "aug" else (r["k"], r["source"])
         acc.setdefault(key, {})[int(r["seed"])] = float(r["accuracy"])
-    ks = sorted({r["k"] for r in runs if r["source"] and r["k"] not in ("", "0")}, key=float)
+    return acc
 
-    def cell(a: tuple, b: tuple) -> str:
-        if a not in acc or b not in acc:
+
+def compare(study: Path, controls: dict[str, Path] | None = None) -> str:
+    """Sources against each other at equal k (same images, same SGD steps), every mix against
+    augmentation, and (``controls``: k -> the study of real only and augmentation trained for the
+    steps of that k) every mix against real only and augmentation trained as long: paired 95%
+    intervals over seeds, from the studies' runs.csv. Written to compare.md."""
+    from ferkit.experiments.stats import diff_ci
+    from ferkit.files import write_text
+
+    acc = _accuracies(study)
+    ks = sorted({k for k, src in acc if src}, key=float)
+    sources = sorted({src for _, src in acc if src})
+
+    def cell(a: dict | None, b: dict | None) -> str:
+        if not a or not b:
             return "–"
-        d, lo, hi, _ = diff_ci(acc[a], acc[b])
+        d, lo, hi, _ = diff_ci(a, b)
         return f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-    sources = sorted({r["source"] for r in runs if r["source"]})
+
+    def table(head: list[str], rows: list[tuple[str, list[str]]]) -> list[str]:
+        return (["| k | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+                + [f"| {k} | " + " | ".join(cells) + " |" for k, cells in rows])
     head = [f"{a} − {b}" for a, b in PAIRS] + [f"{s} − augmentation" for s in sources]
-    lines = ["| k | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-    for k in ks:
-        cells = [cell((k, a), (k, b)) for a, b in PAIRS] + [cell((k, s), ("aug", "")) for s in sources]
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines = ["Equal k (equal images and SGD steps); augmentation trained for the same epochs as real only:", ""]
+    lines += table(head, [(k, [cell(acc.get((k, a)), acc.get((k, b))) for a, b in PAIRS]
+                           + [cell(acc.get((k, s)), acc.get(("aug", ""))) for s in sources]) for k in ks])
+    rows = []
+    for k, path in sorted((controls or {}).items(), key=lambda kv: float(kv[0])):
+        if not (path / "runs.csv").exists():
+            continue
+        ctl = _accuracies(path)
+        rows.append((f"{k} ({path.name.rpartition('steps')[2]} steps)",
+                     [cell(acc.get((k, s)), ctl.get(("0", ""))) for s in sources]
+                     + [cell(acc.get((k, s)), ctl.get(("aug", ""))) for s in sources]))
+    if rows:
+        lines += ["", "Equal SGD steps: each mix against real only and real + augmentation trained for as many "
+                      "steps (`study-N-stepsS`):", ""]
+        lines += table([f"{s} − real only" for s in sources] + [f"{s} − augmentation" for s in sources], rows)
     text = "\n".join(lines) + "\n"
     write_text(study / "compare.md", text)
     return text
@@ -154,8 +205,12 @@ def main() -> None:
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)),
                     help="real images per class to run (default 50,200; each has its own GAN and study)")
     ap.add_argument("--ratios", default=RATIOS, help=f"k values of the studies (default {RATIOS})")
-    ap.add_argument("--steps", default="split,gan,edit,study,compare",
-                    help="which steps to run (default all; compare: sources against each other at equal k)")
+    ap.add_argument("--control-ks", default=CONTROL_KS,
+                    help=f"k values whose SGD steps real only and augmentation are also trained for (default "
+                         f"{CONTROL_KS})")
+    ap.add_argument("--steps", default="split,gan,edit,study,control,compare",
+                    help="which steps to run (default all; control: real only and augmentation trained as long as "
+                         "the mixes; compare: sources against each other and the controls)")
     ap.add_argument("--print-commands", action="store_true")
     a = ap.parse_args()
     try:
@@ -170,7 +225,7 @@ def main() -> None:
     if "split" in steps or not a.print_commands:
         split(work)
     ferkit = [sys.executable, "-m", "ferkit"]
-    for step, args, done in commands(work, a.iterations, a.epochs, a.seeds, sizes, a.ratios, a.jobs):
+    for step, args, done in commands(work, a.iterations, a.epochs, a.seeds, sizes, a.ratios, a.jobs, a.control_ks):
         line = "ferkit " + shlex.join(args)
         if a.print_commands:
             print(line)
@@ -186,7 +241,9 @@ def main() -> None:
         for n in sizes:
             if (work / f"study-{n}" / "runs.csv").exists():
                 print(f"study-{n}, accuracy differences at equal k (paired by seed, 95% CI):")
-                print(compare(work / f"study-{n}"))
+                controls = {f"{k:g}": work / f"study-{n}-steps{control_steps(n, k, a.epochs)}"
+                            for k in _floats(a.control_ks)}
+                print(compare(work / f"study-{n}", controls))
 
 
 if __name__ == "__main__":

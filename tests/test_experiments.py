@@ -337,3 +337,29 @@ def test_study_runs_follow_the_recipe_with_augmentation_only_in_its_arm(faces, t
         assert (c["augment"], c["erase"]) == ((True, 0.5) if "aug" in name else (False, 0.0))
     saved = json.loads((out / "study.json").read_text())
     assert saved["identity"]["recipe"] == "fer2013" and saved["identity"]["lr"] == 0.05
+
+
+def test_study_steps_give_every_run_the_same_number_of_updates(faces, tmp_path, capsys):
+    out = tmp_path / "steps"
+    args = _study_args(faces, out, "--ratios", "0,2", "--seeds", "1", "--real-per-class", "6", "--no-augment-arm",
+                       "--no-synthetic-arm", "--batch-size", "4")
+    i = args.index("--epochs")
+    args = args[:i] + ["--steps", "18"] + args[i + 2:]
+    assert run(args) == 0
+    # 12 real images = 3 batches of 4 an epoch, + 2 x generated = 9: 18 steps are 6 and 2 epochs
+    runs = {r["setting"]: r for r in _rows(out / "runs.csv")}
+    assert (runs["k0"]["n_train"], runs["k0"]["epochs"], runs["k0"]["epochs_run"]) == ("12", "6", "6")
+    assert (runs["k2"]["n_train"], runs["k2"]["epochs"], runs["k2"]["epochs_run"]) == ("36", "2", "2")
+    assert json.loads((out / "runs" / "n6_k0_s0" / "config.json").read_text())["epochs"] == 6
+    assert "about 18 optimiser steps per run" in (out / "summary.md").read_text()
+    saved = json.loads((out / "study.json").read_text())["identity"]
+    assert saved["steps"] == 18 and saved["epochs"] is None
+    capsys.readouterr()
+    args[args.index("--steps") + 1] = "30"
+    assert "different settings (steps)" in _one_line_error(capsys, run(args))
+    with pytest.raises(FerkitError, match="--epochs or --steps, not both"):
+        StudyConfig(real_train="a", val="b", test="c", synthetic=["x"], out="o", epochs=2, steps=10)
+    assert StudyConfig(real_train="a", val="b", test="c", synthetic=["x"], out="o").identity().get("steps", 0) == 0
+    with pytest.raises(SystemExit) as exc:
+        run(args + ["--epochs", "2"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -556,8 +556,14 @@ def _add_study(sub):
     p.add_argument("--model-arg", action="append", metavar="NAME=VALUE", default=None,
                    help="architecture argument, repeatable (see `ferkit models`)")
     by_name = {f.name: f for f in config_fields()}
-    for name in ("arch", "epochs", "batch_size", "lr", "patience", "monitor", "image_size"):
+    for name in ("arch", "batch_size", "lr", "patience", "monitor", "image_size"):
         _train_option(p, by_name[name], TRAIN_HELP[name])
+    length = p.add_mutually_exclusive_group()
+    _train_option(length, by_name["epochs"], "maximum epochs of every run")
+    length.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                        help="instead of --epochs: about N optimiser steps for every run (its epochs = N / batches "
+                             "per epoch, in runs.csv), so real + k x generated does not also get k+1 times the "
+                             "updates of real only; separates what the images add from what longer training adds")
     p.add_argument("--classes", default=None, help="comma-separated classes (default: reference six in the real data)")
     p.add_argument("--jobs", default="1", help="runs in parallel processes (torch threads are divided; default 1)")
     p.add_argument("--balance", action="store_true", help="equalise classes of the mixed sets")
@@ -585,8 +591,8 @@ def _cmd_study(a) -> int:
     options = {"model_args": parse_model_args(a.model_arg)} if a.model_arg else {}
     cfg = StudyConfig(real_train=a.real_train, val=a.val, test=a.test, synthetic=a.synthetic, out=a.out,
                       ratios=a.ratios, seeds=a.seeds, real_per_class=a.real_per_class, recipe=a.recipe, arch=a.arch,
-                      epochs=a.epochs, batch_size=a.batch_size, patience=a.patience, monitor=a.monitor, lr=a.lr,
-                      image_size=a.image_size, train_options=options, classes=a.classes, balance=a.balance,
+                      epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, patience=a.patience,
+                      monitor=a.monitor, lr=a.lr, image_size=a.image_size, train_options=options, classes=a.classes, balance=a.balance,
                       replace=a.replace,
                       synthetic_only_ratio=a.synthetic_only_ratio, augment_arm=not a.no_augment_arm,
                       synthetic_arm=not a.no_synthetic_arm, subset_seed=a.subset_seed, jobs=a.jobs,

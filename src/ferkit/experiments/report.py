@@ -36,7 +36,7 @@ TABLE_FIELDS = ("real_per_class", "setting", "label", "source", "k", "gen_per_re
                 "acc_mean", "acc_std", "f1_mean", "f1_std", "acc_diff", "acc_diff_ci_low", "acc_diff_ci_high",
                 "f1_diff", "f1_diff_ci_low", "f1_diff_ci_high", "ci_method")
 RUN_FIELDS = ("run_id", "real_per_class", "setting", "label", "source", "k", "gen_per_real", "seed", "n_real",
-              "n_synthetic", "n_train", "duplicates", "accuracy", "macro_f1", "best_epoch", "epochs_run",
+              "n_synthetic", "n_train", "duplicates", "accuracy", "macro_f1", "epochs", "best_epoch", "epochs_run",
               "train_seconds")
 
 
@@ -208,8 +208,10 @@ def summarise(out: Path, runs: list[dict], cfg: StudyConfig | None = None) -> St
     lines = ["# Generated-data study", ""]
     if cfg is not None:
         lines += [f"real: `{cfg.real_train}`, generated: {', '.join(f'`{s}`' for s in cfg.synthetic)}, "
-                  f"test: `{cfg.test}`; recipe {cfg.recipe}, arch {cfg.arch}, lr {cfg.lr:g}, up to {cfg.epochs} epochs "
-                  "(patience "
+                  f"test: `{cfg.test}`; recipe {cfg.recipe}, arch {cfg.arch}, lr {cfg.lr:g}, "
+                  + (f"up to {cfg.epochs} epochs " if cfg.steps is None else
+                     f"about {cfg.steps} optimiser steps per run (its epochs in runs.csv) ")
+                  + "(patience "
                   f"{cfg.patience} on {cfg.monitor}), {cfg.seeds} seed(s); "
                   f"accuracy on the real test set, mean ± sd over seeds; differences paired by seed.", ""]
     lines += [md, "## Best k", ""]

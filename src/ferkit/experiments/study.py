@@ -21,6 +21,10 @@ Study folder (``out``)::
     accuracy_vs_k.png          accuracy versus k, one line per real-data size, error bars
     summary.md                 the table plus the best k per real-data size
 
+Every run trains for the same number of epochs, so real + k x generated also gets k+1 times the
+optimiser steps of real only; ``steps=N`` (``--steps N``) gives every run about N steps instead
+(its epochs in runs.csv), which separates what the images add from what longer training adds.
+
 Run names are ``n<per-class|all>_<setting>_s<seed>``, settings ``k0`` (real only), ``k<K>``
 (real + K x generated), ``aug`` (real + augmentation), ``synth`` (generated only). Re-running the
 same study skips finished runs and resumes interrupted ones.
@@ -164,6 +168,9 @@ class StudyConfig:
     lr: float | None = None
     image_size: int | None = None
     train_options: dict = field(default_factory=dict)   # any other TrainConfig value, e.g. {"model_args": ...}
+    # Instead of epochs: about this many optimiser steps per run (epochs = steps / batches per epoch,
+    # rounded), so a larger mixed set does not also get more updates than real only.
+    steps: int | None = None
     classes: tuple[str, ...] | None = None
     balance: bool = False            # equalise classes of the mixed sets
     replace: bool = False            # sample generated images with replacement when short
@@ -196,9 +203,20 @@ class StudyConfig:
                 raise FerkitError(f"{name.replace('_', '-')} must be at least 1 (got {value})")
             setattr(self, name, value)
         parse_shard(self.shard)
+        if self.steps is not None:
+            try:
+                self.steps = int(self.steps)
+            except (TypeError, ValueError):
+                raise FerkitError("steps must be a whole number") from None
+            if self.steps < 1:
+                raise FerkitError(f"steps must be at least 1 (got {self.steps})")
+            if self.epochs is not None:
+                raise FerkitError("give --epochs or --steps, not both (--steps sets every run's epochs)")
         base = self.train_config(train_dir="-", val_dir="-", out="-")   # checks every training value
         for name in STUDY_TRAIN_FIELDS:
             setattr(self, name, getattr(base, name))
+        if self.steps is not None:
+            self.epochs = None   # each run's own (run_epochs)
         if self.synthetic_only_ratio is None:
             self.synthetic_only_ratio = max(1.0, max(self.ratios))
         else:
@@ -212,6 +230,8 @@ class StudyConfig:
         for k in ("out", "ratios", "seeds", "real_per_class", "jobs", "progress", "device",
                   "augment_arm", "synthetic_arm", "shard", "report_only"):
             d.pop(k)
+        if d["steps"] is None:
+            d.pop("steps")   # as studies recorded it before --steps existed
         for k in ("real_train", "val", "test"):
             d[k] = os.path.abspath(d[k])
         d["synthetic"] = [s if name == UNNAMED_SOURCE else f"{name}={s}" for name, dirs in self.sources().items()
@@ -221,6 +241,13 @@ class StudyConfig:
 
     def sources(self) -> dict[str, list[str]]:
         return parse_sources(self.synthetic)
+
+    def run_epochs(self, n_train: int) -> int:
+        """Epochs of a run on ``n_train`` images: --epochs, or with --steps the epochs closest to that
+        many optimiser steps (one step per batch, the last batch of an epoch may be short)."""
+        if self.steps is None:
+            return self.epochs
+        return max(1, math.floor(self.steps / math.ceil(n_train / self.batch_size) + 0.5))
 
     def train_config(self, **run):
         """The TrainConfig of one run: the recipe, this study's training values, then ``run``'s."""
@@ -398,7 +425,8 @@ def run_study(cfg: StudyConfig) -> StudyResult:
                              "setting": spec.arm.name, "label": spec.arm.label, "source": spec.arm.source,
                              "k": spec.arm.k if spec.arm.real and not spec.arm.augment else "",
                              "gen_per_real": spec.arm.k, "seed": spec.seed, "n_real": n_real,
-                             "n_synthetic": n_syn, "n_train": n_real + n_syn, "duplicates": spec.duplicates}
+                             "n_synthetic": n_syn, "n_train": n_real + n_syn, "duplicates": spec.duplicates,
+                             "epochs": cfg.run_epochs(n_real + n_syn)}
         metrics = _finished(run_dir)
         if metrics is not None:
             done[spec.run_id] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
@@ -415,6 +443,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         aug = {} if spec.arm.augment else {"augment": False, "erase": 0.0}
         train_cfg = cfg.train_config(train_dir=str(manifest), val_dir=str(cfg.val), out=str(run_dir),
                                      classes=classes, seed=spec.seed, num_threads=threads,
+                                     epochs=rows[spec.run_id]["epochs"],
                                      progress=cfg.progress and cfg.jobs == 1, **aug)
         if spec.arm.augment and not train_cfg.augment:
             train_cfg.augment = True    # the reference recipe: its --augment (flip, +-10 deg, +-8% shift/zoom)
