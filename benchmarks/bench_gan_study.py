@@ -7,7 +7,8 @@ time; it continues where it stopped (finished steps are skipped, interrupted one
    of 50 and 200 per class exactly as ``ferkit study --real-per-class`` draws them, and the
    pool: train minus validation minus both subsets;
 2. train three GANs (``gan-self-50``, ``gan-self-200``: only on that real subset; ``gan-pool``: on
-   the disjoint pool, the paper's setting) and report their quality against the validation faces;
+   the disjoint pool, the paper's setting) and report their quality against the validation faces
+   and against PublicTest (``quality-publictest``: the bundled classifier never saw those);
 3. write generated faces: each GAN edits its real subset's faces (``synth edit``), the pool GAN
    edits both subsets; procedural faces (``synth faces``); and the pool's real faces as a source
    (the obvious alternative to a GAN trained on the pool: add the pool's images directly);
@@ -100,6 +101,10 @@ def commands(work: Path, iterations: int, epochs: int, seeds: int, sizes=SIZES,
         out.append(("gan", ["gan", "train", "--data", str(data), "--out", str(run), *gan], run / "summary.json"))
         out.append(("gan", ["gan", "evaluate", str(run), "--real", str(m["val"]), "--per-class", "200",
                             "--no-progress"], run / "quality" / "quality.json"))
+        # the README's report: against PublicTest, which (unlike val) the bundled classifier never saw
+        out.append(("gan", ["gan", "evaluate", str(run), "--real", str(root / "validation"), "--classes", cls,
+                            "--per-class", "200", "--out", str(run / "quality-publictest"), "--no-progress"],
+                    run / "quality-publictest" / "quality.json"))
     for n in sizes:
         per = 5 * n
         for name, run in ((f"gan_self_{n}", work / f"gan-self-{n}"), (f"gan_pool_{n}", work / "gan-pool")):
@@ -158,7 +163,7 @@ def compare(study: Path, controls: dict[str, Path] | None = None) -> str:
     augmentation, and (``controls``: k -> the study of real only and augmentation trained for the
     steps of that k) every mix against real only and augmentation trained as long: paired 95%
     intervals over seeds, from the studies' runs.csv. Written to compare.md."""
-    from ferkit.experiments.stats import diff_ci
+    from ferkit.experiments.stats import diff_ci, format_ci
     from ferkit.files import write_text
 
     acc = _accuracies(study)
@@ -168,8 +173,7 @@ def compare(study: Path, controls: dict[str, Path] | None = None) -> str:
     def cell(a: dict | None, b: dict | None) -> str:
         if not a or not b:
             return "–"
-        d, lo, hi, _ = diff_ci(a, b)
-        return f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        return format_ci(*diff_ci(a, b)[:3])
 
     def table(head: list[str], rows: list[tuple[str, list[str]]]) -> list[str]:
         return (["| k | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]

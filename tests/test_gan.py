@@ -165,3 +165,12 @@ def test_gan_bad_input_is_one_clear_line(faces, tmp_path, capsys):
                 "2", "--from-classes", "angry", "--classes", "happy,sad", "--no-progress"]) == 0
     with open(tmp_path / "e5" / "metadata.csv") as fh:
         assert {row["source_class"] for row in csv.DictReader(fh)} == {"angry"}
+
+
+def test_kid_spread_is_not_zero_when_a_side_fits_in_one_subset():
+    from ferkit.synth.quality import kid
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(300, 16)), rng.normal(size=(300, 16))
+    assert kid(x, y, subsets=10, subset_size=500)[1] > 0       # subsets of the whole sets would all be equal
+    with pytest.raises(FerkitError, match="at least 4 faces"):
+        kid(x[:3], y)

@@ -24,7 +24,7 @@ from .mix import (
                   write_manifest,
 )
 from .report import StudyResult, aggregate, best_and_plateau, markdown_table, plot_study, summarise, summary_lines
-from .stats import diff_ci, t_quantile
+from .stats import diff_ci, format_ci, t_quantile
 from .study import (
                   STUDY_TRAIN_FIELDS,
                   UNNAMED_SOURCE,
@@ -39,8 +39,8 @@ from .study import (
                   study_arms,
 )
 
-__all__ = ["MANIFEST_FIELDS", "STUDY_TRAIN_FIELDS", "UNNAMED_SOURCE", "Arm", "MixResult", "RunSpec", "StudyConfig",
-           "StudyResult", "aggregate", "allocate", "best_and_plateau", "build_mix", "diff_ci", "draw_per_class",
-           "markdown_table", "parse_ratios", "parse_shard", "parse_sizes", "parse_sources", "plan_study",
-           "plot_study", "real_subset", "run_study", "shard_runs", "study_arms", "summarise", "summary_lines",
-           "t_quantile", "write_manifest"]
+__all__ = ["MANIFEST_FIELDS", "STUDY_TRAIN_FIELDS", "UNNAMED_SOURCE", "Arm", "MixResult", "RunSpec",
+           "StudyConfig", "StudyResult", "aggregate", "allocate", "best_and_plateau", "build_mix",
+           "diff_ci", "draw_per_class", "format_ci", "markdown_table", "parse_ratios", "parse_shard",
+           "parse_sizes", "parse_sources", "plan_study", "plot_study", "real_subset", "run_study",
+           "shard_runs", "study_arms", "summarise", "summary_lines", "t_quantile", "write_manifest"]

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..files import atomic_path, save_figure, write_text
 from .mix import _fmt_k
-from .stats import diff_ci
+from .stats import diff_ci, format_ci
 
 if TYPE_CHECKING:
     from .study import StudyConfig
@@ -120,15 +120,8 @@ def _pm(mean, sd) -> str:
 def _diff_cell(t: dict, metric: str) -> str:
     if t["setting"] == "k0":
         return "(reference)"
-    return _ci(t[f"{metric}_diff"], t[f"{metric}_diff_ci_low"], t[f"{metric}_diff_ci_high"])
+    return format_ci(t[f"{metric}_diff"], t[f"{metric}_diff_ci_low"], t[f"{metric}_diff_ci_high"])
 
-
-def _ci(d, lo, hi) -> str:
-    if isinstance(d, float) and math.isnan(d):
-        return "–"
-    if math.isnan(lo):
-        return f"{d:+.4f}"
-    return f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
 
 
 def markdown_table(table: list[dict]) -> str:
@@ -234,6 +227,6 @@ def summary_lines(best: dict, plateau: dict, vs_aug: dict) -> list[str]:
             s += " (generated data did not help)"
         if n in vs_aug:
             d, lo, hi, _ = vs_aug[n]
-            s += f"; versus augmentation: {_ci(d, lo, hi)}"
+            s += f"; versus augmentation: {format_ci(d, lo, hi)}"
         lines.append(s)
     return lines

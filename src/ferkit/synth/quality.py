@@ -47,11 +47,15 @@ def penultimate_features(model, faces: np.ndarray, spec, device, batch_size: int
 
 def kid(x: np.ndarray, y: np.ndarray, subsets: int = 50, subset_size: int = 500, seed: int = 0) -> tuple[float, float]:
     """Kernel inception distance: mean and standard deviation over subsets of the unbiased MMD^2
-    with k(a, b) = (a.b / d + 1)^3."""
+    with k(a, b) = (a.b / d + 1)^3. A side with no more than ``subset_size`` faces is drawn in
+    halves (subsets of half the smaller side), since subsets of the whole of both sides would all be
+    equal and the standard deviation 0."""
     rng = np.random.default_rng(seed)
     m = min(subset_size, len(x), len(y))
+    if m == min(len(x), len(y)):
+        m //= 2
     if m < 2:
-        raise FerkitError("KID needs at least two faces on each side")
+        raise FerkitError("KID needs at least 4 faces on each side")
     d = x.shape[1]
     values = []
     for _ in range(subsets):
