@@ -1,7 +1,9 @@
 """Shared fixtures: tiny learnable datasets the tests make themselves."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 # Module-scoped fixtures run before the per-test cache below: keep their cache out of ~ and the repo.
 os.environ["FERKIT_CACHE"] = tempfile.mkdtemp(prefix="ferkit-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FERKIT_CACHE"], ignore_errors=True)
 
 
 def pattern_image(class_index: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:

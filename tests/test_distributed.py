@@ -47,7 +47,8 @@ def ddp_data(tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(_RANK_RECORDER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FERKIT_CACHE": str(tmp_path / "cache"),
-           "FERKIT_WRITES": str(tmp_path / "writes"), "FERKIT_DIST_TIMEOUT": "60"}
+           "FERKIT_WRITES": str(tmp_path / "writes"), "FERKIT_DIST_TIMEOUT": "60",
+           "TMPDIR": str(tmp_path)}   # torchrun's own torchelastic_* folders go with the test's
     return data, script, env
 
 

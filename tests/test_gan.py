@@ -86,7 +86,7 @@ def test_synth_edit_is_deterministic_and_writes_the_dataset_layout(faces, tmp_pa
     assert not list(tmp_path.glob(".*tmp*"))
 
 
-def test_quality_report_on_tiny_data(faces, tmp_path, capsys):
+def test_quality_report_on_tiny_data(faces, tmp_path, capsys, monkeypatch):
     from ferkit.train import TrainConfig, train
     train_gan(GanConfig(str(faces), str(tmp_path / "gan"), iterations=10, **TINY))
     val = make_folder(tmp_path / "val", CLASSES, 5, seed=2, size=32)
@@ -105,6 +105,26 @@ def test_quality_report_on_tiny_data(faces, tmp_path, capsys):
     assert (tmp_path / "gan" / "quality" / "quality.png").is_file()
     out = capsys.readouterr().out
     assert "expression accuracy: generated" in out and "KID" in out
+
+    # A generator that changes nothing: its faces are read exactly as their source faces are, and
+    # neither the edit nor the cycle moves a pixel.
+    import ferkit.synth.quality as quality
+    calls = []
+
+    def unchanged(G, record, faces, targets, device):
+        calls.append((faces.copy(), np.asarray(targets)))
+        return faces.copy()
+    monkeypatch.setattr(quality, "generate", unchanged)
+    r = quality.evaluate_gan(tmp_path / "gan", val, classifier=tmp_path / "clf", out=tmp_path / "same",
+                             per_class=6, progress=False)
+    (src_faces, targets), (_, source_labels) = calls
+    clf, rec = quality.load_checkpoint(tmp_path / "clf" / "best.safetensors", "cpu", kind="classifier")
+    pred = quality._predict(clf.eval(), src_faces, rec.input, torch.device("cpu"),
+                            [rec.classes.index(c) for c in CLASSES])
+    acc = r["expression_accuracy"]
+    assert acc["generated_read_as_source"] == pytest.approx((pred == source_labels).mean())
+    assert acc["generated"] == pytest.approx((pred == targets).mean())
+    assert r["identity"] == {"cycle_l1": 0.0, "edit_l1": 0.0}
 
 
 def test_kid_is_zero_for_one_distribution_and_positive_for_two():
