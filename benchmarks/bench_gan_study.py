@@ -19,7 +19,8 @@ time; it continues where it stopped (finished steps are skipped, interrupted one
    real + k x generated also gets k+1 times the SGD steps of real only. For each k in
    --control-ks, a study ``study-<n>-steps<S>`` trains real only and real + augmentation for S
    steps, the steps of the real + k x generated runs (``ferkit study --steps``);
-6. ``compare``: sources against each other at equal k, and against the controls at equal steps.
+6. ``compare``: sources against each other at equal k, and against the controls at equal steps
+   (``compare.md``, ``compare.png``).
 
     .venv/bin/python benchmarks/bench_gan_study.py [--iterations 20000] [--steps split,gan,edit,study,...]
         [--sizes 50,200] [--epochs 60] [--seeds 3] [--ratios 0,1,2,5] [--control-ks 1,5] [--jobs 1]
@@ -196,7 +197,39 @@ def compare(study: Path, controls: dict[str, Path] | None = None) -> str:
         lines += table([f"{s} − real only" for s in sources] + [f"{s} − augmentation" for s in sources], rows)
     text = "\n".join(lines) + "\n"
     write_text(study / "compare.md", text)
+    plot_compare(study, controls or {})
     return text
+
+
+def plot_compare(study: Path, controls: dict[str, Path]) -> Path:
+    """compare.png: accuracy versus k for every source, beside real only and augmentation trained
+    for as many SGD steps as the mix at that k (k = 0: the study's own 25-epoch runs)."""
+    from ferkit.files import new_figure, save_figure
+
+    acc = _accuracies(study)
+    ctl = {0.0: acc} | {float(k): _accuracies(p) for k, p in controls.items() if (p / "runs.csv").exists()}
+    fig = new_figure(figsize=(7.5, 4.8))
+    ax = fig.subplots()
+
+    def line(points, **kw):
+        points = sorted((k, list(v.values())) for k, v in points if v)
+        if points:
+            ax.errorbar([k for k, _ in points], [np.mean(v) for _, v in points], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v in points],
+                        capsize=3, **kw)
+    for src in sorted({s for _, s in acc if s}):
+        line([(0.0, acc.get(("0", "")))] + [(float(k), v) for (k, s), v in acc.items() if s == src], marker="o",
+             label=f"real + k x {src}")
+    for key, name, style in ((("0", ""), "real only", ":"), (("aug", ""), "real + augmentation", "--")):
+        line([(k, a.get(key)) for k, a in ctl.items()], marker="s", mfc="none", color="0.3", ls=style,
+             label=f"{name}, trained as many steps as the mix at k")
+    ax.set_xlabel("k (generated images per real image)")
+    ax.set_ylabel("PublicTest accuracy")
+    ax.set_title(f"{study.name}: each source against real only and augmentation trained as long\n"
+                 "(mean ± sd over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return save_figure(fig, study / "compare.png")
 
 
 def main() -> None:
