@@ -214,8 +214,8 @@ def plot_compare(study: Path, controls: dict[str, Path]) -> Path:
     def line(points, **kw):
         points = sorted((k, list(v.values())) for k, v in points if v)
         if points:
-            ax.errorbar([k for k, _ in points], [np.mean(v) for _, v in points], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v in points],
-                        capsize=3, **kw)
+            sd = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v in points]   # as the study's tables
+            ax.errorbar([k for k, _ in points], [np.mean(v) for _, v in points], yerr=sd, capsize=3, **kw)
     for src in sorted({s for _, s in acc if s}):
         line([(0.0, acc.get(("0", "")))] + [(float(k), v) for (k, s), v in acc.items() if s == src], marker="o",
              label=f"real + k x {src}")
