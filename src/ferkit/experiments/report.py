@@ -123,7 +123,6 @@ def _diff_cell(t: dict, metric: str) -> str:
     return format_ci(t[f"{metric}_diff"], t[f"{metric}_diff_ci_low"], t[f"{metric}_diff_ci_high"])
 
 
-
 def markdown_table(table: list[dict]) -> str:
     lines = ["| real/class | setting | images (real + gen) | accuracy | macro-F1 | Δ accuracy vs real only [95% CI] "
              "| Δ macro-F1 [95% CI] | seeds |",

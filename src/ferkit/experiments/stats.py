@@ -44,8 +44,6 @@ def diff_ci(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, flo
     return mean, mean - half, mean + half, "welch"
 
 
-
-
 def format_ci(d: float, lo: float, hi: float) -> str:
     """A difference and its interval as the tables print it: "+0.0500 [+0.0100, +0.0900]"."""
     if isinstance(d, float) and math.isnan(d):
