@@ -346,6 +346,7 @@ def test_study_steps_give_every_run_the_same_number_of_updates(faces, tmp_path, 
     i = args.index("--epochs")
     args = args[:i] + ["--steps", "18"] + args[i + 2:]
     assert run(args) == 0
+    assert "--steps 18: 6 epochs of 12 images, 2 epochs of 36 images" in capsys.readouterr().err
     # 12 real images = 3 batches of 4 an epoch, + 2 x generated = 9: 18 steps are 6 and 2 epochs
     runs = {r["setting"]: r for r in _rows(out / "runs.csv")}
     assert (runs["k0"]["n_train"], runs["k0"]["epochs"], runs["k0"]["epochs_run"]) == ("12", "6", "6")

@@ -448,6 +448,9 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         if spec.arm.augment and not train_cfg.augment:
             train_cfg.augment = True    # the reference recipe: its --augment (flip, +-10 deg, +-8% shift/zoom)
         jobs[spec.run_id] = (spec, {"run_id": spec.run_id, "test_path": str(cfg.test), "train": asdict(train_cfg)})
+    if cfg.steps is not None:
+        plan = sorted({(r["n_train"], r["epochs"]) for r in rows.values()})
+        log(f"--steps {cfg.steps}: " + ", ".join(f"{e} epochs of {n} images" for n, e in plan))
     mine = set() if cfg.report_only else shard_runs([spec.run_id for spec in specs], parse_shard(cfg.shard))
     jobs = {k: v for k, v in jobs.items() if k in mine}
     if done:
