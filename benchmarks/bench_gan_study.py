@@ -42,11 +42,13 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import fer2013_dir  # noqa: E402
 
+from ferkit.train.config import RECIPES  # noqa: E402
+
 CLASSES = ("angry", "disgusted", "fearful", "happy", "sad", "surprised")
 SIZES = (50, 200)
 RATIOS = "0,1,2,5"
 CONTROL_KS = "1,5"
-BATCH = 64   # the fer2013 recipe's batch size, which the studies use
+BATCH = RECIPES["fer2013"]["batch_size"]   # the studies' batch size
 
 
 def control_steps(n: int, k: float, epochs: int) -> int:
@@ -168,6 +170,8 @@ def compare(study: Path, controls: dict[str, Path] | None = None) -> str:
     from ferkit.files import write_text
 
     acc = _accuracies(study)
+    controls = {k: p for k, p in (controls or {}).items() if (p / "runs.csv").exists()}
+    ctl = {k: _accuracies(p) for k, p in controls.items()}
     ks = sorted({k for k, src in acc if src}, key=float)
     sources = sorted({src for _, src in acc if src})
 
@@ -183,31 +187,27 @@ def compare(study: Path, controls: dict[str, Path] | None = None) -> str:
     lines = ["Equal k (equal images and SGD steps); augmentation trained for the same epochs as real only:", ""]
     lines += table(head, [(k, [cell(acc.get((k, a)), acc.get((k, b))) for a, b in PAIRS]
                            + [cell(acc.get((k, s)), acc.get(("aug", ""))) for s in sources]) for k in ks])
-    rows = []
-    for k, path in sorted((controls or {}).items(), key=lambda kv: float(kv[0])):
-        if not (path / "runs.csv").exists():
-            continue
-        ctl = _accuracies(path)
-        rows.append((f"{k} ({path.name.rpartition('steps')[2]} steps)",
-                     [cell(acc.get((k, s)), ctl.get(("0", ""))) for s in sources]
-                     + [cell(acc.get((k, s)), ctl.get(("aug", ""))) for s in sources]))
+    rows = [(f"{k} ({controls[k].name.rpartition('steps')[2]} steps)",
+             [cell(acc.get((k, s)), ctl[k].get(("0", ""))) for s in sources]
+             + [cell(acc.get((k, s)), ctl[k].get(("aug", ""))) for s in sources])
+            for k in sorted(ctl, key=float)]
     if rows:
         lines += ["", "Equal SGD steps: each mix against real only and real + augmentation trained for as many "
                       "steps (`study-N-stepsS`):", ""]
         lines += table([f"{s} − real only" for s in sources] + [f"{s} − augmentation" for s in sources], rows)
     text = "\n".join(lines) + "\n"
     write_text(study / "compare.md", text)
-    plot_compare(study, controls or {})
+    plot_compare(study / "compare.png", acc, ctl)
     return text
 
 
-def plot_compare(study: Path, controls: dict[str, Path]) -> Path:
-    """compare.png: accuracy versus k for every source, beside real only and augmentation trained
-    for as many SGD steps as the mix at that k (k = 0: the study's own 25-epoch runs)."""
+def plot_compare(path: Path, acc: dict, controls: dict[str, dict]) -> Path:
+    """compare.png: accuracy versus k for every source (``acc``, as _accuracies reads it), beside
+    real only and augmentation trained for as many SGD steps as the mix at that k (``controls``:
+    k -> their accuracies; k = 0: the study's own runs)."""
     from ferkit.files import new_figure, save_figure
 
-    acc = _accuracies(study)
-    ctl = {0.0: acc} | {float(k): _accuracies(p) for k, p in controls.items() if (p / "runs.csv").exists()}
+    ctl = {0.0: acc} | {float(k): a for k, a in controls.items()}
     fig = new_figure(figsize=(7.5, 4.8))
     ax = fig.subplots()
 
@@ -224,12 +224,12 @@ def plot_compare(study: Path, controls: dict[str, Path]) -> Path:
              label=f"{name}, trained as many steps as the mix at k")
     ax.set_xlabel("k (generated images per real image)")
     ax.set_ylabel("PublicTest accuracy")
-    ax.set_title(f"{study.name}: each source against real only and augmentation trained as long\n"
+    ax.set_title(f"{path.parent.name}: each source against real only and augmentation trained as long\n"
                  "(mean ± sd over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    return save_figure(fig, study / "compare.png")
+    return save_figure(fig, path)
 
 
 def main() -> None:
@@ -256,6 +256,10 @@ def main() -> None:
         sizes = ()
     if not sizes or not set(sizes) <= set(SIZES):
         sys.exit(f"--sizes must be among {','.join(map(str, SIZES))} (got {a.sizes})")
+    try:
+        _floats(a.control_ks)
+    except ValueError:
+        sys.exit(f"--control-ks must be comma-separated numbers (got {a.control_ks})")
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     steps = set(a.steps.split(","))

@@ -360,6 +360,8 @@ def test_study_steps_give_every_run_the_same_number_of_updates(faces, tmp_path, 
     assert "different settings (steps)" in _one_line_error(capsys, run(args))
     with pytest.raises(FerkitError, match="--epochs or --steps, not both"):
         StudyConfig(real_train="a", val="b", test="c", synthetic=["x"], out="o", epochs=2, steps=10)
+    with pytest.raises(FerkitError, match="steps must be at least 1"):
+        StudyConfig(real_train="a", val="b", test="c", synthetic=["x"], out="o", steps=0)
     assert StudyConfig(real_train="a", val="b", test="c", synthetic=["x"], out="o").identity().get("steps", 0) == 0
     with pytest.raises(SystemExit) as exc:
         run(args + ["--epochs", "2"])

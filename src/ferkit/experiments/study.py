@@ -194,7 +194,7 @@ class StudyConfig:
         parse_sources(self.synthetic)   # checks the names
         if self.classes is not None:
             self.classes = parse_classes(self.classes)
-        for name in ("seeds", "jobs"):
+        for name in ("seeds", "jobs") + (("steps",) if self.steps is not None else ()):
             try:
                 value = int(getattr(self, name))
             except (TypeError, ValueError):
@@ -203,15 +203,8 @@ class StudyConfig:
                 raise FerkitError(f"{name.replace('_', '-')} must be at least 1 (got {value})")
             setattr(self, name, value)
         parse_shard(self.shard)
-        if self.steps is not None:
-            try:
-                self.steps = int(self.steps)
-            except (TypeError, ValueError):
-                raise FerkitError("steps must be a whole number") from None
-            if self.steps < 1:
-                raise FerkitError(f"steps must be at least 1 (got {self.steps})")
-            if self.epochs is not None:
-                raise FerkitError("give --epochs or --steps, not both (--steps sets every run's epochs)")
+        if self.steps is not None and self.epochs is not None:
+            raise FerkitError("give --epochs or --steps, not both (--steps sets every run's epochs)")
         base = self.train_config(train_dir="-", val_dir="-", out="-")   # checks every training value
         for name in STUDY_TRAIN_FIELDS:
             setattr(self, name, getattr(base, name))
