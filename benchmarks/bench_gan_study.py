@@ -27,6 +27,7 @@ time; it continues where it stopped (finished steps are skipped, interrupted one
     .venv/bin/python benchmarks/bench_gan_study.py --print-commands     # the ferkit commands, nothing run
 
 Everything goes under --work (default ~/ferkit-bench/gan-study); FER2013 comes from ../shared/data.
+``gan_study_remote.sh`` runs one size's edits, study and controls on another machine (a lent GPU).
 """
 from __future__ import annotations
 
@@ -216,9 +217,10 @@ def plot_compare(path: Path, acc: dict, controls: dict[str, dict]) -> Path:
         if points:
             sd = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v in points]   # as the study's tables
             ax.errorbar([k for k, _ in points], [np.mean(v) for _, v in points], yerr=sd, capsize=3, **kw)
-    for src in sorted({s for _, s in acc if s}):
+    # sources in the study's order and colours, as in its accuracy_vs_k.png
+    for i, src in enumerate(dict.fromkeys(s for _, s in acc if s)):
         line([(0.0, acc.get(("0", "")))] + [(float(k), v) for (k, s), v in acc.items() if s == src], marker="o",
-             label=f"real + k x {src}")
+             color=f"C{i}", label=f"real + k x {src}")
     for key, name, style in ((("0", ""), "real only", ":"), (("aug", ""), "real + augmentation", "--")):
         line([(k, a.get(key)) for k, a in ctl.items()], marker="s", mfc="none", color="0.3", ls=style,
              label=f"{name}, trained as many steps as the mix at k")
