@@ -71,6 +71,29 @@ def test_haar_cascade_finds_the_face_in_a_real_photo():
     assert abs(bx - 2 * x) < 40 and abs(bw - 2 * w) < 40
 
 
+def test_an_opencv_without_haar_is_one_line_and_no_detect_still_works(trained, tmp_path, capfd, monkeypatch):
+    import cv2
+
+    from ferkit.predict import detect
+
+    class NoHaar:   # OpenCV 5: everything else there, no CascadeClassifier
+        __version__ = "5.0.0"
+
+        def __getattr__(self, name):
+            if name == "CascadeClassifier":
+                raise AttributeError(name)
+            return getattr(cv2, name)
+    monkeypatch.setattr(detect, "_cv2", NoHaar)
+    face = [str(next((trained / "test" / "sad").glob("*.jpg")))]
+    capfd.readouterr()
+    assert run(["predict", str(trained / "run"), *face, "--no-progress", "--out", str(tmp_path / "a")]) == 1
+    assert "opencv-python-headless<5" in _one_line_error(capfd)
+    assert not (tmp_path / "a" / "predictions.csv").exists()
+    assert run(["predict", str(trained / "run"), *face, "--no-detect", "--no-progress",
+                "--out", str(tmp_path / "b")]) == 0
+    assert len(_rows(tmp_path / "b" / "predictions.csv")) == 1
+
+
 def test_crop_is_a_square_with_margin_and_replicated_edges():
     from ferkit.predict import crop_face
 
@@ -88,7 +111,7 @@ def test_no_detect_gives_exactly_evaluates_probabilities(trained, tmp_path, caps
     assert run(["evaluate", str(trained / "run"), "--test-dir", str(trained / "test"),
                 "--out", str(tmp_path / "ev"), "--precision", "fp32", "--device", "cpu"]) == 0
     assert run(["predict", str(trained / "run"), str(trained / "test"), "--no-detect", "--out",
-                str(tmp_path / "pr"), "--no-progress", "--batch-size", "7"]) == 0
+                str(tmp_path / "pr"), "--no-progress", "--batch-size", "7", "--device", "cpu"]) == 0
     ev = {Path(r["file"]).resolve(): r for r in _rows(tmp_path / "ev" / "predictions.csv")}
     pr = _rows(tmp_path / "pr" / "predictions.csv")
     assert len(pr) == len(ev) == 18

@@ -50,6 +50,26 @@ def test_same_seed_same_history(tiny_splits, tmp_path):
     assert strip(other.history) != strip(runs[0].history)
 
 
+def test_resume_state_keeps_the_gpus_generator_too(monkeypatch):
+    """Dropout on a GPU draws from the device's generator: a resume must restore it as well as the
+    CPU's (without it a CUDA run resumed to a different history). Faked here: CI has no GPU."""
+    from ferkit.runtime import global_rng_state, set_global_rng_state
+
+    gpu_state, restored = torch.arange(16, dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: gpu_state.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    saved = global_rng_state(cuda)
+    assert torch.equal(saved["rng.cuda"], gpu_state)
+    first = torch.rand(4)
+    set_global_rng_state(saved, cuda)
+    assert torch.equal(torch.rand(4), first)                     # the CPU generator is back too
+    assert len(restored) == 1 and torch.equal(restored[0][0], gpu_state) and restored[0][1] == cuda
+    assert set(global_rng_state(cpu)) == {"rng.torch"}
+    set_global_rng_state(saved, cpu)                            # a GPU run resumed on the CPU: CPU state only
+    assert len(restored) == 1
+
+
 def test_interrupted_run_resumes_to_the_same_result(tiny_splits, tmp_path, monkeypatch):
     train_dir, val_dir = tiny_splits
     full = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "full"), epochs=3, seed=3, **FAST))

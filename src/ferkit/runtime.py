@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from .choices import PRECISIONS, TTA_MODES, check_choice, check_device_name
 from .errors import FerkitError
 
-__all__ = ["PRECISIONS", "TTA_MODES", "autocast", "check_device_name", "cpu_supports_bf16", "predict_logits",
-           "resolve_precision", "select_device", "tta_views"]
+__all__ = ["PRECISIONS", "TTA_MODES", "autocast", "check_device_name", "cpu_supports_bf16", "global_rng_state",
+           "predict_logits", "resolve_precision", "select_device", "set_global_rng_state", "tta_views"]
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -56,6 +56,23 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+
+def global_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The states of torch's global generators, for a resume that continues exactly: the CPU's,
+    and on a GPU that device's too (dropout there draws from it, not from the CPU's)."""
+    t = {"rng.torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        t["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return t
+
+
+def set_global_rng_state(t: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore what :func:`global_rng_state` saved. A CUDA state is restored on a CUDA device
+    only: a run saved on a GPU and resumed on the CPU (or the reverse) continues, but not exactly."""
+    torch.set_rng_state(t["rng.torch"].cpu())
+    if device.type == "cuda" and "rng.cuda" in t:
+        torch.cuda.set_rng_state(t["rng.cuda"].cpu(), device)
 
 
 def check_tta(mode: str) -> str:

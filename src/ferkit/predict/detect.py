@@ -59,6 +59,9 @@ class FaceDetector:
     def __init__(self, cascade: str = "alt2", scale_factor: float = 1.1, min_neighbors: int = 5,
                  min_face: float = 0.1, max_side: int = 640):
         cv2 = _cv2()
+        if not hasattr(cv2, "CascadeClassifier"):   # OpenCV 5 dropped the Haar detector
+            raise FerkitError(f"this OpenCV ({getattr(cv2, '__version__', '?')}) has no Haar face detector: "
+                              "install opencv-python-headless<5, or give cropped faces with --no-detect")
         path = cascade if cascade not in CASCADES else os.path.join(cv2.data.haarcascades, CASCADES[cascade])
         self._cc = cv2.CascadeClassifier(path)
         if self._cc.empty():

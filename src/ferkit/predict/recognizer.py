@@ -209,13 +209,16 @@ class Recognizer:
 
     @classmethod
     def load(cls, path=None, backend: str = "auto", device: str = "auto", precision: str = "fp32",
-             tta: str = "none", margin: float = 0.1, batch_size: int = 64, **detector_args) -> "Recognizer":
+             tta: str = "none", margin: float = 0.1, batch_size: int = 64, detect: bool = True,
+             **detector_args) -> "Recognizer":
         """Load a model: None (the bundled FER2013 model), a bundled model's name, a run folder or
         ``.safetensors`` checkpoint, or an ``.onnx`` file from ``ferkit export`` (backend "auto"
         picks torch or onnxruntime from the file). ``tta``: none, flip or crops. ``detector_args``
-        go to :class:`FaceDetector` (cascade, min_face, ...)."""
+        go to :class:`FaceDetector` (cascade, min_face, ...), which is loaded now, so a bad cascade
+        fails before any work; ``detect=False`` (cropped faces only) loads it on first use instead."""
         be = open_backend(path, backend, device=device, precision=precision, tta=tta)
-        return cls(be, FaceDetector(**detector_args), margin=margin, batch_size=batch_size)
+        detector = FaceDetector(**detector_args) if detect else None
+        return cls(be, detector, margin=margin, batch_size=batch_size)
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -397,7 +397,8 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
     items, bad = collect_inputs(inputs)
     if not items and camera is None:
         raise FerkitError("no usable input: " + "; ".join(f"{p}: {why}" for p, why in bad))
-    rec = Recognizer.load(model, backend=backend, device=device, batch_size=batch_size, tta=tta, **detector_args)
+    rec = Recognizer.load(model, backend=backend, device=device, batch_size=batch_size, tta=tta, detect=detect,
+                          **detector_args)
     camera_opened = Predictor.open_camera(camera) if camera is not None else None  # fail before any work
     writer = PredictionWriter(out_dir, fmt, rec.classes)
     pred = Predictor(rec, writer, (out_dir / "annotated") if annotate else None, detect=detect, every=every,

@@ -45,7 +45,7 @@ from ..files import atomic_path, make_dir
 from ..labels import parse_classes
 from ..models import CheckpointRecord, InputSpec, count_parameters
 from ..models.gan import MIN_IMAGE_SIZE, create_discriminator, create_generator, resolve_gan_args
-from ..runtime import autocast, resolve_precision
+from ..runtime import autocast, global_rng_state, resolve_precision, set_global_rng_state
 from .config import ResumableConfig
 from .distributed import Dist, check_world, launch
 from .run_folder import RunFolder
@@ -259,7 +259,7 @@ class GanTrainer:
                 for k, v in st.items():
                     t[f"{name}.{i}.{k}"] = torch.as_tensor(v).reshape(-1) if v.dim() == 0 else v
         t["rng.gen"] = self.gen.get_state()
-        t["rng.torch"] = torch.get_rng_state()
+        t.update(global_rng_state(self.device))
         return t
 
     def load_state_tensors(self, t: dict[str, torch.Tensor], iteration: int) -> None:
@@ -275,7 +275,7 @@ class GanTrainer:
             sd["state"] = state
             opt.load_state_dict(sd)
         self.gen.set_state(t["rng.gen"])
-        torch.set_rng_state(t["rng.torch"])
+        set_global_rng_state(t, self.device)
         self.iteration = iteration
 
 

@@ -26,7 +26,7 @@ from ..console import log, progress_bar
 from ..data import ImageSet, load_dataset
 from ..errors import FerkitError, Interrupted
 from ..models import CheckpointRecord, InputSpec, count_parameters, create_model, init_from_checkpoint
-from ..runtime import autocast, predict_logits, resolve_precision
+from ..runtime import autocast, global_rng_state, predict_logits, resolve_precision, set_global_rng_state
 from . import augment as A
 from .config import MONITORS, TrainConfig
 from .distributed import Dist, check_world, launch
@@ -228,7 +228,7 @@ class Trainer:
         if self.ema is not None:
             t.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         t["rng.gen"] = self.gen.get_state()
-        t["rng.torch"] = torch.get_rng_state()
+        t.update(global_rng_state(self.device))
         if self.dist.active:   # every rank's augmentation generator (a collective: all ranks call it)
             for r, state in enumerate(self.dist.gather_tensor(self.aug_gen.get_state())):
                 t[f"rng.aug.{r}"] = state
@@ -247,7 +247,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
         self.gen.set_state(t["rng.gen"])
-        torch.set_rng_state(t["rng.torch"])
+        set_global_rng_state(t, self.device)
         if self.dist.active:
             self.aug_gen.set_state(t[f"rng.aug.{self.dist.rank}"])
         self.step = progress["step"]
