@@ -94,6 +94,15 @@ def test_an_opencv_without_haar_is_one_line_and_no_detect_still_works(trained, t
     assert len(_rows(tmp_path / "b" / "predictions.csv")) == 1
 
 
+def test_a_recognizer_without_detection_makes_its_detector_on_first_use(trained):
+    from ferkit import Recognizer
+
+    rec = Recognizer.load(str(trained / "run"), detect=False, max_side=320)
+    assert rec.detector is None
+    assert rec.detect(np.zeros((64, 64), np.uint8)) == []
+    assert rec.detector.max_side == 320     # with the arguments it was loaded with
+
+
 def test_crop_is_a_square_with_margin_and_replicated_edges():
     from ferkit.predict import crop_face
 

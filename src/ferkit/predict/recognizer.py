@@ -204,6 +204,7 @@ class Recognizer:
     def __init__(self, backend, detector: FaceDetector | None = None, margin: float = 0.1, batch_size: int = 64):
         self.backend = backend
         self.detector = detector
+        self._detector_args: dict = {}   # for a detector made on first use
         self.margin = margin
         self.batch_size = batch_size
 
@@ -217,8 +218,9 @@ class Recognizer:
         go to :class:`FaceDetector` (cascade, min_face, ...), which is loaded now, so a bad cascade
         fails before any work; ``detect=False`` (cropped faces only) loads it on first use instead."""
         be = open_backend(path, backend, device=device, precision=precision, tta=tta)
-        detector = FaceDetector(**detector_args) if detect else None
-        return cls(be, detector, margin=margin, batch_size=batch_size)
+        rec = cls(be, FaceDetector(**detector_args) if detect else None, margin=margin, batch_size=batch_size)
+        rec._detector_args = detector_args
+        return rec
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -231,7 +233,7 @@ class Recognizer:
     # -- building blocks
     def detect(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
         if self.detector is None:
-            self.detector = FaceDetector()
+            self.detector = FaceDetector(**self._detector_args)
         return self.detector.detect(gray)
 
     def faces_in(self, gray: np.ndarray, detect: bool = True) -> tuple[list[tuple[int, int, int, int]], np.ndarray]:
