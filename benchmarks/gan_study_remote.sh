@@ -9,8 +9,8 @@
 #
 # run writes OUT/results.tar.gz (every study's tables, runs.csv, logs and run summaries; no weights)
 # and OUT/run.log. Environment: SIZE (200), EPOCHS (25), SEEDS (3), RATIOS (0,1,2,5), CONTROL_KS
-# (1,5), ITERATIONS (10000: only names the GAN runs), JOBS (8), LIMIT (seconds for the bench, after
-# which whatever finished is packed; 0: no limit), PYTHON (python3), WORK, FER2013_DIR.
+# (1,5), JOBS (8), LIMIT (seconds for the bench, after which whatever finished is packed; 0: no
+# limit), PYTHON (python3), WORK, FER2013_DIR.
 set -euo pipefail
 mode=${1:?usage: gan_study_remote.sh pack BUNDLE | run BUNDLE OUT}
 bundle=${2:?give the bundle folder}
@@ -49,7 +49,7 @@ run)
   fi
   mkdir -p "$work/sample-here" && tar -C "$work/sample-here" -xzf "$bundle/sample.tar.gz"
   export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-  bench=("$py" "$here/benchmarks/bench_gan_study.py" --work "$work" --sizes "$size" --iterations "${ITERATIONS:-10000}"
+  bench=("$py" "$here/benchmarks/bench_gan_study.py" --work "$work" --sizes "$size"
          --epochs "${EPOCHS:-25}" --seeds "${SEEDS:-3}" --ratios "${RATIOS:-0,1,2,5}"
          --control-ks "${CONTROL_KS:-1,5}" --jobs "${JOBS:-8}")
   t0=$(date +%s)

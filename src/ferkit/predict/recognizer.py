@@ -201,10 +201,11 @@ class Recognizer:
     ``predict_faces`` classifies already-cropped faces.
     """
 
-    def __init__(self, backend, detector: FaceDetector | None = None, margin: float = 0.1, batch_size: int = 64):
+    def __init__(self, backend, detector: FaceDetector | None = None, margin: float = 0.1, batch_size: int = 64,
+                 detector_args: dict | None = None):
         self.backend = backend
         self.detector = detector
-        self._detector_args: dict = {}   # for a detector made on first use
+        self._detector_args = detector_args or {}   # for the detector made on first use, when none is given
         self.margin = margin
         self.batch_size = batch_size
 
@@ -218,9 +219,8 @@ class Recognizer:
         go to :class:`FaceDetector` (cascade, min_face, ...), which is loaded now, so a bad cascade
         fails before any work; ``detect=False`` (cropped faces only) loads it on first use instead."""
         be = open_backend(path, backend, device=device, precision=precision, tta=tta)
-        rec = cls(be, FaceDetector(**detector_args) if detect else None, margin=margin, batch_size=batch_size)
-        rec._detector_args = detector_args
-        return rec
+        return cls(be, FaceDetector(**detector_args) if detect else None, margin=margin, batch_size=batch_size,
+                   detector_args=detector_args)
 
     @property
     def classes(self) -> tuple[str, ...]:
