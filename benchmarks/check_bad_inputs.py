@@ -79,6 +79,8 @@ def mounted_full_disk(path: Path) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="/tmp/ferkit-bad-inputs")
+    ap.add_argument("--only-issue21", action="store_true",
+                    help="only the rows of issue 21's causes (state on disk, one line, safe outputs)")
     a = ap.parse_args()
     work = Path(a.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -92,6 +94,9 @@ def main() -> None:
                "--epochs", "2", env=env_cache)
     assert p.returncode == 0, p.stderr
     print("| input | what happens now |\n|---|---|")
+    if a.only_issue21:
+        issue21_rows(work, run, data, val, env_cache)
+        return
 
     # 1-2: huge images in train / evaluate / predict folders
     big = make_folder(work / "big", six, 4, 3)
@@ -245,6 +250,203 @@ def main() -> None:
                        stdout=fh, stderr=subprocess.STDOUT)
     text = log.read_text()
     row("demo with output to a file", f"log {len(text.encode())} bytes, {text.count(chr(13))} carriage returns")
+
+    issue21_rows(work, run, data, val, env_cache)
+
+
+# ----------------------------------------------------------------------------- issue 21
+def one_line(p: subprocess.CompletedProcess) -> str:
+    """Exit status, how many lines stderr has (notes aside) and the last one."""
+    lines = [x for x in p.stderr.strip().splitlines() if x.strip() and not x.startswith(("note:", "warning:"))]
+    tb = " (TRACEBACK)" if "Traceback" in p.stderr else ""
+    return f"exit {p.returncode}, {len(lines)} line(s): {lines[-1][:170] if lines else '(nothing)'}{tb}"
+
+
+def damaged_checkpoint(src: Path, dst: Path, record_edit=None, tensor_edit=None) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src), framework="pt") as fh:
+        record = json.loads(fh.metadata()["ferkit"])
+    state = load_file(str(src))
+    if record_edit:
+        record_edit(record)
+    if tensor_edit:
+        tensor_edit(state)
+    save_file(state, str(dst), metadata={"ferkit": json.dumps(record)})
+    return dst
+
+
+def run_py(code: str, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """``ferkit`` with ``code`` run first in the same process (to stage a bug or a failure)."""
+    main_code = f"{code}\nimport sys\nfrom ferkit.cli import main\nsys.argv = ['ferkit'] + sys.argv[1:]\nmain()\n"
+    return subprocess.run([PY, "-c", main_code, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def issue21_rows(work: Path, run: Path, data: Path, val: Path, env_cache: dict) -> None:
+    """One row per cause of issue 21 that is not about run folders: what each gets now."""
+    import csv
+
+    ckpt = run / "best.safetensors"
+    w = work / "i21"
+    w.mkdir()
+    # state on disk: the dataset cache
+    cache = {"FERKIT_CACHE": str(w / "cache")}
+    first = ferkit("evaluate", run, "--test-dir", val, "--out", w / "ev1", env=cache)
+    npy = next((w / "cache" / "datasets").glob("*.npy"))
+    np.save(npy, 255 - np.load(npy))
+    again = ferkit("evaluate", run, "--test-dir", val, "--out", w / "ev2", env=cache)
+    acc = [json.loads((w / e / "metrics.json").read_text())["accuracy"] for e in ("ev1", "ev2")]
+    note = next((x for x in again.stderr.splitlines() if "cache" in x), "no note")
+    row("dataset cache inverted (255 - pixels) between two evaluations",
+        f"accuracy {acc[0]:.3f} then {acc[1]:.3f}; {note[:150]}")
+    # state on disk: checkpoint records and weights
+    cases = {
+        "checkpoint whose record asks for a terabyte model (vgg width 10^7)":
+            dict(record_edit=lambda r: r.update(arch="vgg", model_args={"width": 10 ** 7})),
+        "checkpoint with a class listed twice": dict(record_edit=lambda r: r.update(classes=["happy"] * 6)),
+        "checkpoint with an unknown class name ('=cmd')":
+            dict(record_edit=lambda r: r.update(classes=r["classes"][:-1] + ["=cmd"])),
+        "checkpoint with input std 0 / mean NaN":
+            dict(record_edit=lambda r: r["input"].update(mean=[float("nan")])),
+        "checkpoint with a NaN weight": dict(tensor_edit=lambda s: s["0.weight"].view(-1)[:1].fill_(float("nan"))),
+        "checkpoint with integer weights": dict(tensor_edit=lambda s: s.update({"0.weight": s["0.weight"].int()})),
+    }
+    for i, (name, kw) in enumerate(cases.items()):
+        bad = damaged_checkpoint(ckpt, w / f"bad{i}.safetensors", **kw)
+        row(name, "evaluate: " + one_line(ferkit("evaluate", bad, "--test-dir", val, "--out", w / f"evb{i}")))
+
+    def overflow(s):
+        s["0.bias"].fill_(1e30)
+        last = [k for k in s if k.endswith(".weight") and s[k].ndim == 2][-1]
+        s[last].fill_(3e38)
+    inf = damaged_checkpoint(ckpt, w / "inf.safetensors", tensor_edit=overflow)
+    for cmd in (["evaluate", inf, "--test-dir", val, "--out", w / "evinf"],
+                ["predict", inf, val, "--no-detect", "--out", w / "pinf"],
+                ["export", inf, "--out", w / "inf.onnx"]):
+        row(f"finite weights whose outputs overflow: {cmd[0]}", one_line(ferkit(*cmd)))
+    # one line everywhere: parse-time values
+    base = ["train", "--train-dir", data, "--val-dir", val, "--out", w / "o", "--arch", "tiny", "--image-size", "32"]
+    for name, argv in [("train --seed -1", [*base, "--seed", "-1"]),
+                       ("train --image-size 5000", [*base[:-2], "--image-size", "5000"]),
+                       ("mix --ratio 1e6", ["mix", "--real", data, "--synthetic", val, "--ratio", "1e6", "--out",
+                                            w / "m.csv"]),
+                       ("gan train --held-out 1000 on 12 faces a class",
+                        ["gan", "train", "--data", data, "--out", w / "g", "--held-out", "1000"])]:
+        row(name, one_line(ferkit(*argv, env=env_cache)) + f"; output made: {(w / 'o').exists()}")
+    # FIFOs, deep folders
+    fifo_data = w / "fifo"
+    shutil.copytree(val, fifo_data)
+    os.mkfifo(fifo_data / "happy" / "pipe.png")
+    try:
+        p = ferkit("evaluate", run, "--test-dir", fifo_data, "--out", w / "evf", timeout=120)
+        note = next((x for x in p.stderr.splitlines() if "pipe.png" in x), "")
+        row("a FIFO named pipe.png in a test folder", f"exit {p.returncode}; {note[:150]}")
+    except subprocess.TimeoutExpired:
+        row("a FIFO named pipe.png in a test folder", "HANGS (killed after 120 s)")
+    deep = here = w / "deep"
+    deep.mkdir()
+    for _ in range(1200):        # one by one: os.makedirs recurses as deep
+        here = here / "d"
+        here.mkdir()
+    shutil.copy(next(iter(sorted((val / "happy").glob("*.png")))), here / "face.png")
+    p = ferkit("predict", run, deep, "--no-detect", "--out", w / "pdeep")
+    row("a face 1,200 folders deep, through predict", one_line(p) if p.returncode else
+        f"exit 0; {json.loads((w / 'pdeep' / 'summary.json').read_text())['images']} image(s) classified")
+    (here / "face.png").unlink()
+    while here != w:             # bottom up: shutil.rmtree would recurse as deep
+        here.rmdir()
+        here = here.parent
+    # full disk during predict
+    disk = w / "full"
+    if mounted_full_disk(disk):
+        try:
+            many = w / "many"
+            shutil.copytree(data, many)
+            p = ferkit("predict", run, many, "--no-detect", "--out", disk / "p")
+            left = sorted(x.name for x in (disk / "p").iterdir()) if (disk / "p").exists() else []
+            row("full disk during predict", one_line(p) + f"; left: {left}")
+        finally:
+            subprocess.run(["umount", str(disk)])
+    else:
+        row("full disk during predict", "skipped (cannot mount a tmpfs here)")
+    # SIGTERM
+    cmd = [PY, "-m", "ferkit", "train", "--train-dir", str(data), "--val-dir", str(val), "--out", str(w / "term"),
+           "--arch", "tiny", "--image-size", "32", "--epochs", "500", "--patience", "0", "--no-progress"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, **env_cache})
+    while proc.poll() is None and not (w / "term" / "history.csv").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1].strip().splitlines()
+    resumed = subprocess.run(cmd[:cmd.index("500")] + ["2"] + cmd[cmd.index("500") + 1:], capture_output=True,
+                             text=True, env={**os.environ, **env_cache})
+    row("SIGTERM during train, then the same command with --epochs 2",
+        f"exit {proc.returncode}: {err[-1][:150] if err else ''}; re-run exit {resumed.returncode}")
+    # stale temporary folders of a killed dataset build
+    cmd = [PY, "-m", "ferkit", "synth", "faces", "--out", str(w / "faces"), "--per-class", "400", "--workers", "1",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    while proc.poll() is None and not any(w.glob(".faces.tmp-*/*/*.png")):
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    before = len(list(w.glob(".faces.tmp-*")))
+    cmd[cmd.index("400")] = "2"
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    row("synth faces killed (SIGKILL) mid-build, then run again",
+        f"{before} hidden .faces.tmp-* folder(s) after the kill; re-run exit {p.returncode}, "
+        f"{len(list(w.glob('.faces.tmp-*')))} left")
+    # an unexpected exception; running out of memory
+    p = run_py("import ferkit.models\ndef boom(): raise ZeroDivisionError('a bug')\n"
+               "ferkit.models.list_models_info = boom", "models", env=cache)
+    row("a bug (ZeroDivisionError inside `ferkit models`)", one_line(p))
+    p = run_py("import ferkit.evaluate\ndef oom(*a, **k): raise RuntimeError(\"DefaultCPUAllocator: can't allocate "
+               "memory: you tried to allocate 1099511627776 bytes.\")\nferkit.evaluate.evaluate = oom",
+               "evaluate", run, "--test-dir", val, env=cache)
+    row("torch cannot allocate 1 TB during evaluate", one_line(p))
+    # outputs over inputs
+    ferkit("mix", "--real", data, "--synthetic", val, "--ratio", "0.5", "--out", w / "mix.csv")
+    for name, argv in [("mix --out equal to its --real manifest",
+                        ["mix", "--real", w / "mix.csv", "--synthetic", val, "--ratio", "0.5", "--out", w / "mix.csv"]),
+                       ("mix --synthetic equal to --real",
+                        ["mix", "--real", data, "--synthetic", data, "--ratio", "1", "--out", w / "self.csv"]),
+                       ("evaluate --out inside the test folder",
+                        ["evaluate", run, "--test-dir", val, "--out", val / "happy" / "report"])]:
+        row(name, one_line(ferkit(*argv, env=env_cache)))
+    # the right model, the right hint
+    (w / "model.pt").write_bytes(b"\x80\x04junk")
+    (w / "norun").mkdir()
+    (w / "norun" / "config.json").write_text("{}")
+    for name, first in (("predict model.pt photos/", w / "model.pt"),
+                        ("predict RUN_WITHOUT_CHECKPOINT photos/", w / "norun")):
+        row(name, one_line(ferkit("predict", first, val, "--no-detect", "--out", w / "pp")))
+    row("synth edit given a classifier run", one_line(ferkit("synth", "edit", run, "--source", val, "--out",
+                                                             w / "edit", "--per-class", "1")))
+    # safe outputs
+    formula = w / "=HYPERLINK(1).png"
+    shutil.copy(next(iter(sorted((val / "sad").glob("*.png")))), formula)
+    p = subprocess.run([PY, "-m", "ferkit", "predict", str(run), formula.name, "--no-detect", "--out", "pcsv"],
+                       cwd=w, capture_output=True, text=True)
+    with open(w / "pcsv" / "predictions.csv", newline="") as fh:
+        cell = next(csv.DictReader(fh))["source"] if p.returncode == 0 else "(failed)"
+    row("predict on a file named =HYPERLINK(1).png", f"source cell in predictions.csv: {cell!r}")
+    row("permissions of best.safetensors vs config.json (umask 022)",
+        f"{oct(ckpt.stat().st_mode & 0o777)} vs {oct((run / 'config.json').stat().st_mode & 0o777)}")
+    import cv2
+    vw = cv2.VideoWriter(str(w / "v.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (32, 32))
+    for i in range(10):
+        vw.write(np.full((32, 32, 3), i * 20, np.uint8))
+    vw.release()
+    (w / "cut.mp4").write_bytes((w / "v.mp4").read_bytes()[:1000])
+    p = ferkit("predict", run, w / "cut.mp4", val / "happy", "--no-detect", "--out", w / "pv")
+    row("predict on a truncated .mp4 beside photos", f"exit {p.returncode}; stderr lines not from ferkit: "
+        f"{[x[:60] for x in p.stderr.splitlines() if not x.startswith(('ferkit', 'note', 'warning'))][:2]}")
+    (w / "afile").write_text("")
+    p = ferkit("evaluate", run, "--test-dir", val, "--out", w / "evm", env={"MPLCONFIGDIR": str(w / "afile" / "m")})
+    row("evaluate with an unusable MPLCONFIGDIR", f"exit {p.returncode}; stderr lines about matplotlib: "
+        f"{sum('atplotlib' in x for x in p.stderr.splitlines())}")
 
 
 if __name__ == "__main__":

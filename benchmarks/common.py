@@ -28,6 +28,24 @@ def fer2013_dir() -> Path | None:
     return target
 
 
+def shared_dataset(archive: str, folder: str) -> Path | None:
+    """Extract one of ../shared/data's archives once to ~/.cache/ferkit/<folder> (never into the repo)
+    and return the folder in it called ``folder`` (``ferplus``, ``ckplus48-dev``); None when absent."""
+    target = Path.home() / ".cache" / "ferkit" / folder
+    if target.is_dir():
+        return target
+    tar = SHARED_TAR.parent / archive
+    if not tar.is_file():
+        return None
+    tmp = target.with_name(target.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tar) as fh:
+        fh.extractall(tmp, filter="data")
+    inner = next((p for p in tmp.rglob(folder) if p.is_dir()), tmp)
+    os.replace(inner, target)
+    return target
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:

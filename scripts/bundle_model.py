@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ferkit.bundled import BUNDLED, DEFAULT_MODEL
+from ferkit.bundled import BUNDLED, DEFAULT_MODEL, bundled_names
 from ferkit.models import load_checkpoint, resolve_checkpoint, save_checkpoint
 from ferkit.train.config import RECIPES, TrainConfig
 
@@ -31,7 +31,8 @@ def _non_recipe_epochs(cfg: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="run folder (its best.safetensors) or checkpoint")
-    ap.add_argument("--name", default=DEFAULT_MODEL, choices=tuple(BUNDLED))
+    ap.add_argument("--name", default=DEFAULT_MODEL, choices=bundled_names("classifier"),
+                    help="a bundled classifier (a generator: scripts/bundle_generator.py)")
     ap.add_argument("--command", default=None,
                     help="the training command(s) to record instead of the one rebuilt from the run's config, "
                          "for a run made in steps (e.g. a finished run continued with a larger --epochs, whose "

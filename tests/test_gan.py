@@ -42,7 +42,8 @@ def test_gan_training_writes_its_run_folder(faces, tmp_path):
     from ferkit.models import read_checkpoint_record
     rec = read_checkpoint_record(run_dir / "generator.safetensors")
     assert rec.kind == "generator" and rec.arch == "stargan" and rec.epoch == 20
-    assert rec.model_args == {"width": 8, "res_blocks": 1, "in_channels": 1} and rec.classes == tuple(CLASSES)
+    assert rec.model_args == {"width": 8, "res_blocks": 1, "in_channels": 1, "mask": False}
+    assert rec.classes == tuple(CLASSES)
 
 
 def test_interrupted_gan_run_resumes_to_the_same_weights(faces, tmp_path, monkeypatch):
@@ -117,14 +118,15 @@ def test_quality_report_on_tiny_data(faces, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(quality, "generate", unchanged)
     r = quality.evaluate_gan(tmp_path / "gan", val, classifier=tmp_path / "clf", out=tmp_path / "same",
                              per_class=6, progress=False)
-    (src_faces, targets), (_, source_labels) = calls
-    clf, rec = quality.load_checkpoint(tmp_path / "clf" / "best.safetensors", "cpu", kind="classifier")
+    (src_faces, targets), (_, source_labels), _ = calls      # edits, their cycles, own-class edits
+    from ferkit.models import load_checkpoint
+    clf, rec = load_checkpoint(tmp_path / "clf" / "best.safetensors", "cpu", kind="classifier")
     pred = quality._predict(clf.eval(), src_faces, rec.input, torch.device("cpu"),
                             [rec.classes.index(c) for c in CLASSES])
     acc = r["expression_accuracy"]
     assert acc["generated_read_as_source"] == pytest.approx((pred == source_labels).mean())
     assert acc["generated"] == pytest.approx((pred == targets).mean())
-    assert r["identity"] == {"cycle_l1": 0.0, "edit_l1": 0.0}
+    assert r["identity"] == {"cycle_l1": 0.0, "edit_l1": 0.0, "identity_l1": 0.0}
 
 
 def test_kid_is_zero_for_one_distribution_and_positive_for_two():

@@ -6,7 +6,8 @@ Every image goes through :func:`decode_image` and :func:`preprocess_gray` — th
 resizer shared by training, evaluation, prediction, the study and main.py — and is kept as uint8;
 scaling and normalisation happen per batch, from the model's input contract. Decoded datasets
 are cached on disk, keyed on the file list, sizes,
-mtimes and image size, so a second run on the same folder starts in seconds.
+mtimes and image size, so a second run on the same folder starts in seconds; an entry is used only
+after its dtype, shape, indices and content hash check out (else it is rebuilt, with a note).
 
 Example::
 
@@ -27,16 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .choices import LABEL_MODES
 from .console import log, progress_bar
 from .errors import FerkitError
 from .labels import EXPRESSIONS, REFERENCE_CLASSES, canonical_class
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageSet", "Source", "bgr_to_gray", "cache_dir", "decode_gray", "decode_image",
+__all__ = ["IMAGE_EXTENSIONS", "LABEL_MODES", "VOTE_CLASSES", "ImageSet", "Source", "bgr_to_gray", "cache_dir",
+           "decode_gray", "decode_image",
            "default_classes", "find_files", "load_dataset", "load_face", "log", "max_pixels", "preprocess_gray",
-           "scan_source"]
+           "scan_source", "vote_targets"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-_CACHE_VERSION = 2   # 2: EXIF orientation applied, 16-bit scaled by its bit depth
+_CACHE_VERSION = 3   # 2: EXIF orientation applied, 16-bit scaled by its bit depth; 3: checked entries
 
 #: Images larger than this many pixels are refused with a reason (not decoded): $FERKIT_MAX_PIXELS,
 #: at most Pillow's own decompression-bomb limit (about 179 megapixels).
@@ -72,6 +75,8 @@ def decode_image(data: bytes | str | os.PathLike, color: bool = False) -> np.nda
 
     limit = max_pixels()
     try:
+        if not isinstance(data, bytes) and not _is_regular_file(data):   # a FIFO or device would block
+            raise ValueError("not a regular file (a FIFO, socket or device); not read")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
@@ -88,6 +93,20 @@ def decode_image(data: bytes | str | os.PathLike, color: bool = False) -> np.nda
         raise ValueError(f"image too large: above the limit of {limit / 1e6:.0f} megapixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, TypeError) as exc:
         raise ValueError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+def _is_regular_file(path) -> bool:
+    """True for a regular file (or a link to one); also for a folder or a path that cannot be
+    stat'ed, which opening then explains. False for a FIFO, socket or device: never opened."""
+    import stat
+
+    if not isinstance(path, (str, os.PathLike)):
+        return True                               # a file object: the caller opened it
+    try:
+        mode = os.stat(path).st_mode
+        return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+    except (OSError, ValueError):
+        return True
 
 
 def _normalise_mode(im):
@@ -151,6 +170,8 @@ class Source:
     labels: list[str]           # canonical class name per file
     found_classes: list[str]    # canonical classes present in the source
     ignored: list[str] = field(default_factory=list)  # folders/classes not used, for the log
+    votes: np.ndarray | None = None  # (N, len(VOTE_CLASSES)) vote counts or probabilities, for vote-label data
+    dropped: dict[str, int] = field(default_factory=dict)  # faces a label protocol dropped, by reason
 
 
 def _class_folders(root: Path) -> dict[str, Path]:
@@ -172,14 +193,58 @@ def _class_folders(root: Path) -> dict[str, Path]:
     return folders
 
 
-def find_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+def find_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+               skipped: list[tuple[str, str]] | None = None) -> list[Path]:
     """Files under ``folder`` (recursive, sorted, hidden names skipped, symlinked folders not
-    followed, so a link loop cannot trap the walk) whose names end in ``extensions``."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in sorted(filenames)
-                   if f.lower().endswith(extensions) and not f.startswith("."))
+    followed, so a link loop cannot trap the walk) whose names end in ``extensions``.
+
+    The walk keeps its own stack, so no folder depth is too deep for it. Only regular files (or
+    links to them) are returned: a FIFO, socket or device with an image's name would block or
+    never end when read, so it is skipped, as is an unreadable sub-folder; each is appended to
+    ``skipped`` as (path, reason), or, when no list is given, named in one note on stderr."""
+    import stat
+
+    out: list[Path] = []
+    odd: list[tuple[str, str]] = []
+    stack = [Path(folder)]
+    while stack:
+        here = stack.pop()
+        try:
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            odd.append((str(here), f"cannot read folder ({exc.strerror or exc})"))
+            continue
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                is_dir = e.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(Path(e.path))
+                continue
+            if not e.name.lower().endswith(extensions):
+                continue
+            try:
+                mode = e.stat().st_mode           # follows a link: a link to a FIFO is a FIFO
+            except OSError:
+                mode = None                       # a broken link: decoding says so
+            if mode is not None and stat.S_ISDIR(mode):
+                continue                          # a link to a folder: not followed
+            if mode is not None and not stat.S_ISREG(mode):
+                odd.append((e.path, "not a regular file (a FIFO, socket or device); not read"))
+                continue
+            out.append(Path(e.path))
+        stack.extend(reversed(subdirs))           # depth first, in name order, as os.walk walks
+    if skipped is not None:
+        skipped.extend(odd)
+    elif odd:
+        shown = ", ".join(p for p, _ in odd[:5]) + (" ..." if len(odd) > 5 else "")
+        log(f"note: {folder}: skipped {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} that are not regular files "
+            f"or readable folders: {shown}")
     return out
 
 
@@ -189,8 +254,13 @@ def _read_manifest(path: Path) -> Source:
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise FerkitError(f"cannot read manifest {path}: {exc}") from None
+    if rows and "path" in rows[0] and "class" not in rows[0]:
+        columns = {canonical_class(k): k for k in rows[0] if k and canonical_class(k) is not None}
+        if columns:
+            return _read_vote_manifest(path, rows, columns)
     if not rows or not {"path", "class"} <= set(rows[0]):
-        raise FerkitError(f"manifest {path} needs a header with 'path' and 'class' columns and at least one row")
+        raise FerkitError(f"manifest {path} needs a header with 'path' and 'class' columns (or 'path' and one "
+                          "vote column per class) and at least one row")
     files, labels = [], []
     for i, row in enumerate(rows, start=2):
         canon = canonical_class(row["class"] or "")
@@ -203,8 +273,112 @@ def _read_manifest(path: Path) -> Source:
     return Source(path, files, labels, found)
 
 
+# ----------------------------------------------------------------------------- vote labels (FER+)
+#: The columns of a FER+ ``label.csv`` after the file name and face box, in Microsoft's order.
+FERPLUS_COLUMNS = ("neutral", "happy", "surprised", "sad", "angry", "disgusted", "fearful", "contempt",
+                   "unknown", "not-a-face")
+#: The expression classes a vote vector covers (FER+'s eight, canonical names).
+VOTE_CLASSES = FERPLUS_COLUMNS[:8]
+
+
+def _read_ferplus(root: Path) -> Source:
+    """A FER+ folder as Microsoft lays it out: images plus ``label.csv`` (no header; file name, face
+    box, then 10 vote counts). Every row is checked; a bad one is one FerkitError naming file and row."""
+    path = root / "label.csv"
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise FerkitError(f"cannot read {path}: {exc}") from None
+    files, votes = [], []
+    for i, row in enumerate(rows, start=1):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) != 12:
+            raise FerkitError(f"{path} row {i}: expected 12 columns (file name, face box, 10 vote counts), "
+                              f"got {len(row)}")
+        try:
+            counts = [float(c) for c in row[2:]]
+        except ValueError:
+            raise FerkitError(f"{path} row {i}: vote counts must be numbers, got {row[2:]}") from None
+        if any(not np.isfinite(c) or c < 0 for c in counts):
+            raise FerkitError(f"{path} row {i}: vote counts must be finite and >= 0, got {row[2:]}")
+        if sum(counts) <= 0:
+            raise FerkitError(f"{path} row {i}: face {row[0]} has no votes")
+        f = root / row[0].strip()
+        if not f.is_file():
+            raise FerkitError(f"{path} row {i}: image {f} does not exist")
+        files.append(f)
+        votes.append(counts)
+    if not files:
+        raise FerkitError(f"{path} has no rows")
+    v = np.asarray(votes, dtype=np.float64)
+    return Source(root, files, [VOTE_CLASSES[j] for j in v[:, :8].argmax(1)], list(VOTE_CLASSES), votes=v)
+
+
+def _read_vote_manifest(path: Path, rows: list[dict], columns: dict[str, str]) -> Source:
+    """A manifest with ``path`` and one vote (or probability) column per class, e.g. written from
+    another dataset's annotations: ``path,angry,happy,neutral``."""
+    files, votes = [], []
+    for i, row in enumerate(rows, start=2):
+        try:
+            v = [float(row.get(columns.get(c, ""), "") or 0.0) if c in columns else 0.0 for c in VOTE_CLASSES]
+        except ValueError:
+            raise FerkitError(f"manifest {path} line {i}: class columns must be numbers") from None
+        if any(not np.isfinite(x) or x < 0 for x in v):
+            raise FerkitError(f"manifest {path} line {i}: class columns must be finite and >= 0")
+        if sum(v) <= 0:
+            raise FerkitError(f"manifest {path} line {i}: {row['path']} has no votes")
+        p = Path(row["path"])
+        files.append(p if p.is_absolute() else path.parent / p)
+        votes.append(v + [0.0, 0.0])
+    arr = np.asarray(votes, dtype=np.float64)
+    return Source(path, files, [VOTE_CLASSES[j] for j in arr[:, :8].argmax(1)],
+                  [c for c in EXPRESSIONS if c in columns], votes=arr)
+
+
+def vote_targets(votes: np.ndarray, classes: tuple[str, ...], mode: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Turn vote counts (N, 10: FER+'s eight emotions, unknown, not-a-face) into targets over ``classes``.
+
+    ``majority`` is the FER+ protocol: single votes are dropped as outliers, and a face is kept only
+    where one emotion has more than half of the remaining votes (unknown and not-a-face count in the
+    total; a face whose top is one of them is dropped), with a one-hot target. ``soft`` keeps the
+    distribution of the remaining emotion votes (the rare expressions' minority votes with them);
+    faces with no emotion votes left, or more unknown/not-a-face votes than emotion votes, are dropped.
+    Votes for emotions outside ``classes`` are dropped in both modes (majority: a face whose majority
+    class is not selected is dropped).
+
+    Returns (kept indices, float32 targets (kept, len(classes)), {reason: count} of dropped faces).
+    """
+    if mode not in LABEL_MODES:
+        raise FerkitError(f"unknown label mode {mode!r}; choose from {', '.join(LABEL_MODES)}")
+    v = np.where(votes > 1.0 + 1e-9, votes, 0.0) if votes.max() > 1.0 + 1e-9 else votes.copy()
+    if v[:, :8].sum(1).min() <= 0:   # single votes were all a face had: keep its raw votes
+        bare = v[:, :8].sum(1) <= 0
+        v[bare] = votes[bare]
+    cols = [VOTE_CLASSES.index(c) for c in classes]
+    total, emo = v.sum(1), v[:, :8]
+    top = v.argmax(1)
+    dropped: dict[str, int] = {}
+    if mode == "majority":
+        ok = (v.max(1) > 0.5 * total) & (top < 8)
+        dropped["no majority"] = int((~ok).sum())
+        chosen = np.isin(top, cols)
+        dropped["majority class not selected"] = int((ok & ~chosen).sum())
+        keep = np.flatnonzero(ok & chosen)
+        targets = np.zeros((len(keep), len(classes)), np.float32)
+        targets[np.arange(len(keep)), [cols.index(t) for t in top[keep]]] = 1.0
+    else:
+        sel = emo[:, cols]
+        ok = (sel.sum(1) > 0) & (emo.sum(1) >= v[:, 8:].sum(1))
+        dropped["mostly unknown or not a face"] = int((~ok).sum())
+        keep = np.flatnonzero(ok)
+        targets = (sel[keep] / sel[keep].sum(1, keepdims=True)).astype(np.float32)
+    return keep, targets, {k: n for k, n in dropped.items() if n}
+
+
 def scan_source(path: str | os.PathLike, classes: tuple[str, ...] | None = None, role: str = "data",
-                hint: str = "") -> Source:
+                hint: str = "", labels: str = "majority") -> Source:
     """List the image files of a class-folder tree or manifest, restricted to ``classes``
     (``hint`` ends the message when a requested class is absent).
 
@@ -213,10 +387,14 @@ def scan_source(path: str | os.PathLike, classes: tuple[str, ...] | None = None,
     root = Path(path)
     if not root.exists():
         raise FerkitError(f"{role} path {root} does not exist")
+    if not (root.is_file() or root.is_dir()):
+        raise FerkitError(f"{role} path {root} is not a regular file or folder (a FIFO, socket or device)")
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise FerkitError(f"{role} path {root} is a file; expected a folder of class folders or a .csv manifest")
         src = _read_manifest(root)
+    elif (root / "label.csv").is_file():
+        src = _read_ferplus(root)
     else:
         folders = _class_folders(root)
         if not folders:
@@ -237,6 +415,8 @@ def scan_source(path: str | os.PathLike, classes: tuple[str, ...] | None = None,
                               f"(it has: {', '.join(src.found_classes) or 'none'}; wanted: {', '.join(classes)})"
                               + (f"; {hint}" if hint else ""))
         src.ignored = [c for c in src.found_classes if c not in classes]
+        if src.votes is not None:
+            return _vote_protocol(src, classes, labels)
         keep = [i for i, lab in enumerate(src.labels) if lab in classes]
         src.files = [src.files[i] for i in keep]
         src.labels = [src.labels[i] for i in keep]
@@ -245,8 +425,24 @@ def scan_source(path: str | os.PathLike, classes: tuple[str, ...] | None = None,
     return src
 
 
-def default_classes(found: list[str]) -> tuple[str, ...]:
-    """The default class set: the reference's six, those of them that the training data has."""
+def _vote_protocol(src: Source, classes: tuple[str, ...], labels: str) -> Source:
+    """Vote-label data seen through a label protocol: ``majority`` keeps the faces (and the hard
+    labels) of the FER+ protocol, which is what consumers of class labels (mix, study) read;
+    ``soft`` keeps every face for :func:`load_dataset` to turn into distributions."""
+    if labels == "soft":
+        return src
+    keep, targets, src.dropped = vote_targets(src.votes, classes, "majority")
+    src.files = [src.files[i] for i in keep]
+    src.labels = [classes[i] for i in targets.argmax(1)]
+    src.votes = src.votes[keep]
+    return src
+
+
+def default_classes(found: list[str], votes: bool = False) -> tuple[str, ...]:
+    """The default class set: the reference's six, those of them that the training data has; for
+    vote-label data (FER+), every class it has votes for (FER+: the seven plus contempt)."""
+    if votes:
+        return tuple(c for c in EXPRESSIONS if c in found)
     chosen = tuple(c for c in REFERENCE_CLASSES if c in found)
     if len(chosen) < 2:
         raise FerkitError(f"found classes {', '.join(found) or 'none'}: need at least two of the reference six "
@@ -264,6 +460,10 @@ class ImageSet:
     paths: list[str]
     classes: tuple[str, ...]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    #: float32 (N, len(classes)) label distributions of vote-label data in ``soft`` mode, else None
+    #: (the labels are then the targets, one-hot); ``labels`` is always their argmax.
+    targets: np.ndarray | None = None
+    protocol: str = ""    # vote-label data: the label protocol it was loaded with (majority | soft)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -302,6 +502,10 @@ def _decode_all(files: list[Path], image_size: int,
         except OSError as exc:
             return None, exc.strerror or str(exc)
 
+    from .failures import check_fits
+
+    check_fits(len(files) * image_size * image_size, f"decoding {len(files):,} images at {image_size}x{image_size} px",
+               "use a smaller --image-size or fewer images")
     images = np.zeros((len(files), image_size, image_size), np.uint8)
     ok, bad = [], []
     # Pillow and OpenCV release the GIL while decoding/resizing, so threads scale here.
@@ -317,15 +521,59 @@ def _decode_all(files: list[Path], image_size: int,
     return images, ok, bad
 
 
-def _load_cached(key: str, n: int):
+def _cache_digest(images: np.ndarray, ok: list[int], bad: list) -> str:
+    """SHA-256 of the decoded pixels and of which files they are: what a cache entry must reproduce."""
+    h = hashlib.sha256(f"{images.dtype.str}|{images.shape}|".encode())
+    h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
+    h.update(json.dumps([list(ok), [list(b) for b in bad]]).encode())
+    return h.hexdigest()
+
+
+def _check_cached(npy: Path, meta: dict, n: int, image_size: int | None) -> tuple[np.ndarray, list, list]:
+    """Load a cache entry, checking it before anything is trusted: the record's version and count,
+    the array's dtype and shape (read from its header, before the pixels are), the index lists, and
+    the content hash of pixels and indices. Raises ValueError with the failed check."""
+    from numpy.lib import format as npy_format
+
+    if not isinstance(meta, dict) or meta.get("version") != _CACHE_VERSION:
+        raise ValueError("unknown cache record")
+    ok, bad = meta.get("ok"), meta.get("bad")
+    if not isinstance(ok, list) or not isinstance(bad, list) or meta.get("n") != n:
+        raise ValueError("the record does not match the file list")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ok) or ok != sorted(set(ok)) \
+            or (ok and not 0 <= ok[0] <= ok[-1] < n):
+        raise ValueError("bad image indices")
+    if not all(isinstance(b, list) and len(b) == 2 and all(isinstance(s, str) for s in b) for b in bad) \
+            or len(ok) + len(bad) != n:
+        raise ValueError("bad list of skipped files")
+    with open(npy, "rb") as fh:
+        version = npy_format.read_magic(fh)
+        read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        side = image_size or (shape[1] if len(shape) == 3 else -1)
+        if dtype != np.uint8 or fortran or shape != (n, side, side):
+            raise ValueError(f"array is {dtype} {shape}, expected uint8 {(n, side, side)}")
+        images = np.fromfile(fh, dtype=np.uint8, count=n * side * side)
+    if images.size != n * side * side:
+        raise ValueError("array is truncated")
+    images = images.reshape(shape)
+    if meta.get("sha256") != _cache_digest(images, ok, bad):
+        raise ValueError("content hash differs")
+    return images, ok, [tuple(b) for b in bad]
+
+
+def _load_cached(key: str, n: int, image_size: int | None = None):
+    """A checked cache entry (images, ok, bad), or None: absent, or failing a check (then with a
+    note, and the caller decodes again and rewrites it)."""
     base = cache_dir() / "datasets" / key
+    npy, meta_path = Path(f"{base}.npy"), Path(f"{base}.json")
+    if not (npy.is_file() and meta_path.is_file()):
+        return None
     try:
-        images = np.load(f"{base}.npy", allow_pickle=False)
-        meta = json.loads(Path(f"{base}.json").read_text())
-        if images.shape[0] != n:
-            return None
-        return images, meta["ok"], [tuple(b) for b in meta["bad"]]
-    except (OSError, ValueError, KeyError):
+        return _check_cached(npy, json.loads(meta_path.read_text()), n, image_size)
+    except (OSError, ValueError, TypeError, KeyError, OverflowError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:100]
+        log(f"note: the decoded-dataset cache {npy} failed its check ({why}); decoding the images again")
         return None
 
 
@@ -333,9 +581,12 @@ def _store_cached(key: str, images: np.ndarray, ok: list[int], bad: list) -> Non
     from .files import atomic_path, write_json
 
     base = cache_dir() / "datasets" / key
+    ok, bad = [int(i) for i in ok], [[str(p), str(w)] for p, w in bad]
+    meta = {"version": _CACHE_VERSION, "n": len(ok) + len(bad), "dtype": "uint8", "shape": list(images.shape),
+            "ok": ok, "bad": bad, "sha256": _cache_digest(images, ok, bad)}
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
-        write_json(f"{base}.json", {"ok": ok, "bad": bad})  # json first: a reader needs both, and checks the count
+        write_json(f"{base}.json", meta)   # either file alone, or a pair from two writers, fails the hash
         with atomic_path(f"{base}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, images, allow_pickle=False)
     except (OSError, FerkitError) as exc:  # a read-only home or a full disk must not stop training
@@ -344,7 +595,7 @@ def _store_cached(key: str, images: np.ndarray, ok: list[int], bad: list) -> Non
 
 def load_dataset(source: str | os.PathLike, classes: tuple[str, ...] | None = None, image_size: int = 64,
                  strict: bool = False, use_cache: bool = True, progress: bool = True,
-                 role: str = "data", hint: str = "") -> ImageSet:
+                 role: str = "data", hint: str = "", labels: str = "majority") -> ImageSet:
     """Decode a dataset source into memory.
 
     Args:
@@ -355,15 +606,23 @@ def load_dataset(source: str | os.PathLike, classes: tuple[str, ...] | None = No
         use_cache: read/write the decoded-dataset cache.
         role: word used in error messages ("training data", "test data", ...).
         hint: what to do when a requested class is absent (ends that error message).
+        labels: for vote-label data (a FER+ folder with ``label.csv``, or a manifest with one column
+            per class): ``majority`` (the FER+ protocol; hard labels) or ``soft`` (vote distributions
+            in ``targets``). See :func:`vote_targets`. Plain class folders have hard labels only.
     """
-    src = scan_source(source, classes, role, hint)
+    if labels not in LABEL_MODES:
+        raise FerkitError(f"unknown label mode {labels!r}; choose from {', '.join(LABEL_MODES)}")
+    src = scan_source(source, classes, role, hint, labels)
+    if labels == "soft" and src.votes is None:
+        raise FerkitError(f"--labels soft needs vote labels, and {role} {src.root} has one class per image; give a "
+                          "FER+ folder (images + label.csv) or a manifest with one vote column per class")
     if classes is None:
-        classes = default_classes(src.found_classes)
-        src = scan_source(source, classes, role)
+        classes = default_classes(src.found_classes, votes=src.votes is not None)
+        src = scan_source(source, classes, role, labels=labels)
     if src.ignored:
         log(f"note: {role} {src.root}: ignoring classes not selected: {', '.join(src.ignored)}")
     key = _cache_key(src.files, image_size)
-    cached = _load_cached(key, len(src.files)) if use_cache else None
+    cached = _load_cached(key, len(src.files), image_size) if use_cache else None
     if cached is None:
         cached = _decode_all(src.files, image_size, progress)
         if use_cache:
@@ -377,8 +636,27 @@ def load_dataset(source: str | os.PathLike, classes: tuple[str, ...] | None = No
         log(f"warning: {role}: skipped {len(bad)} undecodable file(s): {shown}{' ...' if len(bad) > 5 else ''}")
     if not ok:
         raise FerkitError(f"{role} {src.root}: none of the {len(src.files)} image files could be decoded")
+    if src.votes is not None:
+        return _vote_set(src, images, ok, bad, tuple(classes), labels, role)
     index = {c: i for i, c in enumerate(classes)}
     ok_arr = np.asarray(ok, dtype=np.int64)
     return ImageSet(images=images[ok_arr] if len(ok) != len(images) else images,
                     labels=np.asarray([index[src.labels[i]] for i in ok], dtype=np.int64),
                     paths=[str(src.files[i]) for i in ok], classes=tuple(classes), skipped=list(bad))
+
+
+def _vote_set(src: Source, images: np.ndarray, ok: list[int], bad: list, classes: tuple[str, ...], mode: str,
+              role: str) -> ImageSet:
+    keep, targets, dropped = vote_targets(src.votes[ok], classes, mode)
+    if not len(keep):
+        raise FerkitError(f"{role} {src.root}: no face is left by the {mode} label protocol for classes "
+                          f"{', '.join(classes)}")
+    idx = np.asarray(ok, dtype=np.int64)[keep]
+    dropped = {why: src.dropped.get(why, 0) + dropped.get(why, 0) for why in {**src.dropped, **dropped}}
+    note = "; ".join(f"{n} {why}" for why, n in dropped.items() if n)
+    log(f"{role} {src.root}: vote labels, {mode} protocol: {len(keep)} of {len(ok) + sum(src.dropped.values())} "
+        "faces kept"
+        + (f" (dropped: {note})" if note else ""))
+    return ImageSet(images=images[idx], labels=targets.argmax(1).astype(np.int64),
+                    paths=[str(src.files[i]) for i in idx], classes=classes, skipped=list(bad),
+                    targets=targets if mode == "soft" else None, protocol=mode)

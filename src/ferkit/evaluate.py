@@ -6,14 +6,15 @@ Example::
 
 Output folder::
 
-    metrics.json             accuracy, macro-F1, per-class precision/recall/F1/support
+    metrics.json             accuracy, macro-F1, per-class precision/recall/F1/support, NLL, ECE (15 bins),
+                             the temperature applied and the reliability table
     report.txt               scikit-learn's classification report, with class names
     confusion_matrix.png     counts and row-normalised, side by side
+    reliability.png          reliability diagram: accuracy per confidence bin against the diagonal
     predictions.csv          file, true, predicted, confidence, one probability column per class
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,9 @@ import torch
 from .console import log
 from .data import ImageSet, load_dataset
 from .errors import FerkitError
-from .files import atomic_path, make_dir, save_figure, write_json, write_text
+from .files import atomic_path, csv_writer, make_dir, refuse_output_over_input, save_figure, write_json, write_text
 from .models import load_checkpoint, resolve_checkpoint
-from .runtime import check_tta, fuse_for_inference, predict_logits, resolve_precision, select_device
+from .runtime import check_tta, fuse_for_inference, predict_logits, require_finite, resolve_precision, select_device
 
 
 @dataclass
@@ -39,6 +40,11 @@ class EvalResult:
     out_dir: Path | None
     n: int
     tta: str = "none"
+    nll: float = float("nan")        # mean negative log-likelihood of the true class (nats)
+    ece: float = float("nan")        # expected calibration error, 15 equal-width bins of the top probability
+    temperature: float = 1.0         # the checkpoint's temperature (ferkit calibrate), applied to the logits
+    reliability: dict | None = None  # per-bin counts, confidence, accuracy (ferkit.train.calibrate)
+    labels: str = "one class per image"  # or, for vote-label test data, the protocol that made the labels
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) -> dict:
@@ -85,7 +91,7 @@ def plot_confusion(cm: np.ndarray, classes, path: Path, title: str = "") -> None
 def _write_predictions(path: Path, paths, y_true, probs: np.ndarray, classes) -> None:
     pred = probs.argmax(1)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
+        w = csv_writer(fh)
         w.writerow(["file", "true", "predicted", "confidence", *[f"p_{c}" for c in classes]])
         for f, t, p, row in zip(paths, y_true, pred, probs):
             w.writerow([f, classes[t], classes[p], f"{row[p]:.6f}", *[f"{v:.6f}" for v in row]])
@@ -133,6 +139,8 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
     from .bundled import WEIGHTS_DIR, resolve_model_path
 
     check_tta(tta)
+    if out_dir:
+        refuse_output_over_input(out_dir, [test_dir], input_option="test data")   # before any work
     ckpt = resolve_checkpoint(resolve_model_path(model_path))
     dev = select_device(device)
     model, record = load_checkpoint(ckpt, dev)
@@ -145,7 +153,9 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
     # Labels in the model's index space, so shared-class evaluation compares like with like.
     to_model = np.asarray([model_classes.index(c) for c in data.classes])
     y_true = to_model[data.labels]
-    logits = predict_logits(model, data.images, record.input, dev, resolve_precision(precision, dev), batch_size, tta)
+    logits = predict_logits(model, data.images, record.input, dev, resolve_precision(precision, dev), batch_size, tta,
+                            temperature=record.temperature)
+    require_finite(logits, f"model {ckpt}")
     if len(data.classes) < len(model_classes):  # shared classes: predict among them only
         mask = torch.full((len(model_classes),), float("-inf"))
         mask[torch.as_tensor(to_model)] = 0
@@ -156,13 +166,19 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
     position[keep] = np.arange(len(keep))
     eval_classes = tuple(model_classes[i] for i in keep)
     m = compute_metrics(position[y_true], position[probs.argmax(1)], eval_classes)
+    from .train.calibrate import negative_log_likelihood, reliability_table
+
+    table = reliability_table(probs, y_true)
     result = EvalResult(m["accuracy"], m["macro_f1"], m["report"], m["report_text"], m["confusion"],
-                        eval_classes, None, len(y_true), tta)
+                        eval_classes, None, len(y_true), tta, negative_log_likelihood(logits, y_true), table["ece"],
+                        record.temperature, table,
+                        f"vote labels, {data.protocol} protocol" if data.protocol else "one class per image")
     if out_dir is not False:
         name = f"eval-{Path(test_dir).stem}"
         # never write reports into the installed package: a bundled model's go to the working folder
         default = Path(f"eval-{ckpt.stem}-{Path(test_dir).stem}") if ckpt.parent == WEIGHTS_DIR else ckpt.parent / name
         out = Path(out_dir) if out_dir else default
+        refuse_output_over_input(out, [test_dir], input_option="test data")   # its PNGs would become test images
         make_dir(out)
         _write_outputs(out, result, data.paths, y_true, probs, model_classes, ckpt, test_dir)
         result.out_dir = out
@@ -173,12 +189,27 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
 
 def _write_outputs(out: Path, r: EvalResult, paths, y_true, probs, model_classes, ckpt, test_dir) -> None:
     metrics = {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "n": r.n, "tta": r.tta, "classes": list(r.classes),
-               "checkpoint": str(ckpt), "test_data": str(test_dir), "per_class": r.report,
-               "confusion_matrix": r.confusion.tolist()}
+               "checkpoint": str(ckpt), "test_data": str(test_dir), "labels": r.labels, "per_class": r.report,
+               "confusion_matrix": r.confusion.tolist(), "nll": r.nll, "ece": r.ece, "ece_bins": r.reliability["bins"],
+               "temperature": r.temperature, "mean_confidence": r.reliability["mean_confidence"],
+               "reliability": {k: r.reliability[k] for k in ("edges", "count", "confidence", "accuracy")}}
     write_json(out / "metrics.json", metrics)
-    write_text(out / "report.txt", f"accuracy: {r.accuracy:.4f}\nmacro-F1: {r.macro_f1:.4f}\n"
-                                   f"test-time augmentation: {r.tta}\n\n{r.report_text}")
+    write_text(out / "report.txt", f"accuracy: {r.accuracy:.4f}\nmacro-F1: {r.macro_f1:.4f}\nlabels: {r.labels}\n"
+                                   f"test-time augmentation: {r.tta}\n{calibration_line(r)}\n\n{r.report_text}")
     plot_confusion(r.confusion, r.classes, out / "confusion_matrix.png",
                    title=f"{Path(test_dir).name}: accuracy {r.accuracy:.4f}, macro-F1 {r.macro_f1:.4f}"
                          + (f" (TTA {r.tta})" if r.tta != "none" else ""))
     _write_predictions(out / "predictions.csv", paths, y_true, probs, model_classes)
+    from .train.calibrate import plot_reliability
+
+    plot_reliability(probs, y_true, out / "reliability.png",
+                     title=f"{Path(test_dir).name}: ECE {r.ece:.4f} ({r.reliability['bins']} bins), NLL {r.nll:.4f}, "
+                           f"temperature {r.temperature:.3g}")
+
+
+def calibration_line(r: EvalResult) -> str:
+    """One line on how far the probabilities are from what they say (printed and in report.txt)."""
+    bins = r.reliability["bins"] if r.reliability else 15
+    conf = f", mean confidence {r.reliability['mean_confidence']:.4f}" if r.reliability else ""
+    return (f"calibration: ECE {r.ece:.4f} ({bins} bins), NLL {r.nll:.4f}{conf}, temperature {r.temperature:.4g}"
+            + ("" if r.temperature != 1.0 else " (uncalibrated: see `ferkit calibrate`)"))

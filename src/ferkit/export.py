@@ -8,10 +8,13 @@ Example::
 The ONNX graph takes ``input``: float32 (batch, 1, S, S), the gray face scaled to [0, 1]
 (uint8 / 255, after ferkit's decoding and resizing), with a dynamic batch axis; the model's own
 normalisation (its input contract's mean/std) is part of the graph. It gives ``logits`` and
-``probabilities`` (softmax), both (batch, classes). The file's metadata_props hold ``ferkit``: the
-checkpoint's JSON record (classes in output order, image size, input contract, architecture and
-arguments, ferkit version) plus ``onnx_input``/``onnx_outputs`` descriptions; and plain
-``classes`` (JSON list) and ``image_size`` keys for tools that do not parse the record.
+``probabilities`` (softmax), both (batch, classes). A calibrated checkpoint's temperature (``ferkit
+calibrate``) is inside the graph: ``logits`` are the model's logits divided by it, so
+``probabilities`` are the calibrated ones and no reader applies it again. The file's
+metadata_props hold ``ferkit``: the checkpoint's JSON record (classes in output order, image size,
+input contract, architecture and arguments, temperature, ferkit version) plus
+``onnx_input``/``onnx_outputs`` descriptions; and plain ``classes`` (JSON list) and ``image_size``
+keys for tools that do not parse the record.
 """
 from __future__ import annotations
 
@@ -31,8 +34,9 @@ DEFAULT_OPSET = 17
 OPSETS = range(11, 22)
 
 
-def _wrapped(model, spec):
-    """The exported module: [0, 1] gray input -> the model's normalisation -> logits, softmax."""
+def _wrapped(model, spec, temperature: float = 1.0):
+    """The exported module: [0, 1] gray input -> the model's normalisation -> logits (divided by the
+    record's temperature unless it is 1), softmax."""
     import torch
     from torch import nn
 
@@ -43,6 +47,8 @@ def _wrapped(model, spec):
 
         def forward(self, x):
             logits = self.net(spec.normalize(x))
+            if temperature != 1.0:
+                logits = logits / temperature
             return logits, torch.softmax(logits, dim=1)
 
     return WithSoftmax(model).eval()
@@ -103,13 +109,21 @@ def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True)
     ckpt = resolve_checkpoint(resolve_model_path(model_path))
     model, record = load_checkpoint(ckpt, "cpu")
     size = record.image_size
+    from .runtime import require_finite
+
+    with torch.inference_mode():   # a model whose outputs are NaN or infinite is not exported
+        probe = torch.from_numpy(np.random.default_rng(0).random((8, 1, size, size), dtype=np.float32))
+        require_finite(_wrapped(model, record.input)(probe)[0], f"model {ckpt}")
     make_dir(out.parent)
     with atomic_path(out) as tmp:
-        _torch_export(_wrapped(model, record.input), torch.zeros(2, 1, size, size), tmp, opset)
+        _torch_export(_wrapped(model, record.input, record.temperature), torch.zeros(2, 1, size, size), tmp, opset)
         proto = onnx.load(str(tmp))
         meta = {**record.to_json(), "train_config": {}, "source_checkpoint": ckpt.name,
+                "source_sha256": file_sha256(ckpt),
                 "onnx_input": f"input: float32 (batch, 1, {size}, {size}), gray face / 255 in [0, 1]",
-                "onnx_outputs": {"logits": "float32 (batch, classes)", "probabilities": "softmax of logits"}}
+                "onnx_outputs": {"logits": "float32 (batch, classes)" + (
+                    f", the model's logits / temperature {record.temperature:g} (applied in the graph)"
+                    if record.temperature != 1.0 else ""), "probabilities": "softmax of logits"}}
         for key, value in (("ferkit", json.dumps(meta)), ("classes", json.dumps(list(record.classes))),
                            ("image_size", str(size))):
             entry = proto.metadata_props.add()
@@ -120,13 +134,15 @@ def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True)
         onnx.save(proto, str(tmp))
     info = {"path": str(out), "classes": list(record.classes), "image_size": size, "arch": record.arch}
     if check:
-        info["max_abs_diff"] = parity(model, out, record.input)
+        info["max_abs_diff"] = parity(model, out, record.input, temperature=record.temperature)
     return info
 
 
-def parity(model, onnx_path, spec, n: int = 8, seed: int = 0, inputs: np.ndarray | None = None) -> float:
+def parity(model, onnx_path, spec, n: int = 8, seed: int = 0, inputs: np.ndarray | None = None,
+           temperature: float = 1.0) -> float:
     """Max |logits_onnxruntime - logits_torch| on ``inputs`` (float32 (N,1,S,S) in [0,1]) or random ones;
-    ``spec`` is the model's InputSpec (the ONNX graph normalises inside, PyTorch gets it applied here)."""
+    ``spec`` is the model's InputSpec and ``temperature`` its record's (the ONNX graph applies both
+    inside, PyTorch gets them applied here)."""
     import torch
 
     try:
@@ -139,5 +155,23 @@ def parity(model, onnx_path, spec, n: int = 8, seed: int = 0, inputs: np.ndarray
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = sess.run(["logits"], {"input": inputs})[0]
     with torch.inference_mode():
-        want = model.eval()(spec.normalize(torch.from_numpy(inputs))).float().numpy()
+        want = (model.eval()(spec.normalize(torch.from_numpy(inputs))).float() / temperature).numpy()
     return float(np.abs(got - want).max())
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a file's bytes (hex): ties an export to the exact checkpoint it was made from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_beside(checkpoint) -> Path:
+    """Where an export stands in for a checkpoint: ``<stem>.onnx`` in the same folder (a run's
+    ``best.safetensors`` -> ``best.onnx``). The Recognizer uses it only when its metadata's
+    ``source_sha256`` is this checkpoint's (see :func:`ferkit.predict.recognizer.open_backend`)."""
+    return Path(checkpoint).with_suffix(".onnx")

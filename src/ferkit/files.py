@@ -5,8 +5,11 @@ interrupted command never leaves a half-written file under the final name.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -14,11 +17,73 @@ from typing import Iterator
 from .errors import FerkitError
 
 TMP_SUFFIX = ".tmp"
+#: The lock file of an output that a ferkit command is writing (see :func:`output_lock`).
+LOCK_NAME = ".ferkit.lock"
 
 
 def temp_sibling(path: Path) -> Path:
-    """The temporary name :func:`atomic_path` writes ``path`` under (hidden, ends in .tmp)."""
-    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    """The temporary name :func:`atomic_path` writes ``path`` under (hidden, ends in .tmp):
+    ``.<name>.<pid>.ferkit.tmp``, so a later run knows whose it was (:func:`remove_stale_temps`)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.ferkit{TMP_SUFFIX}")
+
+
+_STALE_FILE = re.compile(r"^\..+\.(\d+)\.ferkit\.tmp$")
+_cleaned: set[str] = set()
+
+
+def pid_alive(pid: int) -> bool:
+    """Is process ``pid`` running (on this machine)? Unknown counts as running."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:            # e.g. another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(folder, dataset: str | None = None) -> list[str]:
+    """Remove what killed ferkit runs left in ``folder``: temporary files of :func:`atomic_path`
+    whose process is gone, and, with ``dataset``, the hidden ``.<dataset>.tmp-*`` folders of a
+    dataset build (:class:`ferkit.synth.writer.AtomicDataset`) whose process is gone (older ones
+    without a process id once an hour has passed). Returns the names removed (and says so)."""
+    import shutil
+    import time
+
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        try:
+            m = _STALE_FILE.match(e.name)
+            if m and not pid_alive(int(m.group(1))) and e.is_file(follow_symlinks=False):
+                os.unlink(e.path)
+                removed.append(e.name)
+            elif dataset and e.name.startswith(f".{dataset}.tmp-") and e.is_dir(follow_symlinks=False):
+                m = re.match(r"(\d+)-", e.name[len(dataset) + 6:])
+                stale = not pid_alive(int(m.group(1))) if m else time.time() - e.stat().st_mtime > 3600
+                if stale:
+                    shutil.rmtree(e.path)
+                    removed.append(e.name + "/")
+        except OSError:
+            continue
+    if removed:
+        from .console import log
+
+        shown = ", ".join(removed[:3]) + (" ..." if len(removed) > 3 else "")
+        log(f"note: removed {len(removed)} temporary file(s) left in {folder} by a ferkit run that was killed: {shown}")
+    return removed
+
+
+def _remove_stale_temps_once(folder: Path) -> None:
+    key = os.path.abspath(folder)
+    if key not in _cleaned:
+        _cleaned.add(key)
+        remove_stale_temps(folder)
 
 
 @contextmanager
@@ -30,6 +95,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     tmp = temp_sibling(path)
+    _remove_stale_temps_once(path.parent)   # once per folder and process: what killed runs left there
     try:
         yield tmp
         os.replace(tmp, path)
@@ -57,7 +123,22 @@ def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str
             full = "StorageFull" in text or "No space" in text
             why = "no space left on device" if full else text.splitlines()[0][:120]
             raise FerkitError(f"cannot write {path}: {why}") from None
+        os.chmod(tmp, 0o666 & ~current_umask())   # safetensors creates its file 0600; outputs are 0644 (umask)
     return path
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it where Linux shows it, else set and restored)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -80,9 +161,142 @@ def read_json(path: str | os.PathLike):
         raise FerkitError(f"{path} is damaged (not valid JSON); pass --overwrite to start over") from None
 
 
+# ----------------------------------------------------------------------------- inputs and outputs
+def _resolved(path) -> Path:
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
+
+
+def is_within(path, folder) -> bool:
+    """Is ``path`` the same as ``folder`` or inside it (symlinks resolved)?"""
+    p, f = _resolved(path), _resolved(folder)
+    return p == f or f in p.parents
+
+
+def refuse_output_over_input(out, inputs, out_option: str = "--out", input_option: str = "input",
+                             replaces: bool = False) -> None:
+    """One line when an output would overwrite or land inside one of ``inputs`` (a file or a folder
+    the command reads): the same path, an output inside an input folder (its files would be read as
+    data next time), or, when the output folder is replaced as a whole (``replaces``), an input
+    inside it."""
+    for item in inputs:
+        if item is None:
+            continue
+        if _resolved(out) == _resolved(item):
+            raise FerkitError(f"{out_option} {out} is the {input_option} {item}: writing it would overwrite what "
+                              "this command reads; choose another output")
+        if Path(item).is_dir() and is_within(out, item):
+            raise FerkitError(f"{out_option} {out} is inside the {input_option} {item}: its files would be mixed "
+                              "into that data; choose an output outside it")
+        if replaces and Path(out).is_dir() and is_within(item, out):
+            raise FerkitError(f"the {input_option} {item} is inside {out_option} {out}, which this command "
+                              "replaces; choose another output")
+
+
+def same_path(a, b) -> bool:
+    """Do two paths name the same file or folder (symlinks and ``..`` resolved)?"""
+    return a is not None and b is not None and _resolved(a) == _resolved(b)
+
+
+# ----------------------------------------------------------------------------- CSV
+#: A spreadsheet reads a cell starting with one of these as a formula (OWASP, "CSV injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", re.IGNORECASE)
+
+
+def csv_cell(value):
+    """A CSV cell made safe to open in a spreadsheet: a text cell that starts with ``= + - @``, a tab
+    or a carriage return gets a leading ``'`` (OWASP's rule), unless the text is a plain number such
+    as ``-0.5`` or ``+1e-3``; numbers and everything else are kept as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_uncell(value: str) -> str:
+    """The text :func:`csv_cell` escaped, for readers of ferkit's own CSVs (e.g. group names)."""
+    if isinstance(value, str) and value[:1] == "'" and value[1:].startswith(FORMULA_START) \
+            and not _PLAIN_NUMBER.fullmatch(value[1:]):
+        return value[1:]
+    return value
+
+
+class _SafeRows:
+    """A ``csv.writer`` whose text cells pass through :func:`csv_cell`."""
+
+    def __init__(self, writer):
+        self._w = writer
+
+    def writerow(self, row):
+        return self._w.writerow([csv_cell(v) for v in row])
+
+    def writerows(self, rows):
+        for row in rows:
+            self.writerow(row)
+
+    @property
+    def dialect(self):
+        return self._w.dialect
+
+
+def csv_writer(fh, *args, **kwargs):
+    """``csv.writer`` for files ferkit writes: every text cell escaped with :func:`csv_cell`."""
+    return _SafeRows(csv.writer(fh, *args, **kwargs))
+
+
+class CsvDictWriter(csv.DictWriter):
+    """``csv.DictWriter`` for files ferkit writes: every text cell escaped with :func:`csv_cell`."""
+
+    def __init__(self, fh, fieldnames, *args, **kwargs):
+        super().__init__(fh, fieldnames, *args, **kwargs)
+        self.writer = _SafeRows(self.writer)
+
+
+def _writable_dir(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def prepare_matplotlib() -> None:
+    """Before matplotlib is imported: a writable config/cache folder (else matplotlib warns on every
+    run, in two lines, and rebuilds its font cache each time) and its log kept to errors (no "building
+    the font cache" line); the user's own MPLCONFIGDIR or logging level is kept when it works."""
+    import logging
+
+    logger = logging.getLogger("matplotlib")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.ERROR)
+    if "matplotlib" in sys.modules:
+        return
+    home = Path.home()
+    given = os.environ.get("MPLCONFIGDIR")
+    if given:
+        ok = _writable_dir(Path(given))
+    else:
+        config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "matplotlib"
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "matplotlib"
+        ok = _writable_dir(config) and _writable_dir(cache)
+    if ok:
+        return
+    import tempfile
+
+    from .data import cache_dir
+
+    for folder in (cache_dir() / "matplotlib", Path(tempfile.gettempdir()) / f"ferkit-matplotlib-{os.getuid()}"):
+        if _writable_dir(folder):
+            os.environ["MPLCONFIGDIR"] = str(folder)
+            return
+
+
 def new_figure(**kwargs):
     """A matplotlib Figure on a non-interactive canvas, without pyplot: nothing changes a notebook
     user's backend and nothing needs closing."""
+    prepare_matplotlib()
     from matplotlib.figure import Figure
 
     return Figure(**kwargs)
@@ -109,3 +323,58 @@ def make_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise FerkitError(f"{what} {path} is not writable")
     return path
+
+
+class OutputLock:
+    """An exclusive lock on an output (a run folder, a dataset, a predictions file) while a command
+    writes it: a second ferkit process on the same output stops with one line instead of mixing
+    its files into the first one's.
+
+    The lock is an OS advisory lock (``flock``) on ``LOCK_NAME`` inside a folder, or on a hidden
+    ``.<name>.lock`` beside a file. The OS releases it when its process dies, so a lock left by a
+    killed process is simply taken over; the lock file itself stays (removing it would race).
+    """
+
+    def __init__(self, target: str | os.PathLike, what: str = "output", beside: bool = False):
+        target = Path(target)
+        inside = target.is_dir() and not beside   # beside: for a folder that is replaced whole when done
+        self.path = target / LOCK_NAME if inside else target.with_name(f".{target.name}.lock")
+        self.target, self.what, self._fh = target, what, None
+
+    def acquire(self) -> OutputLock:
+        import fcntl
+
+        try:
+            fh = open(self.path, "a+")
+        except OSError as exc:
+            raise FerkitError(f"cannot lock {self.what} {self.target}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise FerkitError(f"{self.what} {self.target} is being written by another ferkit process ({holder}); "
+                              "wait for it to finish, or choose another output") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()          # closing the file releases the flock
+            self._fh = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire() if self._fh is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def output_lock(target: str | os.PathLike, what: str = "output", beside: bool = False) -> OutputLock:
+    """``with output_lock(path):`` hold :class:`OutputLock` on ``path`` (a folder or a file)."""
+    return OutputLock(target, what, beside)

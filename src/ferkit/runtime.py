@@ -96,15 +96,19 @@ def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
 
 @torch.inference_mode()
 def predict_logits(model, faces, spec, device: torch.device, amp_dtype: torch.dtype | None = None,
-                   batch_size: int = 256, tta: str = "none") -> torch.Tensor:
+                   batch_size: int = 256, tta: str = "none", temperature: float = 1.0) -> torch.Tensor:
     """Class scores (float32, on CPU) for uint8 faces (N, H, W), in batches.
 
     Args:
         spec: the model's :class:`ferkit.models.InputSpec` (scaling and normalisation).
-        tta: ``none`` returns raw logits; ``flip``/``crops`` return log of the probabilities averaged
+        tta: ``none`` returns logits; ``flip``/``crops`` return log of the probabilities averaged
             over the views, so ``softmax`` of the result is that average.
+        temperature: the checkpoint record's ``temperature`` (``ferkit calibrate``): every view's
+            logits are divided by it, so ``softmax`` of the result is the calibrated probability.
+            Evaluation and the Recognizer pass it here; the ONNX export divides inside its graph.
     """
     check_tta(tta)
+    temperature = float(temperature)
     model.eval()
     faces = torch.as_tensor(faces)
     out = []
@@ -112,12 +116,17 @@ def predict_logits(model, faces, spec, device: torch.device, amp_dtype: torch.dt
         x = spec.to_tensor(faces[start:start + batch_size], device).contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
             if tta == "none":
-                out.append(model(x).float().cpu())
+                out.append(_scaled(model(x).float(), temperature).cpu())
                 continue
-            probs = torch.stack([torch.softmax(model(v.contiguous(memory_format=torch.channels_last)).float(), 1)
+            probs = torch.stack([torch.softmax(_scaled(model(v.contiguous(memory_format=torch.channels_last)).float(),
+                                                       temperature), 1)
                                  for v in tta_views(x, tta)]).mean(0)
             out.append(probs.clamp_min(1e-12).log().cpu())
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def fuse_for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -136,3 +145,17 @@ def fuse_for_inference(model: torch.nn.Module) -> torch.nn.Module:
                 seq._modules[a] = fuse_conv_bn_eval(conv, bn)
                 seq._modules[b] = torch.nn.Identity()
     return fused
+
+
+def require_finite(outputs, what: str = "the model") -> None:
+    """Refuse NaN or infinite model outputs (a torch tensor or numpy array, one row per face) with
+    one line, instead of reporting chance accuracy or ``nan`` as a result."""
+    import numpy as np
+
+    arr = outputs.detach().cpu().numpy() if isinstance(outputs, torch.Tensor) else np.asarray(outputs)
+    if arr.size == 0 or (arr.dtype.kind != "f") or np.isfinite(arr).all():
+        return
+    rows = arr.reshape(len(arr), -1) if arr.ndim else arr.reshape(1, 1)
+    bad = int((~np.isfinite(rows)).any(axis=1).sum())
+    raise FerkitError(f"{what} gave NaN or infinite outputs for {bad} of {len(rows)} face(s) (damaged or diverged "
+                      "weights, or inputs it cannot handle): no result is reported from them")

@@ -2,7 +2,8 @@
 
 - :mod:`ferkit.experiments.mix`: ``ferkit mix`` and the selection rules the study shares.
 - :mod:`ferkit.experiments.study`: ``ferkit study``: plan, run (sharded, resumable), evaluate.
-- :mod:`ferkit.experiments.stats`: intervals of differences, paired by seed.
+- :mod:`ferkit.experiments.folds`: grouped k-fold plans (no person in both training and test).
+- :mod:`ferkit.experiments.stats`: intervals of differences, paired by seed (and fold).
 - :mod:`ferkit.experiments.report`: tables, plot and summary.
 
 Example::
@@ -12,6 +13,7 @@ Example::
     res = run_study(StudyConfig(real_train="data/train", val="data/val", test="data/test",
                                 synthetic=["gan=data/gan", "procedural=data/synth"], out="study", ratios="0,1,2,4"))
 """
+from .folds import FoldPlan, image_groups, load_folds, plan_folds, write_fold_plan
 from .mix import (
                   MANIFEST_FIELDS,
                   MixResult,
@@ -23,7 +25,16 @@ from .mix import (
                   real_subset,
                   write_manifest,
 )
-from .report import StudyResult, aggregate, best_and_plateau, markdown_table, plot_study, summarise, summary_lines
+from .report import (
+                  StudyResult,
+                  aggregate,
+                  best_and_plateau,
+                  compare_settings,
+                  markdown_table,
+                  plot_study,
+                  summarise,
+                  summary_lines,
+)
 from .stats import diff_ci, format_ci, t_quantile
 from .study import (
                   STUDY_TRAIN_FIELDS,
@@ -31,6 +42,7 @@ from .study import (
                   Arm,
                   RunSpec,
                   StudyConfig,
+                  parse_arm,
                   parse_shard,
                   parse_sources,
                   plan_study,
@@ -39,8 +51,9 @@ from .study import (
                   study_arms,
 )
 
-__all__ = ["MANIFEST_FIELDS", "STUDY_TRAIN_FIELDS", "UNNAMED_SOURCE", "Arm", "MixResult", "RunSpec",
-           "StudyConfig", "StudyResult", "aggregate", "allocate", "best_and_plateau", "build_mix",
-           "diff_ci", "draw_per_class", "format_ci", "markdown_table", "parse_ratios", "parse_shard",
+__all__ = ["MANIFEST_FIELDS", "STUDY_TRAIN_FIELDS", "UNNAMED_SOURCE", "Arm", "FoldPlan", "MixResult", "RunSpec",
+           "StudyConfig", "StudyResult", "aggregate", "allocate", "best_and_plateau", "build_mix", "compare_settings",
+           "diff_ci", "draw_per_class", "format_ci", "image_groups", "load_folds", "markdown_table", "parse_arm",
+           "parse_ratios", "parse_shard", "plan_folds", "write_fold_plan",
            "parse_sizes", "parse_sources", "plan_study", "plot_study", "real_subset", "run_study",
            "shard_runs", "study_arms", "summarise", "summary_lines", "t_quantile", "write_manifest"]

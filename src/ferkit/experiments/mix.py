@@ -12,7 +12,6 @@ Example::
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 from dataclasses import dataclass
@@ -22,13 +21,28 @@ import numpy as np
 
 from ..data import scan_source
 from ..errors import FerkitError
-from ..files import atomic_path, make_dir
+from ..files import atomic_path, csv_writer, make_dir, refuse_output_over_input, same_path
 from ..labels import parse_classes
 
 MANIFEST_FIELDS = ("path", "class", "source")
 
 
 # ----------------------------------------------------------------------------- parsing
+#: The largest k (generated images per real image) a mix or study accepts.
+MAX_RATIO = 1000
+
+
+def refuse_synthetic_as_real(synthetic, real) -> None:
+    """One line when a generated-data source is one of the real-data sources (the same file or
+    folder): a mix of the real data with itself is not what anyone means."""
+    reals = [str(r) for r in (real if isinstance(real, (list, tuple)) else [real]) if r is not None]
+    for s in _as_list(synthetic):
+        for r in reals:
+            if same_path(s, r):
+                raise FerkitError(f"--synthetic {s} is the real data ({r}): give the generated faces, "
+                                  "e.g. from `ferkit synth faces` or `ferkit synth edit`")
+
+
 def parse_ratios(spec, what: str = "ratio") -> tuple[float, ...]:
     """``"0,0.5,1"`` (or a number, or a list) -> distinct non-negative floats, in the given order."""
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
@@ -49,6 +63,9 @@ def parse_ratios(spec, what: str = "ratio") -> tuple[float, ...]:
             raise FerkitError(f"{what} {item!r} is not a number (expected e.g. 0,0.5,1,2)") from None
         if not math.isfinite(value) or value < 0:
             raise FerkitError(f"{what} {item!r} must be a number >= 0")
+        if value > MAX_RATIO:
+            raise FerkitError(f"{what} {item!r} is above {MAX_RATIO}: at most {MAX_RATIO} generated images per real "
+                              "image")
         if value not in out:
             out.append(value)
     return tuple(out)
@@ -164,7 +181,7 @@ def write_manifest(path: Path, paths, class_names, sources) -> Path:
     path = Path(path)
     make_dir(path.parent)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
+        w = csv_writer(fh)
         w.writerow(MANIFEST_FIELDS)
         for p, c, s in zip(paths, class_names, sources):
             w.writerow([os.path.abspath(p), c, s])
@@ -233,6 +250,8 @@ def build_mix(real, synthetic, ratio: float, out, balance: bool = False, replace
     syn_dirs = _as_list(synthetic)
     if not syn_dirs:
         raise FerkitError("give at least one --synthetic source")
+    refuse_synthetic_as_real(syn_dirs, real)
+    refuse_output_over_input(out, [real, *syn_dirs], input_option="input")
     wanted = parse_classes(classes) if classes is not None else None
     real_src = scan_source(real, wanted, "real data")
     classes = wanted or tuple(real_src.found_classes)

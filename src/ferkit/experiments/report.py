@@ -1,7 +1,6 @@
 """The study's outputs: runs.csv, table.csv/.md, accuracy_vs_k.png and summary.md."""
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..files import atomic_path, save_figure, write_text
+from ..files import CsvDictWriter, atomic_path, save_figure, write_text
 from .mix import _fmt_k
 from .stats import diff_ci, format_ci
 
@@ -31,26 +30,47 @@ class StudyResult:
     pending: list[str] = field(default_factory=list)  # runs not finished yet (other shards)
 
 
-TABLE_FIELDS = ("real_per_class", "setting", "label", "source", "k", "gen_per_real", "seeds", "n_real", "n_synthetic",
-                "n_train",
+TABLE_FIELDS = ("real_per_class", "setting", "label", "source", "k", "gen_per_real", "seeds", "folds", "n_real",
+                "n_synthetic", "n_train",
                 "acc_mean", "acc_std", "f1_mean", "f1_std", "acc_diff", "acc_diff_ci_low", "acc_diff_ci_high",
                 "f1_diff", "f1_diff_ci_low", "f1_diff_ci_high", "ci_method")
-RUN_FIELDS = ("run_id", "real_per_class", "setting", "label", "source", "k", "gen_per_real", "seed", "n_real",
+RUN_FIELDS = ("run_id", "fold", "real_per_class", "setting", "label", "source", "k", "gen_per_real", "seed", "n_real",
               "n_synthetic", "n_train", "duplicates", "accuracy", "macro_f1", "epochs", "best_epoch", "epochs_run",
               "train_seconds")
 
 
 def _write_csv(path: Path, fields, rows) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w = CsvDictWriter(fh, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: (v if not isinstance(v, float) else f"{v:g}" if k in ("k", "gen_per_real")
                             else f"{v:.6f}") for k, v in r.items()})
 
 
+def pair_key(run: dict) -> tuple:
+    """What pairs two runs in the intervals: the seed, and the fold in a grouped study (else "")."""
+    return (str(run.get("fold", "") or ""), int(run["seed"]))
+
+
+def by_pair(runs: list[dict], setting: str, metric: str = "accuracy", real_per_class=None) -> dict[tuple, float]:
+    """(fold, seed) -> ``metric`` of one setting's finished runs (at one real size, when given)."""
+    return {pair_key(r): float(r[metric]) for r in runs
+            if r["setting"] == setting and r.get(metric) not in (None, "")
+            and (real_per_class is None or str(r["real_per_class"]) == str(real_per_class))}
+
+
+def compare_settings(runs: list[dict], a: str, b: str, metric: str = "accuracy",
+                     real_per_class=None) -> tuple[float, float, float, str]:
+    """Mean difference ``a - b`` of two settings with its 95% interval, paired by (fold, seed): e.g.
+    fine-tuning with generated faces against fine-tuning alone, which the table (against real only)
+    does not show."""
+    return diff_ci(by_pair(runs, a, metric, real_per_class), by_pair(runs, b, metric, real_per_class))
+
+
 def aggregate(runs: list[dict]) -> list[dict]:
-    """Per (real size, setting): mean/sd over seeds and the difference to real only (95% CI)."""
+    """Per (real size, setting): mean/sd over seeds (and folds) and the difference to real only
+    (95% CI, paired by seed, and fold in a grouped study)."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         if "accuracy" in r:
@@ -58,11 +78,13 @@ def aggregate(runs: list[dict]) -> list[dict]:
     table = []
     for (n, setting), rs in groups.items():
         ref = groups.get((n, "k0"), [])
+        folds = {r.get("fold", "") for r in rs} - {"", None}
         row = {"real_per_class": n, "setting": setting, "label": rs[0]["label"], "source": rs[0].get("source", ""),
                "k": rs[0]["k"],
                "gen_per_real": rs[0]["gen_per_real"],
-               "seeds": len(rs), "n_real": rs[0]["n_real"], "n_synthetic": rs[0]["n_synthetic"],
-               "n_train": rs[0]["n_train"]}
+               "seeds": len({r["seed"] for r in rs}), "folds": len(folds) if folds else ""}
+        for name in ("n_real", "n_synthetic", "n_train"):   # per run; the mean over folds, whose sizes differ
+            row[name] = int(round(float(np.mean([r[name] for r in rs]))))
         for m, key in (("acc", "accuracy"), ("f1", "macro_f1")):
             vals = np.asarray([r[key] for r in rs], float)
             row[f"{m}_mean"] = float(vals.mean())
@@ -72,7 +94,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
                             f"{m}_diff_ci_low": float("nan"), f"{m}_diff_ci_high": float("nan")})
                 method = ""
             else:
-                d, lo, hi, method = diff_ci({r["seed"]: r[key] for r in rs}, {r["seed"]: r[key] for r in ref})
+                d, lo, hi, method = diff_ci({pair_key(r): r[key] for r in rs}, {pair_key(r): r[key] for r in ref})
                 row.update({f"{m}_diff": d, f"{m}_diff_ci_low": lo, f"{m}_diff_ci_high": hi})
         row["ci_method"] = method
         table.append(row)
@@ -88,7 +110,7 @@ def best_and_plateau(runs: list[dict], table: list[dict]) -> tuple[dict, dict, d
     by_run = {}
     for r in runs:
         if "accuracy" in r:
-            by_run.setdefault((r["real_per_class"], r["setting"]), {})[r["seed"]] = r["accuracy"]
+            by_run.setdefault((r["real_per_class"], r["setting"]), {})[pair_key(r)] = r["accuracy"]
     sources = list(dict.fromkeys(t.get("source", "") for t in table if t.get("source")))
     groups = [(n, src) for n in dict.fromkeys(t["real_per_class"] for t in table) for src in (sources or [""])]
     for n, src in groups:
@@ -124,14 +146,16 @@ def _diff_cell(t: dict, metric: str) -> str:
 
 
 def markdown_table(table: list[dict]) -> str:
+    grouped = any(t.get("folds") for t in table)
     lines = ["| real/class | setting | images (real + gen) | accuracy | macro-F1 | Δ accuracy vs real only [95% CI] "
-             "| Δ macro-F1 [95% CI] | seeds |",
+             f"| Δ macro-F1 [95% CI] | {'seeds x folds' if grouped else 'seeds'} |",
              "|---|---|---|---|---|---|---|---|"]
     for t in table:
+        runs = f"{t['seeds']} x {t['folds']}" if t.get("folds") else f"{t['seeds']}"
         lines.append(f"| {t['real_per_class']} | {t['label']} | {t['n_real']} + {t['n_synthetic']} "
                      f"| {_pm(t['acc_mean'], t['acc_std'])} | {_pm(t['f1_mean'], t['f1_std'])} "
                      f"| {_diff_cell(t, 'acc')} | {_diff_cell(t, 'f1')} "
-                     f"| {t['seeds']} |")
+                     f"| {runs} |")
     return "\n".join(lines) + "\n"
 
 
@@ -139,9 +163,10 @@ def plot_study(table: list[dict], path: Path) -> None:
     """Accuracy vs k, one line per real size and source (error bars: sd over seeds); augmentation
     and generated-only as reference markers (a thin line: the augmentation baseline). With several
     sources, colour is the source and line style the real size."""
-    from matplotlib import rcParams
+    from ..files import new_figure, prepare_matplotlib
 
-    from ..files import new_figure
+    prepare_matplotlib()
+    from matplotlib import rcParams
 
     fig = new_figure(figsize=(7.5, 4.8))
     ax = fig.subplots()
@@ -169,6 +194,9 @@ def plot_study(table: list[dict], path: Path) -> None:
                             color=ref_col, ls="none", label=f"real {n}/class + augmentation")
                 ax.axhline(t["acc_mean"], color=ref_col, ls=styles[i % len(styles)] if several else "--", lw=0.8,
                            alpha=0.6)
+            elif t["k"] == "" and not t["setting"].startswith("synth"):   # a named arm (--arm)
+                ax.errorbar([t["gen_per_real"]], [t["acc_mean"]], yerr=[t["acc_std"]], marker="D", ms=7, capsize=3,
+                            ls="none", label=f"{t['label']} (n={n})")
             elif t["setting"].startswith("synth"):
                 j = sources.index(t.get("source")) if several and t.get("source") in sources else 0
                 ax.errorbar([t["gen_per_real"]], [t["acc_mean"]], yerr=[t["acc_std"]], marker="^", ms=8, capsize=3,
@@ -177,7 +205,8 @@ def plot_study(table: list[dict], path: Path) -> None:
                                   f"({t['n_synthetic']} images, n={n})")
     ax.set_xlabel("k (generated images per real image)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("Accuracy versus amount of generated data (mean ± sd over seeds)")
+    grouped = any(t.get("folds") for t in table)
+    ax.set_title(f"Accuracy versus amount of generated data (mean ± sd over {'folds and ' if grouped else ''}seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -199,13 +228,21 @@ def summarise(out: Path, runs: list[dict], cfg: StudyConfig | None = None) -> St
         plot_study(table, files["plot"])
     lines = ["# Generated-data study", ""]
     if cfg is not None:
-        lines += [f"real: `{cfg.real_train}`, generated: {', '.join(f'`{s}`' for s in cfg.synthetic)}, "
-                  f"test: `{cfg.test}`; recipe {cfg.recipe}, arch {cfg.arch}, lr {cfg.lr:g}, "
+        data = (f"real: `{cfg.real_train}`, generated: {', '.join(f'`{s}`' for s in cfg.synthetic)}, "
+                f"test: `{cfg.test}`") if not cfg.grouped else (
+                f"real: `{cfg.real}` in "
+                + (f"{cfg.folds} folds" if isinstance(cfg.folds, int) else f"the folds of `{cfg.folds}`")
+                + f" with no group in two parts (groups: `{cfg.group_by}`; "
+                f"validation: {cfg.val_fraction:g} of each fold's training groups), generated: "
+                f"{', '.join(f'`{s}`' for s in cfg.synthetic)}; each fold tested on its own test groups")
+        lines += [f"{data}; recipe {cfg.recipe}, arch {cfg.arch}, lr {cfg.lr:g}, "
                   + (f"up to {cfg.epochs} epochs " if cfg.steps is None else
                      f"about {cfg.steps} optimiser steps per run (its epochs in runs.csv) ")
                   + "(patience "
                   f"{cfg.patience} on {cfg.monitor}), {cfg.seeds} seed(s); "
-                  f"accuracy on the real test set, mean ± sd over seeds; differences paired by seed.", ""]
+                  + ("accuracy on the real test set, mean ± sd over seeds; differences paired by seed."
+                     if not cfg.grouped else "accuracy on each fold's test part, mean ± sd over folds and seeds; "
+                     "differences paired by (fold, seed)."), ""]
     lines += [md, "## Best k", ""]
     best_lines = summary_lines(best, plateau, vs_aug)
     lines += best_lines

@@ -26,8 +26,18 @@ optimiser steps of real only; ``steps=N`` (``--steps N``) gives every run about 
 (its epochs in runs.csv), which separates what the images add from what longer training adds.
 
 Run names are ``n<per-class|all>_<setting>_s<seed>``, settings ``k0`` (real only), ``k<K>``
-(real + K x generated), ``aug`` (real + augmentation), ``synth`` (generated only). Re-running the
-same study skips finished runs and resumes interrupted ones.
+(real + K x generated), ``aug`` (real + augmentation), ``synth`` (generated only), and any arm
+named with ``arms`` (``--arm``), e.g. fine-tuning from a model alone and with generated faces.
+Re-running the same study skips finished runs and resumes interrupted ones.
+
+Grouped cross-validation (``real`` with ``folds`` and ``group_by``; ``--real``, ``--folds``,
+``--group-by``) replaces the fixed train/val/test folders by K folds of one dataset in which no
+group (person) is in two parts (:mod:`ferkit.experiments.folds`): every setting is trained once
+per fold and seed (runs ``f<fold>_n..._s<seed>``), tested on that fold's test part, and the table
+gives the mean over folds and seeds with 95% intervals paired by (fold, seed). A generated-data
+folder may hold ``{fold}``, replaced by the fold's number (e.g. GAN edits of each fold's own
+training faces); the fold manifests are in ``folds/fold<i>/{train,val,test}.csv`` and
+``folds/groups.csv``.
 
 Example::
 
@@ -54,6 +64,7 @@ from ..data import ImageSet, default_classes, load_dataset, scan_source
 from ..errors import FerkitError
 from ..files import make_dir, write_json
 from ..labels import parse_classes
+from .folds import DEFAULT_VAL_FRACTION, describe, fold_manifest_paths, load_folds, parse_folds, subset, write_fold_plan
 from .mix import (
     _as_list,
     _check_synthetic_classes,
@@ -64,6 +75,7 @@ from .mix import (
     parse_ratios,
     parse_sizes,
     real_subset,
+    refuse_synthetic_as_real,
     write_manifest,
 )
 from .report import StudyResult, summarise
@@ -120,6 +132,74 @@ class Arm:
     k: float = 0.0            # generated images per real image (synth: generated count / real count)
     augment: bool = False     # classic augmentation (flip, shifts, rotations)
     source: str = ""          # the generated-data source the arm draws from ("" for real only / augmentation)
+    init: str = ""            # start from this model (checkpoint, run folder, bundled name): fine-tuning
+    lr: float | None = None   # this arm's learning rate (None: the study's)
+    custom: bool = False      # named with --arm (not on the real + k x generated lines)
+
+
+ARM_KEYS = ("init", "source", "k", "augment", "lr")
+_FOLD = "{fold}"
+
+
+def parse_arm(spec: str, sources=(UNNAMED_SOURCE,)) -> Arm:
+    """``"ft:init=fer2013-vgg"``, ``"ft-gan2:init=fer2013-vgg,source=gan,k=2"``, ``"aug-gan:augment,source=gan"``
+    -> an Arm. Keys: init (a model to fine-tune), source and k (real + k x that source; k defaults to 1,
+    source to the only one), augment, lr."""
+    import re
+
+    name, sep, rest = str(spec).partition(":")
+    name = name.strip()
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name) or not sep:
+        raise FerkitError(f"--arm {spec!r}: expected NAME:key=value,... (e.g. ft:init=fer2013-vgg or "
+                          "ft-gan:init=fer2013-vgg,source=gan,k=2); a name is letters, digits, _ . -")
+    if re.fullmatch(r"(k[0-9.]+|aug|synth)(-.*)?", name):
+        raise FerkitError(f"--arm {name}: k<number>, aug and synth name the built-in arms; choose another name")
+    values: dict = {}
+    for item in (x.strip() for x in rest.split(",") if x.strip()):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if key not in ARM_KEYS:
+            raise FerkitError(f"--arm {name}: unknown key {key!r} (keys: {', '.join(ARM_KEYS)})")
+        if key == "augment":
+            if eq and value.strip().lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise FerkitError(f"--arm {name}: augment takes no value, or true/false")
+            values[key] = not eq or value.strip().lower() in ("1", "true", "yes")
+            continue
+        if not value.strip():
+            raise FerkitError(f"--arm {name}: {key} needs a value ({key}=...)")
+        values[key] = value.strip()
+    if "k" in values:
+        (values["k"],) = parse_ratios([values["k"]], f"--arm {name}: k")
+    if "lr" in values:
+        try:
+            values["lr"] = float(values["lr"])
+        except ValueError:
+            raise FerkitError(f"--arm {name}: lr {values['lr']!r} is not a number") from None
+        if not (math.isfinite(values["lr"]) and values["lr"] > 0):
+            raise FerkitError(f"--arm {name}: lr must be a positive number")
+    sources = tuple(sources)
+    if "source" in values and values["source"] not in sources:
+        raise FerkitError(f"--arm {name}: no generated-data source named {values['source']!r} "
+                          f"(sources: {', '.join(sources)}; name one with --synthetic NAME=DIR)")
+    k = values.get("k", 1.0 if "source" in values else 0.0)
+    source = values.get("source", "")
+    if k > 0 and not source:
+        if len(sources) != 1:
+            raise FerkitError(f"--arm {name}: k={k:g} needs source=NAME (sources: {', '.join(sources)})")
+        source = sources[0]
+    if k == 0:
+        source = ""
+    if not (values.get("init") or values.get("augment") or k > 0 or "lr" in values):
+        raise FerkitError(f"--arm {name}: give at least one of init=MODEL, source=NAME/k=K, augment, lr")
+    parts = ([f"fine-tune {values['init']}"] if values.get("init") else ["real"])
+    if values.get("augment"):
+        parts.append("augmentation")
+    if k > 0:
+        parts.append(f"{_fmt_k(k)}x {source}")
+    if "lr" in values:
+        parts.append(f"lr {values['lr']:g}")
+    return Arm(name, f"{name}: " + " + ".join(parts), k=k, augment=bool(values.get("augment")), source=source,
+               init=values.get("init", ""), lr=values.get("lr"), custom=True)
 
 
 def study_arms(ratios, synthetic_only_k: float, augment_arm: bool = True, synthetic_arm: bool = True,
@@ -150,11 +230,11 @@ STUDY_TRAIN_FIELDS = ("arch", "epochs", "batch_size", "patience", "monitor", "lr
 class StudyConfig:
     """Everything that defines a study (saved as study.json)."""
 
-    real_train: str
-    val: str
-    test: str
-    synthetic: list[str]
-    out: str
+    real_train: str | None = None    # fixed splits: real training, validation and test data
+    val: str | None = None
+    test: str | None = None
+    synthetic: list[str] = field(default_factory=list)
+    out: str = ""
     ratios: tuple[float, ...] = (0, 0.5, 1, 2, 3, 5, 8)
     seeds: int = 3                                  # seeds 0 .. seeds-1
     real_per_class: tuple[int | None, ...] = (None,)  # None = all real images
@@ -184,14 +264,27 @@ class StudyConfig:
     precision: str = "auto"
     device: str = "auto"
     progress: bool = True
+    # grouped cross-validation instead of real_train/val/test: one dataset, K group-disjoint folds
+    real: str | None = None
+    folds: int | str | None = None   # K, or a group,fold CSV
+    group_by: str | None = None      # regex on the file name (first capture group) or a manifest column
+    fold_seed: int = 0               # which groups form each fold
+    val_fraction: float = DEFAULT_VAL_FRACTION   # validation groups, as a fraction of each fold's training groups
+    arms: list[str] = field(default_factory=list)  # extra named arms ("NAME:init=MODEL,source=gan,k=2"; parse_arm)
+
+    @property
+    def grouped(self) -> bool:
+        return self.folds is not None
 
     def __post_init__(self):
+        self._check_data_options()
         self.ratios = parse_ratios(self.ratios, "ratio")
         self.real_per_class = parse_sizes(self.real_per_class)
         self.synthetic = _as_list(self.synthetic)
         if not self.synthetic:
             raise FerkitError("give at least one --synthetic source")
-        parse_sources(self.synthetic)   # checks the names
+        for folders in parse_sources(self.synthetic).values():   # checks the names
+            refuse_synthetic_as_real(folders, [self.real_train, self.val, self.test, self.real])
         if self.classes is not None:
             self.classes = parse_classes(self.classes)
         for name in ("seeds", "jobs") + (("steps",) if self.steps is not None else ()):
@@ -201,6 +294,8 @@ class StudyConfig:
                 raise FerkitError(f"{name.replace('_', '-')} must be a whole number") from None
             if value < 1:
                 raise FerkitError(f"{name.replace('_', '-')} must be at least 1 (got {value})")
+            if name == "seeds" and value > 1000:     # each seed trains every setting once: bounded
+                raise FerkitError(f"seeds must be at most 1000 (got {value}); each seed trains every setting once")
             setattr(self, name, value)
         parse_shard(self.shard)
         if self.steps is not None and self.epochs is not None:
@@ -216,17 +311,62 @@ class StudyConfig:
             (self.synthetic_only_ratio,) = parse_ratios([self.synthetic_only_ratio], "synthetic-only ratio")
             if self.synthetic_only_ratio == 0:
                 raise FerkitError("synthetic-only ratio must be positive")
+        self.arms = _as_list(self.arms)
+        names = [a.name for a in self.custom_arms()]   # checks every spec
+        if len(set(names)) != len(names):
+            raise FerkitError(f"--arm: two arms are named {next(n for n in names if names.count(n) > 1)}")
+        for arm in self.custom_arms():
+            if arm.init or arm.lr is not None:
+                self.train_config(arm, train_dir="-", val_dir="-", out="-")   # checks the model and its input
+
+    def _check_data_options(self) -> None:
+        fixed = {"--real-train": self.real_train, "--val": self.val, "--test": self.test}
+        grouped = {"--real": self.real, "--folds": self.folds, "--group-by": self.group_by}
+        if any(v is not None for v in grouped.values()):
+            given = [k for k, v in fixed.items() if v is not None]
+            if given:
+                raise FerkitError(f"--folds takes one dataset (--real) and splits it; leave out {', '.join(given)}")
+            absent = [k for k, v in grouped.items() if v is None]
+            if absent:
+                raise FerkitError(f"grouped cross-validation needs --real, --folds and --group-by (missing: "
+                                  f"{', '.join(absent)})")
+            spec = parse_folds(self.folds)
+            self.folds = spec if isinstance(spec, int) else str(spec)
+            try:
+                self.fold_seed = int(self.fold_seed)
+                self.val_fraction = float(self.val_fraction)
+            except (TypeError, ValueError):
+                raise FerkitError("fold seed must be a whole number and validation fraction a number") from None
+            if not (0 < self.val_fraction <= 0.5):
+                raise FerkitError(f"validation fraction must be in (0, 0.5] (got {self.val_fraction:g})")
+        else:
+            absent = [k for k, v in fixed.items() if v is None]
+            if absent:
+                raise FerkitError(f"give --real-train, --val and --test (missing: {', '.join(absent)}), or one "
+                                  "dataset with --real, --folds K and --group-by for grouped cross-validation")
+            if any(_FOLD in s for s in _as_list(self.synthetic)):
+                raise FerkitError(f"a --synthetic folder with {_FOLD} needs --folds (it names each fold's own data)")
+        if not str(self.out or "").strip():
+            raise FerkitError("give the study folder (--out)")
+
+    def custom_arms(self) -> list[Arm]:
+        return [parse_arm(spec, tuple(self.sources())) for spec in self.arms]
 
     def identity(self) -> dict:
         """Settings every run of the study shares; a re-run into the same folder must match."""
         d = asdict(self)
         for k in ("out", "ratios", "seeds", "real_per_class", "jobs", "progress", "device",
-                  "augment_arm", "synthetic_arm", "shard", "report_only"):
+                  "augment_arm", "synthetic_arm", "shard", "report_only", "arms"):
             d.pop(k)
         if d["steps"] is None:
             d.pop("steps")   # as studies recorded it before --steps existed
-        for k in ("real_train", "val", "test"):
-            d[k] = os.path.abspath(d[k])
+        unused = ("real_train", "val", "test") if self.grouped else ("real", "folds", "group_by", "fold_seed",
+                                                                      "val_fraction")
+        for k in unused:
+            d.pop(k)   # a study without folds records what it did before folds existed
+        for k in ("real_train", "val", "test", "real") + (() if isinstance(self.folds, int) else ("folds",)):
+            if d.get(k) is not None:
+                d[k] = os.path.abspath(d[k])
         d["synthetic"] = [s if name == UNNAMED_SOURCE else f"{name}={s}" for name, dirs in self.sources().items()
                           for s in (os.path.abspath(x) for x in dirs)]
         d["classes"] = list(d["classes"]) if d["classes"] else None
@@ -242,17 +382,29 @@ class StudyConfig:
             return self.epochs
         return max(1, math.floor(self.steps / math.ceil(n_train / self.batch_size) + 0.5))
 
-    def train_config(self, **run):
-        """The TrainConfig of one run: the recipe, this study's training values, then ``run``'s."""
+    def train_config(self, arm: Arm | None = None, **run):
+        """The TrainConfig of one run: the recipe, this study's training values, the arm's (a model to
+        fine-tune brings its own architecture and input scaling), then ``run``'s."""
         from ..train import resolve_config
 
         given = {name: getattr(self, name) for name in STUDY_TRAIN_FIELDS}
-        return resolve_config(self.recipe, **{**given, **self.train_options, **run})
+        options = dict(self.train_options)
+        if arm is not None and arm.lr is not None:
+            given["lr"] = arm.lr
+        if arm is None or not arm.init:
+            return resolve_config(self.recipe, **{**given, **options, **run})
+        given.update(arch=None, image_size=None)   # the initial weights' own
+        options.pop("model_args", None)
+        cfg = resolve_config(self.recipe, **{**given, **options, **run, "init": arm.init})
+        if self.image_size is not None and cfg.image_size != self.image_size:
+            raise FerkitError(f"--arm {arm.name}: {arm.init} takes {cfg.image_size} px faces and the study "
+                              f"{self.image_size} px; pass --image-size {cfg.image_size}")
+        return cfg
 
 
 @dataclass
 class RunSpec:
-    """One training run: a setting at one real-data size with one seed, and its exact data."""
+    """One training run: a setting at one real-data size with one seed (in one fold), and its exact data."""
 
     run_id: str
     real_per_class: int | None
@@ -261,6 +413,21 @@ class RunSpec:
     real_idx: np.ndarray
     synth_idx: np.ndarray
     duplicates: int = 0
+    fold: int | None = None
+
+
+@dataclass
+class Partition:
+    """The data of one split: real training images, validation, test and the generated-data pools
+    (the fixed folders, or one fold of a grouped cross-validation)."""
+
+    fold: int | None
+    real: ImageSet
+    val: ImageSet
+    test: ImageSet
+    pools: dict[str, ImageSet]
+    val_path: str
+    test_path: str
 
 
 # ----------------------------------------------------------------------------- planning
@@ -271,21 +438,18 @@ def _concat(sets: list[ImageSet], classes) -> ImageSet:
                     [p for s in sets for p in s.paths], tuple(classes), [x for s in sets for x in s.skipped])
 
 
-def _load_sources(cfg: StudyConfig):
-    """Decode every source once: real train, val, test and one pool per generated-data source."""
-    if cfg.classes is None:
-        classes = default_classes(scan_source(cfg.real_train, None, "real training data").found_classes)
-    else:
-        classes = cfg.classes
-    sources = cfg.sources()
+def _check_pools(sources: dict[str, list[str]], classes) -> dict[str, dict[str, list[str]]]:
+    """Every generated-data folder exists and has the classes (one line if not); its classes by folder."""
     found = {name: {d: scan_source(d, None, f"synthetic data {name}").found_classes for d in dirs}
              for name, dirs in sources.items()}
     for by_dir in found.values():
         _check_synthetic_classes(by_dir, classes, "generate them or restrict with --classes")
-    kw = dict(image_size=cfg.image_size, progress=cfg.progress)
-    real = load_dataset(cfg.real_train, classes, role="real training data", **kw)
-    val = load_dataset(cfg.val, classes, role="validation data", **kw)
-    test = load_dataset(cfg.test, classes, role="test data", **kw)
+    return found
+
+
+def _load_pools(sources: dict[str, list[str]], classes, kw: dict, cache: dict) -> dict[str, ImageSet]:
+    """One pool per generated-data source (its folders pooled), decoding each folder once (``cache``)."""
+    found = _check_pools(sources, classes)
     pools = {}
     for name, by_dir in found.items():
         parts = []
@@ -293,32 +457,77 @@ def _load_sources(cfg: StudyConfig):
             sub = tuple(c for c in classes if c in have)
             if not sub:
                 continue
-            s = load_dataset(d, sub, role=f"synthetic data {name}", **kw)
-            remap = np.asarray([classes.index(c) for c in sub])
-            parts.append(ImageSet(s.images, remap[s.labels], s.paths, tuple(classes), s.skipped))
+            if (d, sub) not in cache:
+                s = load_dataset(d, sub, role=f"synthetic data {name}", **kw)
+                remap = np.asarray([classes.index(c) for c in sub])
+                cache[(d, sub)] = ImageSet(s.images, remap[s.labels], s.paths, tuple(classes), s.skipped)
+            parts.append(cache[(d, sub)])
         pools[name] = _concat(parts, classes)
+    return pools
+
+
+def _load_sources(cfg: StudyConfig):
+    """Decode every source once: real train, val, test and one pool per generated-data source."""
+    if cfg.classes is None:
+        classes = default_classes(scan_source(cfg.real_train, None, "real training data").found_classes)
+    else:
+        classes = cfg.classes
+    kw = dict(image_size=cfg.image_size, progress=cfg.progress)
+    _check_pools(cfg.sources(), classes)   # before decoding anything: a missing class is one line
+    real = load_dataset(cfg.real_train, classes, role="real training data", **kw)
+    val = load_dataset(cfg.val, classes, role="validation data", **kw)
+    test = load_dataset(cfg.test, classes, role="test data", **kw)
+    pools = _load_pools(cfg.sources(), classes, kw, {})
     return tuple(classes), real, val, test, pools
 
 
-def plan_study(cfg: StudyConfig, real: ImageSet, pools: dict[str, ImageSet]) -> list[RunSpec]:
-    """Every run of the study with its exact images; raises before any training if a draw is impossible."""
+def _fold_sources(cfg: StudyConfig, fold: int) -> dict[str, list[str]]:
+    return {name: [d.replace(_FOLD, str(fold)) for d in dirs] for name, dirs in cfg.sources().items()}
+
+
+def _load_partitions(cfg: StudyConfig, out: Path):
+    """(classes, partitions, fold plan or None): the fixed folders as one partition, or one per fold."""
+    if not cfg.grouped:
+        classes, real, val, test, pools = _load_sources(cfg)
+        return classes, [Partition(None, real, val, test, pools, str(cfg.val), str(cfg.test))], None
+    kw = dict(image_size=cfg.image_size, progress=cfg.progress)
+    data, plan = load_folds(cfg.real, cfg.folds, cfg.group_by, cfg.classes, cfg.image_size, cfg.fold_seed,
+                            cfg.val_fraction, cfg.progress)
+    classes = data.classes
+    for fold in plan.folds:   # every fold's folders exist and have the classes, before decoding any
+        _check_pools(_fold_sources(cfg, fold.index), classes)
+    parts, cache = [], {}
+    for fold in plan.folds:
+        paths = fold_manifest_paths(out / "folds", fold.index)
+        parts.append(Partition(fold.index, subset(data, fold.train), subset(data, fold.val), subset(data, fold.test),
+                               _load_pools(_fold_sources(cfg, fold.index), classes, kw, cache),
+                               str(paths["val"]), str(paths["test"])))
+    return classes, parts, (data, plan)
+
+
+def plan_study(cfg: StudyConfig, real: ImageSet, pools: dict[str, ImageSet], fold: int | None = None) -> list[RunSpec]:
+    """Every run of the study (of one fold) with its exact images; raises before any training if a
+    draw is impossible."""
     classes = real.classes
     arms = study_arms(cfg.ratios, cfg.synthetic_only_ratio, cfg.augment_arm, cfg.synthetic_arm, tuple(pools))
+    arms += cfg.custom_arms()
+    prefix = "" if fold is None else f"f{fold}_"
+    where = "" if fold is None else f"fold {fold}: "
     specs = []
     for n in cfg.real_per_class:
         sub = real_subset(real.labels, n, len(classes), cfg.subset_seed)
         counts = np.bincount(real.labels[sub], minlength=len(classes))
         if n is not None and (counts < n).any():
             short = [f"{c} ({k})" for c, k in zip(classes, counts) if k < n]
-            log(f"note: real data has fewer than {n} images of {', '.join(short)}; using all of them")
+            log(f"note: {where}real data has fewer than {n} images of {', '.join(short)}; using all of them")
         for arm in arms:
             want = allocate(counts, math.floor(arm.k * len(sub) + 0.5), cfg.balance)
             for seed in range(cfg.seeds):
                 pool = pools[arm.source].labels if arm.source else np.zeros(0, np.int64)
                 idx, dup = draw_per_class(pool, want, seed, classes, cfg.replace,
-                                          where=f"generated data for n={_size_name(n)} {arm.label}")
-                specs.append(RunSpec(f"n{_size_name(n)}_{arm.name}_s{seed}", n, arm, seed,
-                                     sub if arm.real else np.zeros(0, np.int64), idx, dup))
+                                          where=f"{where}generated data for n={_size_name(n)} {arm.label}")
+                specs.append(RunSpec(f"{prefix}n{_size_name(n)}_{arm.name}_s{seed}", n, arm, seed,
+                                     sub if arm.real else np.zeros(0, np.int64), idx, dup, fold))
     return specs
 
 
@@ -338,10 +547,10 @@ def _empty_pool(real: ImageSet) -> ImageSet:
 _WORKER: dict = {}
 
 
-def _init_worker(val: ImageSet, test: ImageSet, threads: int) -> None:
+def _init_worker(evals: dict, threads: int) -> None:
     import torch
     torch.set_num_threads(threads)
-    _WORKER.update(val=val, test=test)
+    _WORKER.update(evals=evals)
 
 
 def _finished(run_dir: Path) -> dict | None:
@@ -360,8 +569,8 @@ def _execute(job: dict, train_set: ImageSet, val: ImageSet | None = None, test: 
     from ..evaluate import evaluate
     from ..train import TrainConfig, train
 
-    val = val if val is not None else _WORKER["val"]
-    test = test if test is not None else _WORKER["test"]
+    if val is None or test is None:
+        val, test = _WORKER["evals"][job.get("fold")]
     run_dir = Path(job["train"]["out"])
     t0 = time.time()
     old = sys.stderr
@@ -388,62 +597,82 @@ def _check_study_dir(out: Path, cfg: StudyConfig) -> None:
     make_dir(out, "study folder")
     record = out / "study.json"
     ident = cfg.identity()
+    arms = {a.name: asdict(a) for a in cfg.custom_arms()}
     if record.exists():
         try:
-            saved = json.loads(record.read_text()).get("identity")
+            saved_all = json.loads(record.read_text())
         except ValueError:
-            saved = None
+            saved_all = {}
+        saved = saved_all.get("identity")
         if saved is not None and saved != ident:
             diff = sorted(k for k in set(saved) | set(ident) if saved.get(k) != ident.get(k))
             raise FerkitError(f"{out} holds a study with different settings ({', '.join(diff)}); "
                               "use another --out or the same settings")
+        before = saved_all.get("arms") or {}
+        changed = [n for n in arms if n in before and before[n] != json.loads(json.dumps(arms[n]))]
+        if changed:   # its finished runs would be counted under the new definition
+            raise FerkitError(f"{out}: arm {changed[0]} was defined differently before; give the new definition "
+                              "another name")
+        arms = {**before, **arms}
     elif any(p for p in out.iterdir() if not p.name.startswith(".")):
         raise FerkitError(f"{out} is not empty and is not a ferkit study; choose another --out")
-    write_json(record, {"identity": ident, "config": asdict(cfg)})
+    write_json(record, {"identity": ident, "config": asdict(cfg), "arms": arms})
 
 
 def run_study(cfg: StudyConfig) -> StudyResult:
-    """Run (or resume) every setting x real-data size x seed, then write table, plot and summary."""
+    """Run (or resume) every setting x real-data size x seed (x fold), then write table, plot and summary."""
     out = Path(cfg.out)
-    classes, real, val, test, pools = _load_sources(cfg)
-    specs = plan_study(cfg, real, pools)
+    classes, parts, folds = _load_partitions(cfg, out)
+    plans = [(part, plan_study(cfg, part.real, part.pools, part.fold)) for part in parts]
+    specs = [spec for _, ss in plans for spec in ss]
     _check_study_dir(out, cfg)   # before any training
+    if folds is not None:
+        data, plan = folds
+        write_fold_plan(out / "folds", data, plan)
+        log(f"{plan.k} folds grouped by {cfg.group_by!r}: " + "; ".join(describe(plan, data)))
     threads = max(1, (os.cpu_count() or 1) // cfg.jobs) if cfg.jobs > 1 else None
+    n_sources = len(parts[0].pools)
     jobs, rows, done = {}, {}, {}
-    for spec in specs:
-        run_dir = out / "runs" / spec.run_id
-        manifest = out / "manifests" / f"{spec.run_id}.csv"
-        n_real, n_syn = len(spec.real_idx), len(spec.synth_idx)
-        rows[spec.run_id] = {"run_id": spec.run_id, "real_per_class": _size_name(spec.real_per_class),
-                             "setting": spec.arm.name, "label": spec.arm.label, "source": spec.arm.source,
-                             "k": spec.arm.k if spec.arm.real and not spec.arm.augment else "",
-                             "gen_per_real": spec.arm.k, "seed": spec.seed, "n_real": n_real,
-                             "n_synthetic": n_syn, "n_train": n_real + n_syn, "duplicates": spec.duplicates,
-                             "epochs": cfg.run_epochs(n_real + n_syn)}
-        metrics = _finished(run_dir)
-        if metrics is not None:
-            done[spec.run_id] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
-            if manifest.exists():
+    for part, part_specs in plans:
+        real, pools = part.real, part.pools
+        for spec in part_specs:
+            run_dir = out / "runs" / spec.run_id
+            manifest = out / "manifests" / f"{spec.run_id}.csv"
+            n_real, n_syn = len(spec.real_idx), len(spec.synth_idx)
+            on_line = spec.arm.real and not spec.arm.augment and not spec.arm.custom
+            rows[spec.run_id] = {"run_id": spec.run_id, "fold": "" if spec.fold is None else spec.fold,
+                                 "real_per_class": _size_name(spec.real_per_class),
+                                 "setting": spec.arm.name, "label": spec.arm.label, "source": spec.arm.source,
+                                 "k": spec.arm.k if on_line else "",
+                                 "gen_per_real": spec.arm.k, "seed": spec.seed, "n_real": n_real,
+                                 "n_synthetic": n_syn, "n_train": n_real + n_syn, "duplicates": spec.duplicates,
+                                 "epochs": cfg.run_epochs(n_real + n_syn)}
+            metrics = _finished(run_dir)
+            if metrics is not None:
+                done[spec.run_id] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+                if manifest.exists():
+                    continue
+            synth = pools[spec.arm.source] if spec.arm.source else _empty_pool(real)
+            write_manifest(manifest,
+                           [real.paths[i] for i in spec.real_idx] + [synth.paths[i] for i in spec.synth_idx],
+                           [classes[real.labels[i]] for i in spec.real_idx]
+                           + [classes[synth.labels[i]] for i in spec.synth_idx],
+                           ["real"] * n_real + [_manifest_source(spec.arm.source, n_sources)] * n_syn)
+            if metrics is not None:
                 continue
-        synth = pools[spec.arm.source] if spec.arm.source else _empty_pool(real)
-        write_manifest(manifest, [real.paths[i] for i in spec.real_idx] + [synth.paths[i] for i in spec.synth_idx],
-                       [classes[real.labels[i]] for i in spec.real_idx]
-                       + [classes[synth.labels[i]] for i in spec.synth_idx],
-                       ["real"] * n_real + [_manifest_source(spec.arm.source, len(pools))] * n_syn)
-        if metrics is not None:
-            continue
-        # augmentation (flips, shifts, random erasing) only in the augmentation arm, with the recipe's values
-        aug = {} if spec.arm.augment else {"augment": False, "erase": 0.0}
-        train_cfg = cfg.train_config(train_dir=str(manifest), val_dir=str(cfg.val), out=str(run_dir),
-                                     classes=classes, seed=spec.seed, num_threads=threads,
-                                     epochs=rows[spec.run_id]["epochs"],
-                                     progress=cfg.progress and cfg.jobs == 1, **aug)
-        if spec.arm.augment and not train_cfg.augment:
-            train_cfg.augment = True    # the reference recipe: its --augment (flip, +-10 deg, +-8% shift/zoom)
-        jobs[spec.run_id] = (spec, {"run_id": spec.run_id, "test_path": str(cfg.test), "train": asdict(train_cfg)})
+            # augmentation (flips, shifts, random erasing) only in augmentation arms, with the recipe's values
+            aug = {} if spec.arm.augment else {"augment": False, "erase": 0.0}
+            train_cfg = cfg.train_config(spec.arm, train_dir=str(manifest), val_dir=part.val_path, out=str(run_dir),
+                                         classes=classes, seed=spec.seed, num_threads=threads,
+                                         epochs=rows[spec.run_id]["epochs"],
+                                         progress=cfg.progress and cfg.jobs == 1, **aug)
+            if spec.arm.augment and not train_cfg.augment:
+                train_cfg.augment = True    # the reference recipe: its --augment (flip, +-10 deg, +-8% shift/zoom)
+            jobs[spec.run_id] = (spec, part, {"run_id": spec.run_id, "fold": part.fold, "test_path": part.test_path,
+                                              "train": asdict(train_cfg)})
     if cfg.steps is not None:
-        plan = sorted({(r["n_train"], r["epochs"]) for r in rows.values()})
-        log(f"--steps {cfg.steps}: " + ", ".join(f"{e} epochs of {n} images" for n, e in plan))
+        steps_plan = sorted({(r["n_train"], r["epochs"]) for r in rows.values()})
+        log(f"--steps {cfg.steps}: " + ", ".join(f"{e} epochs of {n} images" for n, e in steps_plan))
     mine = set() if cfg.report_only else shard_runs([spec.run_id for spec in specs], parse_shard(cfg.shard))
     jobs = {k: v for k, v in jobs.items() if k in mine}
     if done:
@@ -453,13 +682,14 @@ def run_study(cfg: StudyConfig) -> StudyResult:
                        enabled=cfg.progress, position=0)
     try:
         if cfg.jobs == 1 or len(jobs) <= 1:
-            for run_id, (spec, job) in jobs.items():
+            for run_id, (spec, part, job) in jobs.items():
                 bar.set_postfix_str(run_id)
-                r = _execute(job, _training_set(spec, real, pools), val, test)
+                r = _execute(job, _training_set(spec, part.real, part.pools), part.val, part.test)
                 results[run_id] = r
                 bar.update(1)
         else:
-            _run_parallel(cfg, jobs, real, pools, val, test, threads, out, results, bar)
+            evals = {part.fold: (part.val, part.test) for part in parts}
+            _run_parallel(cfg, jobs, evals, threads, out, results, bar)
     finally:
         bar.close()
     for run_id, r in results.items():
@@ -487,23 +717,23 @@ def _manifest_source(name: str, n_sources: int) -> str:
     return "synthetic" if n_sources == 1 else name   # one source: the column reads as in earlier studies
 
 
-def _run_parallel(cfg, jobs, real, pools, val, test, threads, out, results, bar) -> None:
+def _run_parallel(cfg, jobs, evals, threads, out, results, bar) -> None:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    (out / "logs").mkdir(exist_ok=True)
+    make_dir(out / "logs", "log folder")
     log(f"running {len(jobs)} runs in {cfg.jobs} processes ({threads} torch thread(s) each); "
         f"training logs in {out / 'logs'}")
     pending = list(jobs.items())
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=ctx, initializer=_init_worker,
-                             initargs=(val, test, threads)) as pool:
+                             initargs=(evals, threads)) as pool:
         running = {}
         try:
             while pending or running:
                 while pending and len(running) < cfg.jobs + 1:  # build training sets lazily
-                    run_id, (spec, job) = pending.pop(0)
-                    fut = pool.submit(_execute, job, _training_set(spec, real, pools), None, None,
+                    run_id, (spec, part, job) = pending.pop(0)
+                    fut = pool.submit(_execute, job, _training_set(spec, part.real, part.pools), None, None,
                                       str(out / "logs" / f"{run_id}.log"))
                     running[fut] = run_id
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -512,10 +742,11 @@ def _run_parallel(cfg, jobs, real, pools, val, test, threads, out, results, bar)
                     results[run_id] = fut.result()
                     bar.set_postfix_str(f"done {run_id}")
                     bar.update(1)
-        except BaseException:
+        except BaseException as exc:
             for fut in running:
                 fut.cancel()
+            if isinstance(exc, KeyboardInterrupt):   # Ctrl-C or a SIGTERM sent to this process alone: the
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):   # workers stop too,
+                    proc.terminate()                 # as a terminal's Ctrl-C stops them (their runs resume)
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-
-

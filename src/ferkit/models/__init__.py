@@ -6,7 +6,7 @@ Example::
     model = create_model("vgg", num_classes=7, image_size=48, width=48)
     model, record = load_checkpoint("runs/exp1")       # record.input: the model's input contract
 """
-from . import classifiers  # noqa: F401  (registers the built-in architectures)
+from . import classifiers, students  # noqa: F401  (registers the built-in architectures)
 from .record import (
     CHECKPOINT_FORMAT,
     DECODING,
@@ -32,19 +32,23 @@ from .registry import (
 
 def list_models_info() -> dict:
     """Registered architectures (name, summary, arguments with defaults, minimum image size) and the
-    bundled models (name, file, classes, image size, whether present), for ``ferkit models``."""
+    bundled models (name, kind, file, classes, image size, whether present; a generator's card
+    fields), for ``ferkit models``."""
     from ..bundled import BUNDLED
 
     archs = [{"name": n, "summary": get_model_entry(n).summary(), "arguments": get_model_entry(n).defaults(),
               "min_image_size": get_model_entry(n).min_image_size} for n in list_models()]
     bundled = []
     for b in BUNDLED.values():
-        entry = {"name": b.name, "summary": b.summary, "card": b.card, "path": str(b.path),
+        entry = {"name": b.name, "kind": b.kind, "summary": b.summary, "card": b.card, "path": str(b.path),
                  "available": b.path.is_file()}
         if entry["available"]:
             rec = read_checkpoint_record(b.path)
             entry.update(arch=rec.arch, model_args=rec.model_args, classes=list(rec.classes),
-                         image_size=rec.image_size, size_mb=b.path.stat().st_size / 1e6, val_metrics=rec.val_metrics)
+                         image_size=rec.image_size, size_mb=b.path.stat().st_size / 1e6, val_metrics=rec.val_metrics,
+                         temperature=rec.temperature)
+            if b.kind == "generator":   # the card fields scripts/bundle_generator.py wrote into the record
+                entry["bundled"] = rec.extra.get("bundled", {})
         bundled.append(entry)
     return {"architectures": archs, "bundled": bundled}
 

@@ -6,10 +6,18 @@ stride-2 convs), residual blocks, and a decoder (two transposed convs, 7x7 conv,
 instance norm, as in StarGAN. The discriminator is a PatchGAN (4x4 stride-2 convs, leaky ReLU,
 spectral norm) with two heads: real/fake per patch, and the expression of the whole face.
 
+With ``mask=True`` the generator is an attention-mask generator (GANimation, Pumarola et al.
+2018): beside the change C (tanh) it outputs a mask M in [0, 1] (sigmoid) from the same last
+features, and returns ``M * C + (1 - M) * x``: where the mask is 0 the input passes through
+untouched (identity, background, hair), so an edit is local by construction. Training penalises
+the mask's mean (sparsity) and its total variation (smoothness).
+
 Example::
 
     g = create_generator(num_classes=6, image_size=48, width=32, res_blocks=4)   # 1.5 M parameters
     edited = g(faces_in_minus1_1, target_labels)
+    g = create_generator(6, 48, mask=True)
+    edited, mask = g(faces_in_minus1_1, target_labels, return_mask=True)
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from ..errors import FerkitError
 
 #: The one GAN family: name -> (generator arguments, discriminator arguments) with defaults.
-GAN_ARCHS = {"stargan": ({"width": 32, "res_blocks": 4, "in_channels": 1},
+GAN_ARCHS = {"stargan": ({"width": 32, "res_blocks": 4, "in_channels": 1, "mask": False},
                          {"width": 32, "layers": 4, "in_channels": 1})}
 MIN_IMAGE_SIZE = 16
 
@@ -44,7 +52,7 @@ class _ResBlock(nn.Module):
 
 class Generator(nn.Module):
     def __init__(self, num_classes: int, image_size: int, width: int = 32, res_blocks: int = 4,
-                 in_channels: int = 1):
+                 in_channels: int = 1, mask: bool = False):
         super().__init__()
         _check_size(image_size)
         if width < 1 or res_blocks < 0:
@@ -62,11 +70,23 @@ class Generator(nn.Module):
             nn.ConvTranspose2d(4 * w, 2 * w, 4, stride=2, padding=1, bias=False), *norm_act(2 * w),
             nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1, bias=False), *norm_act(w),
             nn.Conv2d(w, in_channels, 7, padding=3), nn.Tanh())
+        self.has_mask = bool(mask)
+        # the attention head reads the features the change head reads (net[:-2]); a generator
+        # without a mask keeps the state-dict names of the plain StarGAN generator
+        self.mask_head = nn.Sequential(nn.Conv2d(w, 1, 7, padding=3), nn.Sigmoid()) if self.has_mask else None
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """x: (N, C, S, S) in [-1, 1]; target: (N,) class indices. Returns (N, C, S, S) in [-1, 1]."""
+    def forward(self, x: torch.Tensor, target: torch.Tensor, return_mask: bool = False):
+        """x: (N, C, S, S) in [-1, 1]; target: (N,) class indices. Returns (N, C, S, S) in [-1, 1]
+        (and, with ``return_mask``, the mask (N, 1, S, S) in [0, 1]: all ones without a mask head)."""
         planes = nn.functional.one_hot(target, self.num_classes).to(x.dtype)[:, :, None, None]
-        return self.net(torch.cat([x, planes.expand(-1, -1, *x.shape[-2:])], 1))
+        h = torch.cat([x, planes.expand(-1, -1, *x.shape[-2:])], 1)
+        if not self.has_mask:
+            out = self.net(h)
+            return (out, torch.ones_like(out[:, :1])) if return_mask else out
+        h = self.net[:-2](h)
+        change, m = self.net[-2:](h), self.mask_head(h)
+        out = m * change + (1 - m) * x.to(change.dtype)
+        return (out, m) if return_mask else out
 
 
 class Discriminator(nn.Module):

@@ -14,6 +14,7 @@ input mean/std). Version 1 files keep loading; a file from a newer format is ref
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ class InputSpec:
             object.__setattr__(self, name, value)
         if min(self.std) <= 0:
             raise FerkitError("input std must be positive")
+        check_input_numbers(self)
 
     def to_tensor(self, faces, device: torch.device | str | None = None) -> torch.Tensor:
         """uint8 faces (N, H, W) -> float32 (N, C, H, W), scaled and normalised (on ``device``)."""
@@ -101,6 +103,13 @@ class CheckpointRecord:
     ferkit_version: str = __version__
     extra: dict = field(default_factory=dict)
     kind: str = "classifier"        # classifier | generator (an expression editor from `ferkit gan train`)
+    #: Temperature scaling (``ferkit calibrate``): probabilities are softmax(logits / temperature)
+    #: wherever ferkit produces them; 1.0 = uncalibrated (every checkpoint written before it existed).
+    temperature: float = 1.0
+    calibration: dict = field(default_factory=dict)   # how the temperature was fitted (data, n, NLL/ECE)
+
+    def __post_init__(self):
+        self.temperature = check_temperature(self.temperature)
 
     @property
     def image_size(self) -> int:
@@ -118,13 +127,15 @@ class CheckpointRecord:
                 "arch": self.arch,
                 "model_args": _jsonable(self.model_args), "classes": list(self.classes),
                 "image_size": self.image_size, "input": self.input.to_json(), "epoch": self.epoch,
-                "val_metrics": self.val_metrics, "train_config": self.train_config}
+                "val_metrics": self.val_metrics, "train_config": self.train_config,
+                "temperature": self.temperature, "calibration": self.calibration}
 
     @classmethod
     def from_json(cls, d: dict, where: str = "checkpoint") -> CheckpointRecord:
         version = _format_version(d.get("format"), where)
         known = {"format", "ferkit_version", "arch", "model_args", "classes", "image_size", "input", "epoch",
-                 "val_metrics", "train_config", "channels", "preprocessing", "kind"}
+                 "val_metrics", "train_config", "channels", "preprocessing", "kind", "temperature", "calibration"}
+        temperature = check_temperature(d.get("temperature", 1.0), f"{where}: the record's temperature")
         try:
             if version == 1:  # ferkit 0.1: fixed architectures, [0, 1] scaling, no mean/std
                 spec = InputSpec(int(d["image_size"]), int(d.get("channels", 1)))
@@ -132,13 +143,62 @@ class CheckpointRecord:
             else:
                 spec = InputSpec.from_json(d["input"])
                 model_args = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get("model_args", {}).items()}
-            return cls(arch=str(d["arch"]), classes=tuple(d["classes"]), input=spec, model_args=model_args,
+            return cls(arch=str(d["arch"]), classes=check_record_classes(d["classes"]), input=spec,
+                       model_args=model_args,
                        epoch=d.get("epoch"), val_metrics=d.get("val_metrics") or {},
                        train_config=d.get("train_config") or {}, format_version=version,
                        ferkit_version=str(d.get("ferkit_version", "?")),
-                       extra={k: v for k, v in d.items() if k not in known}, kind=str(d.get("kind", "classifier")))
-        except (KeyError, TypeError, ValueError):
+                       extra={k: v for k, v in d.items() if k not in known}, kind=str(d.get("kind", "classifier")),
+                       temperature=temperature,
+                       calibration=d["calibration"] if isinstance(d.get("calibration"), dict) else {})
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
             raise FerkitError(f"{where}: ferkit metadata is damaged") from None
+        except FerkitError as exc:   # a class list or input contract that fails its check
+            raise FerkitError(f"{where}: {exc}") from None
+
+
+def check_temperature(value, what: str = "temperature") -> float:
+    """A softmax temperature as a float; anything but a positive finite number is one clear error."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if isinstance(value, bool) or not math.isfinite(t) or t <= 0:
+        raise FerkitError(f"{what} must be a positive finite number (got {value!r})")
+    return t
+
+
+#: The largest face side a checkpoint may ask for (ferkit's models use 48-64 px).
+MAX_IMAGE_SIZE = 1024
+
+
+def check_input_numbers(spec: InputSpec) -> None:
+    """The input contract's numbers, checked where a record is made or read: a whole image size
+    of 1-MAX_IMAGE_SIZE, a positive finite pixel maximum, finite means and positive finite stds."""
+    size = spec.image_size
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise FerkitError(f"input image size must be a whole number of 1-{MAX_IMAGE_SIZE} pixels (got {size!r})")
+    if not (math.isfinite(spec.pixel_max) and spec.pixel_max > 0):
+        raise FerkitError(f"input pixel_max must be a positive finite number (got {spec.pixel_max!r})")
+    if not all(math.isfinite(v) for v in (*spec.mean, *spec.std)):
+        raise FerkitError(f"input mean and std must be finite numbers (got {spec.mean}, {spec.std})")
+
+
+def check_record_classes(classes) -> tuple[str, ...]:
+    """A record's classes: a list of at least two distinct known expression names (canonical spelling)."""
+    from ..labels import EXPRESSIONS
+
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        raise FerkitError("ferkit metadata is damaged (its classes are not a list of names)")
+    unknown = [c for c in classes if c not in EXPRESSIONS]
+    if unknown:
+        raise FerkitError(f"unknown class {unknown[0][:40]!r} in its record (known: {', '.join(EXPRESSIONS)})")
+    if len(set(classes)) != len(classes):
+        twice = next(c for c in classes if list(classes).count(c) > 1)
+        raise FerkitError(f"class {twice!r} appears twice in its record")
+    if len(classes) < 2:
+        raise FerkitError(f"its record has {len(classes)} class(es); a model needs at least two")
+    return tuple(classes)
 
 
 def _jsonable(args: dict) -> dict:
@@ -180,9 +240,15 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         if (p / "generator.safetensors").is_file():
             raise FerkitError(f"{p} is a GAN run (an expression generator): `ferkit gan evaluate` and `ferkit synth "
                               "edit` take it; this command needs a classifier")
+        if (p / "config.json").is_file():
+            raise FerkitError(f"{p} is a run folder without a checkpoint yet (none is written before its first "
+                              "epoch ends): resume the run, or give another model")
         raise FerkitError(f"{p} is a folder without best.safetensors or last.safetensors: not a ferkit run folder")
     if not p.exists():
         raise FerkitError(f"checkpoint {p} does not exist")
+    if p.suffix.lower() in (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"):
+        raise FerkitError(f"{p} is a pickled PyTorch file: ferkit never unpickles files (loading one can run any "
+                          "code); it reads ferkit checkpoints (.safetensors), run folders and .onnx files")
     return p
 
 
@@ -226,9 +292,73 @@ def _read_weights(path, kind: str) -> tuple[Path, CheckpointRecord, dict]:
     record = read_checkpoint_record(p)
     check_kind(record, kind, p)
     try:
-        return p, record, load_file(str(p), device="cpu")
+        state = load_file(str(p), device="cpu")
     except Exception as exc:  # safetensors' own error type: a truncated or damaged file
         raise FerkitError(f"{p}: cannot read weights ({str(exc).splitlines()[0][:120]})") from None
+    check_weights(p, record, state)
+    return p, record, state
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _shapes_of_record(record: CheckpointRecord, budget: int) -> dict[str, tuple[tuple, torch.dtype]]:
+    """Name -> (shape, dtype) of the model a record describes, worked out on torch's meta device
+    (no memory is allocated). A build that registers more than ``budget`` elements is stopped
+    as soon as it does (a record asking for a terabyte model costs nothing)."""
+    from torch.nn.modules import module as module_hooks
+
+    count = [0]
+
+    def hook(_module, _name, tensor):
+        if tensor is not None:
+            count[0] += tensor.numel()
+            if count[0] > budget:
+                raise _TooBig
+    handles = [module_hooks.register_module_parameter_registration_hook(hook),
+               module_hooks.register_module_buffer_registration_hook(hook)]
+    try:
+        with torch.device("meta"):
+            model = record.build_model()
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+def check_weights(p, record: CheckpointRecord, state: dict) -> None:
+    """The weights a file holds against the model its record describes, before that model is
+    built: the model's size (computed from its arguments on torch's meta device) must be the
+    file's, tensor for tensor; floating-point tensors must be floating point and finite."""
+    held = sum(t.numel() for t in state.values())
+    args = ", ".join(f"{k}={v}" for k, v in record.model_args.items())
+    what = f"{record.arch}{f' ({args})' if args else ''}, {record.image_size} px"
+    try:
+        shapes = _shapes_of_record(record, budget=2 * held + 1_000_000)   # slack: buffers not saved
+    except _TooBig:
+        raise FerkitError(f"{p}: its record describes a model ({what}) larger than the {held:,} weights the file "
+                          "holds: the record is damaged or not ferkit's") from None
+    except FerkitError:
+        raise
+    except Exception:  # noqa: BLE001 - an architecture that cannot be built on the meta device: checked below
+        shapes = None
+    if shapes is not None:
+        missing = [k for k in shapes if k not in state]
+        extra = [k for k in state if k not in shapes]
+        wrong = [k for k in shapes if k in state and tuple(state[k].shape) != shapes[k][0]]
+        if missing or extra or wrong:
+            first = (f"tensor {wrong[0]!r} is {tuple(state[wrong[0]].shape)}, expected {shapes[wrong[0]][0]}" if wrong
+                     else f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {extra[0]!r}")
+            raise FerkitError(f"{p}: weights do not match architecture {what}: {first}")
+    for k, t in state.items():
+        floating = shapes[k][1].is_floating_point if shapes is not None else t.is_floating_point()
+        if floating and not t.is_floating_point():
+            raise FerkitError(f"{p}: tensor {k!r} is {str(t.dtype).replace('torch.', '')}; weights must be "
+                              "floating point")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise FerkitError(f"{p}: tensor {k!r} holds NaN or infinite values; the checkpoint is damaged (a run that "
+                              "diverged, or a broken file)")
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",

@@ -23,6 +23,10 @@ CASCADES = {"default": "haarcascade_frontalface_default.xml", "alt2": "haarcasca
 
 
 def _cv2():
+    # FFmpeg (inside OpenCV's video backend) prints its own errors ("moov atom not found", "error
+    # while decoding MB ...") straight to stderr; ferkit says in one line what could not be read.
+    # Quiet unless the user set a level; read when the first video is opened, so set here.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     import cv2
 
     return cv2
@@ -69,20 +73,136 @@ class FaceDetector:
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
         self.min_face, self.max_side = min_face, max_side
 
-    def detect(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Face boxes (x, y, w, h) in ``gray``'s pixels, sorted left to right, top to bottom."""
+    def detect(self, gray: np.ndarray, min_size: int | None = None) -> list[tuple[int, int, int, int]]:
+        """Face boxes (x, y, w, h) in ``gray``'s pixels, sorted left to right, top to bottom.
+        ``min_size``: smallest face side in ``gray``'s pixels (default: ``min_face`` of its shorter side)."""
         cv2 = _cv2()
         h, w = gray.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
         small = gray if scale == 1.0 else cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))),
                                                      interpolation=cv2.INTER_AREA)
-        side = max(24, int(round(self.min_face * min(small.shape[:2]))))
+        side = max(24, int(round(self.min_face * min(small.shape[:2]) if min_size is None else min_size * scale)))
         if min(small.shape[:2]) < side:
             return []
         boxes = self._cc.detectMultiScale(small, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
                                           minSize=(side, side))
         out = [tuple(int(round(v / scale)) for v in b) for b in (boxes if len(boxes) else [])]
         return sorted(out, key=lambda b: (b[0], b[1]))
+
+
+# dlib's HOG boxes are tighter than Haar's and sit lower: scaled and moved to Haar's framing, which
+# the crop margin and the models were tuned on (median over 53 faces of benchmarks/bench_detect.py's
+# scenes that both found: Haar side = 1.13 x dlib side, Haar centre 0.10 x side higher)
+_DLIB_TO_HAAR = (1.13, -0.10)
+
+
+class DlibDetector:
+    """dlib's HOG + linear SVM frontal face detector (its weights are inside the dlib wheel;
+    ``pip install 'ferkit[dlib]'``). Same interface and arguments as :class:`FaceDetector`; boxes are
+    rescaled to Haar's framing so crops look the same to the model.
+
+    dlib's smallest face is about 80 px: where ``min_face`` asks for smaller faces the image is
+    upscaled (at most 2x) for detection, which costs time.
+    """
+
+    def __init__(self, min_face: float = 0.1, max_side: int = 640):
+        try:
+            import dlib
+        except ImportError:
+            raise FerkitError("--detector dlib needs dlib: pip install 'ferkit[dlib]' (or dlib-bin)") from None
+        self._det = dlib.get_frontal_face_detector()
+        self.min_face, self.max_side = min_face, max_side
+
+    def detect(self, gray: np.ndarray, min_size: int | None = None) -> list[tuple[int, int, int, int]]:
+        cv2 = _cv2()
+        h, w = gray.shape[:2]
+        want = max(24.0, self.min_face * min(h, w) if min_size is None else float(min_size))
+        scale = min(self.max_side / max(h, w), 80.0 / want)   # bring the smallest wanted face to ~80 px
+        scale = min(scale, 2.0)
+        img = gray if abs(scale - 1) < 1e-3 else cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                                            interpolation=cv2.INTER_AREA if scale < 1 else
+                                                            cv2.INTER_LINEAR)
+        grow, shift = _DLIB_TO_HAAR
+        out = []
+        for r in self._det(np.ascontiguousarray(img), 0):
+            side = (r.right() - r.left()) / scale
+            if side < want * 0.8:
+                continue
+            cx, cy = (r.left() + r.right()) / 2 / scale, (r.top() + r.bottom()) / 2 / scale + shift * side
+            s = side * grow
+            out.append((int(round(cx - s / 2)), int(round(cy - s / 2)), int(round(s)), int(round(s))))
+        return sorted(out, key=lambda b: (b[0], b[1]))
+
+
+DETECTORS = {"haar": FaceDetector, "dlib": DlibDetector}
+
+
+def create_detector(kind: str = "haar", **args):
+    """A face detector by name: ``haar`` (OpenCV's cascade, the default) or ``dlib`` (HOG). Haar takes
+    ``cascade``, ``scale_factor`` and ``min_neighbors`` as well; both take ``min_face`` and ``max_side``."""
+    if kind not in DETECTORS:
+        raise FerkitError(f"unknown detector {kind!r}; accepted: {', '.join(DETECTORS)}")
+    if kind == "dlib":
+        extra = [k for k in args if k not in ("min_face", "max_side")]
+        if extra and not (extra == ["cascade"] and args["cascade"] in (None, "alt2")):
+            raise FerkitError(f"the dlib detector does not take {', '.join(extra)} (Haar options)")
+        args = {k: v for k, v in args.items() if k in ("min_face", "max_side")}
+    return DETECTORS[kind](**args)
+
+
+#: Retries for an image where nothing is found: pad + upscale, then turned by these angles (degrees)
+RETRY_ANGLES = (20.0, -20.0, 40.0, -40.0)
+
+
+def find_faces(detector, gray: np.ndarray, retry: bool = True) -> list[tuple[tuple[int, int, int, int], float]]:
+    """(box, roll) of each face in ``gray``: roll is 0 for a face found upright, else the angle
+    (degrees, see :mod:`ferkit.predict.align`) at which a turned copy of the image showed it.
+
+    With ``retry``, an image where nothing is found is tried again before giving up: padded
+    (edges replicated, for tightly cropped faces that leave the detector no context) and upscaled
+    (small photos: the shorter side to at least 240 px), then that copy turned by
+    :data:`RETRY_ANGLES` (tilted heads, which frontal detectors miss). The smallest face size asked
+    for stays what it was in the original's pixels.
+    """
+    from .align import rotate_points
+
+    boxes = detector.detect(gray)
+    if boxes or not retry or gray.size == 0:
+        return [(b, 0.0) for b in boxes]
+    cv2 = _cv2()
+    h, w = gray.shape[:2]
+    scale = min(4.0, max(1.0, 240.0 / min(h, w)))
+    min_size = max(24, round(getattr(detector, "min_face", 0.1) * min(h, w) * scale))
+    pad = int(round(0.3 * max(h, w) * scale))
+    work = gray if scale == 1 else cv2.resize(gray, (round(w * scale), round(h * scale)),
+                                              interpolation=cv2.INTER_LINEAR)
+    work = cv2.copyMakeBorder(work, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    H, W = work.shape[:2]
+    centre = (W / 2.0, H / 2.0)
+    for angle in (0.0, *RETRY_ANGLES):
+        turned = work if not angle else cv2.warpAffine(work, cv2.getRotationMatrix2D(centre, angle, 1.0), (W, H),
+                                                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        found = detector.detect(turned, min_size=min_size)
+        if not found:
+            continue
+        centres = rotate_points([(x + bw / 2, y + bh / 2) for x, y, bw, bh in found], centre, angle)
+        out = []
+        for (cx, cy), (_, _, bw, bh) in zip(centres, found):
+            cx, cy, side = (cx - pad) / scale, (cy - pad) / scale, max(bw, bh) / scale
+            if 0 <= cx < w and 0 <= cy < h:   # else a "face" in the replicated border
+                out.append(((int(round(cx - side / 2)), int(round(cy - side / 2)), int(round(side)),
+                             int(round(side))), angle))
+        if out:
+            return sorted(out, key=lambda f: (f[0][0], f[0][1]))
+    return []
+
+
+def largest(faces: list) -> list:
+    """The largest face of a list of boxes or (box, ...) tuples, as a list of at most one."""
+    if not faces:
+        return []
+    area = (lambda f: f[2] * f[3]) if isinstance(faces[0][0], (int, np.integer)) else (lambda f: f[0][2] * f[0][3])
+    return [max(faces, key=area)]
 
 
 def crop_face(gray: np.ndarray, box, margin: float = 0.1) -> np.ndarray:
@@ -105,7 +225,8 @@ def crop_face(gray: np.ndarray, box, margin: float = 0.1) -> np.ndarray:
 
 
 def draw_faces(image_bgr: np.ndarray, faces: list[FacePrediction]) -> np.ndarray:
-    """Boxes and "label 0.87" tags drawn on a BGR (or gray) image; returns a BGR copy."""
+    """Boxes and "label 0.87" tags ("#3 label 0.87" for a tracked face) drawn on a BGR (or gray) image;
+    returns a BGR copy."""
     cv2 = _cv2()
     img = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR) if image_bgr.ndim == 2 else image_bgr.copy()
     thick = max(1, round(min(img.shape[:2]) / 300))
@@ -113,7 +234,8 @@ def draw_faces(image_bgr: np.ndarray, faces: list[FacePrediction]) -> np.ndarray
     for f in faces:
         x, y, w, h = f.box
         cv2.rectangle(img, (x, y), (x + w, y + h), (0, 255, 0), thick)
-        text = f"{f.label} {f.confidence:.2f}"
+        track = getattr(f, "track", None)
+        text = f"{'' if track is None else f'#{track} '}{f.label} {f.confidence:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         ty = y - 4 if y - th - base - 4 >= 0 else min(img.shape[0] - 1, y + h + th + 4)
         cv2.rectangle(img, (x, ty - th - base), (x + tw + 4, ty + base), (0, 255, 0), -1)

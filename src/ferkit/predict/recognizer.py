@@ -20,7 +20,8 @@ import numpy as np
 
 from ..data import bgr_to_gray, decode_image, preprocess_gray
 from ..errors import FerkitError
-from .detect import FaceDetector, crop_face
+from .align import face_crop
+from .detect import FaceDetector, create_detector, find_faces, largest
 
 
 @dataclass
@@ -32,6 +33,18 @@ class FacePrediction:
     label: str
     confidence: float
     probabilities: dict[str, float]
+
+
+@dataclass
+class PreparedFaces:
+    """The model inputs found in one image: ``boxes`` (x, y, w, h), ``faces`` (N, S, S) uint8 crops
+    (eye-level when aligned), ``rolls`` (degrees each crop was turned; 0 = upright crop) and
+    ``whole``: True when no face was found and the whole image stands in (``fallback="whole"``)."""
+
+    boxes: list[tuple[int, int, int, int]]
+    faces: np.ndarray
+    rolls: list[float]
+    whole: bool = False
 
 
 # ----------------------------------------------------------------------------- images
@@ -112,12 +125,13 @@ class TorchBackend:
         if len(faces_uint8) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         return predict_logits(self.model, faces_uint8, self.record.input, self.device, self.amp, batch_size,
-                              self.tta).numpy()
+                              self.tta, temperature=self.record.temperature).numpy()
 
 
 class OnnxBackend:
     """An ONNX file written by ``ferkit export``, run with onnxruntime; classes and image size come
-    from the file's metadata."""
+    from the file's metadata. A calibrated model's temperature is applied inside the graph (its
+    ``logits`` output is already divided by it), so nothing here applies it again."""
 
     name = "onnx"
 
@@ -177,20 +191,91 @@ class OnnxBackend:
 
 def open_backend(path=None, backend: str = "auto", device: str = "auto", precision: str = "fp32",
                  tta: str = "none"):
-    """The backend for ``path``: a run folder or ``.safetensors`` file (torch), an ``.onnx`` file
-    (onnxruntime), a bundled model's name, or None for the default bundled model."""
+    """The backend for ``path``: a run folder or ``.safetensors`` file, an ``.onnx`` file, a bundled
+    model's name, or None for the default bundled model.
+
+    ``auto``: an ``.onnx`` file runs on onnxruntime. A checkpoint runs on onnxruntime too when its
+    export lies beside it (see :func:`exported_backend`: ``<stem>.onnx`` made by ``ferkit export``
+    from this very file), onnxruntime is installed, and the model is to run on the CPU in fp32;
+    else on PyTorch. ``onnx`` with a checkpoint needs that export; ``torch`` never uses it."""
     from ..bundled import resolve_model_path
 
     path = resolve_model_path(path)
+    is_onnx = str(path).lower().endswith(".onnx")
     if backend == "auto":
-        backend = "onnx" if str(path).lower().endswith(".onnx") else "torch"
+        if is_onnx:
+            return OnnxBackend(path, tta=tta)
+        return (exported_backend(path, device, precision, tta)
+                or TorchBackend(path, device=device, precision=precision, tta=tta))
     if backend == "torch":
-        if str(path).lower().endswith(".onnx"):
+        if is_onnx:
             raise FerkitError(f"{path} is an ONNX file: use backend 'onnx' or 'auto'")
         return TorchBackend(path, device=device, precision=precision, tta=tta)
     if backend == "onnx":
+        if not is_onnx and (Path(path).is_dir() or Path(path).suffix.lower() == ".safetensors"):
+            return exported_backend(path, "cpu", "fp32", tta, required=True)
         return OnnxBackend(path, tta=tta)
     raise FerkitError(f"unknown backend {backend!r}; accepted: auto, torch, onnx")
+
+
+def exported_backend(path, device: str = "auto", precision: str = "fp32", tta: str = "none",
+                     required: bool = False):
+    """An :class:`OnnxBackend` on the export that stands in for checkpoint ``path``, or None.
+
+    The export is ``<stem>.onnx`` beside the checkpoint (a run's ``best.safetensors`` ->
+    ``best.onnx``; ``ferkit export runs/exp1 --out runs/exp1/best.onnx`` makes it) and is used only
+    when its metadata's ``source_sha256`` is the checkpoint's (an export of an older checkpoint is
+    ignored, with a note), onnxruntime is installed, ``device`` is the CPU (``auto`` without CUDA)
+    and ``precision`` is fp32. ``required``: FerkitError instead of None."""
+    from ..export import export_beside, file_sha256
+    from ..models import resolve_checkpoint
+
+    def no(reason: str, note: bool = False):
+        if required:
+            raise FerkitError(reason)
+        if note:
+            from ..console import log
+
+            log(f"note: {reason}; using PyTorch")
+        return None
+
+    if precision != "fp32" or device not in ("auto", "cpu"):
+        return None
+    if device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return no("the onnx backend needs onnxruntime: pip install 'ferkit[onnx]'")
+    try:
+        ckpt = resolve_checkpoint(path)
+    except FerkitError:
+        if required:
+            raise
+        return None    # the torch backend says what is wrong with it
+    side = export_beside(ckpt)
+    if not side.is_file():
+        return no(f"{ckpt} has no ONNX export beside it ({side.name}): make one with "
+                  f"`ferkit export {path} --out {side}`")
+    try:
+        be = OnnxBackend(side, tta=tta)
+    except FerkitError as exc:
+        return no(f"cannot use {side} ({exc})", note=True)
+    if be.record.extra.get("source_sha256") != file_sha256(ckpt):
+        return no(f"{side} was not exported from {ckpt} as it is now (export it again)", note=True)
+    return be
+
+
+FALLBACKS = ("none", "whole")
+
+
+def _make_detector(detector_args: dict):
+    """The face detector named by ``detector_args["detector"]`` (default "haar") with the other arguments."""
+    args = dict(detector_args)
+    return create_detector(args.pop("detector", None) or "haar", **args)
 
 
 # ----------------------------------------------------------------------------- recognizer
@@ -202,25 +287,35 @@ class Recognizer:
     """
 
     def __init__(self, backend, detector: FaceDetector | None = None, margin: float = 0.1, batch_size: int = 64,
-                 detector_args: dict | None = None):
+                 detector_args: dict | None = None, align: bool = True, fallback: str = "none",
+                 largest: bool = False):
+        if fallback not in FALLBACKS:
+            raise FerkitError(f"unknown fallback {fallback!r}; accepted: {', '.join(FALLBACKS)}")
         self.backend = backend
         self.detector = detector
         self._detector_args = detector_args or {}   # for the detector made on first use, when none is given
         self.margin = margin
         self.batch_size = batch_size
+        self.align, self.fallback, self.largest = align, fallback, largest
+        self._aligner = None                        # made on first use (one per recognizer: OpenCV cascades)
 
     @classmethod
     def load(cls, path=None, backend: str = "auto", device: str = "auto", precision: str = "fp32",
              tta: str = "none", margin: float = 0.1, batch_size: int = 64, detect: bool = True,
+             align: bool = True, fallback: str = "none", largest: bool = False,
              **detector_args) -> "Recognizer":
         """Load a model: None (the bundled FER2013 model), a bundled model's name, a run folder or
         ``.safetensors`` checkpoint, or an ``.onnx`` file from ``ferkit export`` (backend "auto"
-        picks torch or onnxruntime from the file). ``tta``: none, flip or crops. ``detector_args``
-        go to :class:`FaceDetector` (cascade, min_face, ...), which is loaded now, so a bad cascade
-        fails before any work; ``detect=False`` (cropped faces only) loads it on first use instead."""
+        runs an .onnx file, or a checkpoint's export beside it, on onnxruntime when installed, else
+        PyTorch: see :func:`open_backend`). ``tta``: none, flip or crops. ``detector_args``
+        go to the face detector: ``detector`` ("haar", the default, or "dlib"), cascade, min_face, ...
+        It is loaded now, so a bad cascade fails before any work; ``detect=False`` (cropped faces
+        only) loads it on first use instead. ``align``: turn each face crop so its eyes are level
+        (:mod:`ferkit.predict.align`); ``fallback="whole"``: an image without a detected face is
+        classified whole; ``largest``: keep only the largest face of each image or frame."""
         be = open_backend(path, backend, device=device, precision=precision, tta=tta)
-        return cls(be, FaceDetector(**detector_args) if detect else None, margin=margin, batch_size=batch_size,
-                   detector_args=detector_args)
+        return cls(be, _make_detector(detector_args) if detect else None, margin=margin, batch_size=batch_size,
+                   detector_args=detector_args, align=align, fallback=fallback, largest=largest)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -231,35 +326,82 @@ class Recognizer:
         return self.backend.image_size
 
     # -- building blocks
+    def with_detector(self, **detector_args) -> "Recognizer":
+        """A recognizer sharing this one's model and settings, with a detector of its own: this one's
+        detector arguments updated by ``detector_args`` (e.g. ``min_face=0.2``), made on first use.
+        For threads (OpenCV's cascade classifier must not be shared between them) and per-call options."""
+        import copy
+
+        twin = copy.copy(self)
+        twin._detector_args = {**self._detector_args, **detector_args}
+        twin.detector = None
+        twin._aligner = None
+        return twin
+
     def detect(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
         if self.detector is None:
-            self.detector = FaceDetector(**self._detector_args)
+            self.detector = _make_detector(self._detector_args)
         return self.detector.detect(gray)
 
-    def faces_in(self, gray: np.ndarray, detect: bool = True) -> tuple[list[tuple[int, int, int, int]], np.ndarray]:
-        """Boxes and preprocessed (N, S, S) uint8 model inputs for one gray image."""
+    def locate(self, gray: np.ndarray, retry: bool = True) -> list[tuple[tuple[int, int, int, int], float]]:
+        """(box, roll) of each face: :func:`ferkit.predict.detect.find_faces` (padded, upscaled and
+        turned retries when ``retry`` and nothing is found), only the largest with ``largest``."""
+        if self.detector is None:
+            self.detector = _make_detector(self._detector_args)
+        found = find_faces(self.detector, gray, retry)
+        return largest(found) if self.largest else found
+
+    def prepare(self, gray: np.ndarray, detect: bool = True, retry: bool = True) -> PreparedFaces:
+        """Boxes, preprocessed (N, S, S) uint8 model inputs and crop angles for one gray image.
+        ``retry``: try harder on an image where nothing is found (photos; off for video frames)."""
         S = self.image_size
+        h, w = gray.shape[:2]
         if not detect:
-            h, w = gray.shape[:2]
-            return [(0, 0, int(w), int(h))], preprocess_gray(gray, S)[None]
-        boxes = self.detect(gray)
-        faces = np.zeros((len(boxes), S, S), np.uint8)
-        for i, b in enumerate(boxes):
-            faces[i] = preprocess_gray(crop_face(gray, b, self.margin), S)
-        return boxes, faces
+            return PreparedFaces([(0, 0, int(w), int(h))], preprocess_gray(gray, S)[None], [0.0])
+        found = self.locate(gray, retry)
+        if not found and self.fallback == "whole":
+            return PreparedFaces([(0, 0, int(w), int(h))], preprocess_gray(gray, S)[None], [0.0], whole=True)
+        faces = np.zeros((len(found), S, S), np.uint8)
+        rolls = []
+        if self.align and found and self._aligner is None:
+            from .align import EyeAligner
+
+            self._aligner = EyeAligner()
+        for i, (b, roll) in enumerate(found):
+            if self.align:
+                crop, roll = self._aligner.crop(gray, b, self.margin, roll)
+            else:
+                crop = face_crop(gray, b, self.margin, roll)
+            faces[i] = preprocess_gray(crop, S)
+            rolls.append(float(roll))
+        return PreparedFaces([b for b, _ in found], faces, rolls)
+
+    def faces_in(self, gray: np.ndarray, detect: bool = True,
+                 retry: bool = True) -> tuple[list[tuple[int, int, int, int]], np.ndarray]:
+        """Boxes and preprocessed (N, S, S) uint8 model inputs for one gray image (see :meth:`prepare`)."""
+        prepared = self.prepare(gray, detect, retry)
+        return prepared.boxes, prepared.faces
 
     def probabilities(self, faces_uint8: np.ndarray) -> np.ndarray:
-        """(N, S, S) uint8 preprocessed faces -> (N, classes) float32 probabilities."""
-        return _softmax(self.backend.logits(np.ascontiguousarray(faces_uint8), self.batch_size).astype(np.float64)
-                        ).astype(np.float32)
+        """(N, S, S) uint8 preprocessed faces -> (N, classes) float32 probabilities; FerkitError when
+        the model's outputs are not finite (a damaged model is not reported as a prediction)."""
+        from ..runtime import require_finite
+
+        logits = self.backend.logits(np.ascontiguousarray(faces_uint8), self.batch_size)
+        require_finite(logits, f"model {getattr(self.backend, 'path', '')}".strip())
+        return _softmax(logits.astype(np.float64)).astype(np.float32)
 
     def _results(self, boxes, probs) -> list[FacePrediction]:
-        out = []
-        for b, p in zip(boxes, probs):
-            k = int(p.argmax())
-            out.append(FacePrediction(tuple(int(v) for v in b), self.classes[k], float(p[k]),
-                                      {c: float(v) for c, v in zip(self.classes, p)}))
-        return out
+        # numpy does the per-face arithmetic for the whole batch; the loop only builds the objects
+        probs = np.asarray(probs)
+        if not len(probs):
+            return []
+        top = probs.argmax(1)
+        labels = [self.classes[k] for k in top.tolist()]
+        confidence = probs[np.arange(len(probs)), top].tolist()
+        classes = self.classes
+        return [FacePrediction(tuple(map(int, b)), label, c, dict(zip(classes, row)))
+                for b, label, c, row in zip(boxes, labels, confidence, probs.tolist())]
 
     # -- public API
     def predict(self, image, detect: bool = True) -> list[FacePrediction]:
@@ -271,12 +413,39 @@ class Recognizer:
         boxes, faces = self.faces_in(to_gray(image), detect)
         return self._results(boxes, self.probabilities(faces))
 
+    def track(self, video, smooth: float = 0.5, every: int = 1, max_frames: int | None = None,
+              detect: bool = True):
+        """Faces of a video, tracked: yields one :class:`ferkit.predict.track.FrameFaces` per
+        classified frame (frames without a face too, with no faces), each face with a ``track`` id
+        and probabilities smoothed per track over ``smooth`` seconds (0 = raw).
+
+        ``video``: a video file, a camera index, or an iterable of frames (BGR/gray arrays; their
+        times are then frame numbers / 25 fps). See :func:`ferkit.predict.track.track_video`.
+        """
+        from .track import track_video
+
+        return track_video(self, video, smooth=smooth, every=every, max_frames=max_frames, detect=detect)
+
     def predict_faces(self, faces: Iterable) -> list[FacePrediction]:
-        """Classify already-cropped faces (gray/BGR arrays, paths or PIL images of any size), batched."""
-        grays = [to_gray(f) for f in faces]
+        """Classify already-cropped faces, batched: a uint8 array (N, H, W) of gray faces, or an
+        iterable of faces (gray/BGR arrays, paths or PIL images of any size). Gray uint8 faces
+        already of the model's size (``image_size``) are stacked as they are, with no per-face
+        conversion or resizing."""
+        S = self.image_size
+        if isinstance(faces, np.ndarray) and faces.ndim == 3 and faces.dtype == np.uint8:
+            if not len(faces):
+                return []
+            h, w = faces.shape[1:]
+            batch = faces if (h, w) == (S, S) else np.stack([preprocess_gray(f, S) for f in faces])
+            return self._results([(0, 0, w, h)] * len(faces), self.probabilities(batch))
+        grays = [f if isinstance(f, np.ndarray) and f.ndim == 2 and f.dtype == np.uint8 else to_gray(f)
+                 for f in faces]
         if not grays:
             return []
-        batch = np.stack([preprocess_gray(g, self.image_size) for g in grays])
+        if all(g.shape == (S, S) for g in grays):
+            batch = np.stack(grays)
+        else:
+            batch = np.stack([preprocess_gray(g, S) for g in grays])
         boxes = [(0, 0, g.shape[1], g.shape[0]) for g in grays]
         return self._results(boxes, self.probabilities(batch))
 

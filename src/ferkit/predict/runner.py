@@ -7,7 +7,6 @@ partial ever looks complete. A bad file is skipped and listed, never stops the b
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -19,11 +18,12 @@ from typing import Iterable
 import numpy as np
 
 from ..console import log, progress_bar
-from ..data import IMAGE_EXTENSIONS, bgr_to_gray, find_files
+from ..data import IMAGE_EXTENSIONS, find_files
 from ..errors import FerkitError, Interrupted
-from ..files import atomic_path, make_dir, write_json
+from ..files import atomic_path, csv_writer, make_dir, output_lock, refuse_output_over_input, write_json
 from .detect import cv2_silenced, draw_faces
 from .recognizer import FacePrediction, Recognizer, read_color, read_gray
+from .track import DEFAULT_SMOOTH_S, FrameSizeError, FrameTracker, VideoSummary, read_frames
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 FORMATS = ("csv", "json")
@@ -38,12 +38,14 @@ def collect_inputs(inputs: Iterable[str]) -> tuple[list[tuple[Path, str]], list[
     for text in inputs:
         p = Path(text)
         if p.is_dir():
-            found = find_files(p, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+            found = find_files(p, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS, skipped=bad)   # FIFOs, devices: listed
             if not found:
                 bad.append((str(p), "folder has no image or video files"))
             items += [(f, kind(f)) for f in found]
         elif p.is_file():
             items.append((p, kind(p)))
+        elif p.exists():
+            bad.append((str(p), "not a regular file (a FIFO, socket or device); not read"))
         else:
             bad.append((str(p), "does not exist"))
     return items, bad
@@ -68,8 +70,8 @@ class PredictionWriter:
             except OSError as exc:
                 raise FerkitError(f"cannot write {self.partial}: {exc.strerror or exc}") from None
         if fmt == "csv":
-            self.csv = csv.writer(self.fh)
-            self._guard(lambda: self.csv.writerow(["source", "frame", "time_s", "x", "y", "w", "h", "label",
+            self.csv = csv_writer(self.fh)
+            self._guard(lambda: self.csv.writerow(["source", "frame", "time_s", "track", "x", "y", "w", "h", "label",
                                                    "confidence", *[f"p_{c}" for c in self.classes]]))
         elif out is None:
             self.fh.write("[")
@@ -80,17 +82,27 @@ class PredictionWriter:
         except OSError as exc:
             raise FerkitError(f"cannot write {self.partial or 'stdout'}: {exc.strerror or exc}") from None
 
-    def write(self, source: str, frame: int | None, time_s: float | None, face: FacePrediction) -> None:
+    def write(self, source: str, frame: int | None, time_s: float | None, face: FacePrediction | None) -> None:
+        """One row: a face (its ``track`` id when it has one), or ``None`` for a video frame without a
+        face (empty box, label and probabilities)."""
+        track = getattr(face, "track", None)
         if self.fmt == "csv":
             row = [source, "" if frame is None else frame, "" if time_s is None else f"{time_s:.3f}",
-                   *face.box, face.label, f"{face.confidence:.6f}",
-                   *[f"{face.probabilities[c]:.6f}" for c in self.classes]]
+                   "" if track is None else track]
+            if face is None:
+                row += [""] * (6 + len(self.classes))
+            else:
+                row += [*face.box, face.label, f"{face.confidence:.6f}",
+                        *[f"{face.probabilities[c]:.6f}" for c in self.classes]]
             self._guard(lambda: self.csv.writerow(row))
         else:
             obj = json.dumps({"source": source, "frame": frame,
-                              "time_s": None if time_s is None else round(time_s, 3), "box": list(face.box),
-                              "label": face.label, "confidence": round(face.confidence, 6),
-                              "probabilities": {c: round(face.probabilities[c], 6) for c in self.classes}})
+                              "time_s": None if time_s is None else round(time_s, 3), "track": track,
+                              "box": None if face is None else list(face.box),
+                              "label": None if face is None else face.label,
+                              "confidence": None if face is None else round(face.confidence, 6),
+                              "probabilities": None if face is None else
+                              {c: round(face.probabilities[c], 6) for c in self.classes}})
             text = (("\n" if self.count == 0 else ",\n") + obj) if self.out is None else obj + "\n"
             self._guard(lambda: self.fh.write(text))
         self.count += 1
@@ -106,11 +118,11 @@ class PredictionWriter:
                 self.fh.write("\n]\n" if self.count else "]\n")
             self.fh.flush()
             return None
-        self.fh.close()
+        self._guard(self.fh.close)    # a full disk can surface here, when the last rows are flushed
         if not complete:
             return self.partial
         if self.fmt == "csv":
-            os.replace(self.partial, self.path)
+            self._guard(lambda: os.replace(self.partial, self.path))
         else:
             with atomic_path(self.path) as tmp:
                 with open(self.partial, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
@@ -131,6 +143,8 @@ class RunSummary:
     frames: int = 0                 # video/camera frames classified
     faces: int = 0
     no_face: list[str] = field(default_factory=list)        # images with zero faces
+    whole_image: list[str] = field(default_factory=list)    # of those, classified whole (--fallback whole)
+    video_summaries: list[str] = field(default_factory=list)  # per-video folders (summary.json, timeline.png)
     bad: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
     seconds: float = 0.0
     output: str | None = None
@@ -143,10 +157,14 @@ class RunSummary:
         if self.no_face:
             shown = ", ".join(self.no_face[:10])
             lines.append(f"no face found in: {shown}{' ...' if len(self.no_face) > 10 else ''}")
+        if self.whole_image:
+            lines.append(f"{len(self.whole_image)} image(s) without a face classified whole (--fallback whole)")
         for src, why in self.bad:
             lines.append(f"skipped {src}: {why}")
         if self.output:
             lines.append(f"predictions: {self.output}")
+        if self.video_summaries:
+            lines.append(f"per-video summaries (summary.json, timeline.png): {', '.join(self.video_summaries)}")
         return "\n".join(lines)
 
 
@@ -181,31 +199,24 @@ class _Annotator:
             raise FerkitError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
-@dataclass
-class _Frame:
-    """A video/camera frame waiting for its batch: classified frames carry their face crops."""
-
-    index: int
-    time_s: float
-    image: np.ndarray | None        # kept only when annotating
-    boxes: list | None = None       # None: not classified (``--every``), drawn with the last results
-    crops: np.ndarray | None = None
-
-
 class Predictor:
     """Runs a :class:`Recognizer` over files, folders, videos and a camera, writing rows as it goes."""
 
     def __init__(self, recognizer: Recognizer, writer: PredictionWriter, annotate_dir: Path | None = None,
-                 detect: bool = True, every: int = 1, progress: bool = True, max_pending_images: int = 16):
+                 detect: bool = True, every: int = 1, progress: bool = True, max_pending_images: int = 16,
+                 smooth: float = DEFAULT_SMOOTH_S, summaries_dir: Path | None = None):
         self.r, self.w = recognizer, writer
         self.detect, self.every, self.progress = detect, max(1, every), progress
         self.ann = _Annotator(annotate_dir) if annotate_dir is not None else None
         self.max_pending_images = max_pending_images
+        self.smooth = smooth                    # seconds of per-track smoothing for video and camera
+        self.summaries = summaries_dir          # <out>/videos: one folder per video; None = none written
+        self._summary_names: set[str] = set()
         self.summary = RunSummary()
 
     # -- images: faces of several images are classified in one batch
     def run_images(self, paths: list[Path]) -> None:
-        pending: list[tuple[Path, list, np.ndarray | None]] = []
+        pending: list[tuple[Path, list, np.ndarray | None, bool]] = []
         faces: list[np.ndarray] = []
         n_faces = 0
         for path in progress_bar(paths, enabled=self.progress and len(paths) > 1, desc="images", unit="img",
@@ -217,10 +228,10 @@ class Predictor:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 self.summary.bad.append((str(path), f"not a readable image ({why})"))
                 continue
-            boxes, crops = self.r.faces_in(gray, self.detect)
-            pending.append((path, boxes, color))
-            faces.append(crops)
-            n_faces += len(boxes)
+            prepared = self.r.prepare(gray, self.detect)
+            pending.append((path, prepared.boxes, color, prepared.whole))
+            faces.append(prepared.faces)
+            n_faces += len(prepared.boxes)
             if n_faces >= self.r.batch_size or len(pending) >= self.max_pending_images:
                 self._flush_images(pending, faces)
                 pending, faces, n_faces = [], [], 0
@@ -230,7 +241,7 @@ class Predictor:
     def _flush_images(self, pending, faces) -> None:
         probs = self.r.probabilities(np.concatenate(faces))
         k = 0
-        for path, boxes, color in pending:
+        for path, boxes, color, whole in pending:
             results = self.r._results(boxes, probs[k:k + len(boxes)])
             k += len(boxes)
             for f in results:
@@ -238,8 +249,10 @@ class Predictor:
             self.summary.files += 1
             self.summary.images += 1
             self.summary.faces += len(results)
-            if not results:
+            if not results or whole:
                 self.summary.no_face.append(str(path))
+            if whole:
+                self.summary.whole_image.append(str(path))
             if self.ann is not None:
                 self.ann.write_image(path, draw_faces(color, results))
         self.w.flush()
@@ -252,7 +265,7 @@ class Predictor:
                 self.summary.bad.append((str(path), "cannot open video (unsupported codec or not a video)"))
                 return
             n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        self._stream(_VideoStream(self, cap, str(path), path.stem + ".mp4", live=False), n if n > 0 else None)
+        self._stream(_VideoStream(self, cap, str(path), path.stem, live=False), n if n > 0 else None)
 
     @staticmethod
     def open_camera(index: int):
@@ -269,97 +282,88 @@ class Predictor:
     def run_camera(self, index: int, max_frames: int | None = None, opened=None) -> None:
         cap, first = opened or self.open_camera(index)
         log(f"camera {index}: press Ctrl-C to stop")
-        self._stream(_VideoStream(self, cap, f"camera:{index}", f"camera{index}.mp4", live=True, first=first),
+        self._stream(_VideoStream(self, cap, f"camera:{index}", f"camera{index}", live=True, first=first),
                      max_frames, max_frames=max_frames)
 
     def _stream(self, stream: "_VideoStream", total: int | None, max_frames: int | None = None) -> None:
         bar = progress_bar(total=total, enabled=self.progress, desc=os.path.basename(stream.source)[:30],
                            unit="frame", leave=False)
         try:
-            for frame in stream.frames():
+            for index, time_s, image in stream.frames():
                 bar.update(1)
-                stream.add(frame)
-                if max_frames is not None and frame.index + 1 >= max_frames:
+                stream.add(index, time_s, image)
+                if max_frames is not None and index + 1 >= max_frames:
                     break
         except KeyboardInterrupt:
             if not stream.live:
                 raise
             log("stopped")
+        except FrameSizeError as exc:   # the frames before it are fine and written; the video is listed
+            stream.failed = f"{exc} (stopped there; the rows of the frames before it are kept)"
         finally:
             stream.close()
             bar.close()
+        if stream.failed:
+            self.summary.bad.append((stream.source, stream.failed.removeprefix(f"{stream.source}: ")))
+            return
         if stream.last_index < 0:
             self.summary.bad.append((stream.source, "no frames could be read"))
             return
         self.summary.files += 1
         self.summary.videos += 1
+        if self.summaries is not None:
+            name, i = stream.name, 1
+            while name in self._summary_names:
+                name, i = f"{stream.name}-{i}", i + 1
+            self._summary_names.add(name)
+            self.summary.video_summaries.append(str(stream.summary.write(self.summaries / name)))
 
 
 class _VideoStream:
-    """One video or camera: reads frames, batches their faces, writes rows and the annotated video."""
+    """One video or camera: frames -> :class:`FrameTracker` -> rows (frames without a face too), the
+    annotated video and the per-video summary."""
 
-    def __init__(self, p: Predictor, cap, source: str, ann_name: str, live: bool, first=None):
-        self.p, self.cap, self.source, self.ann_name, self.live, self.first = p, cap, source, ann_name, live, first
+    def __init__(self, p: Predictor, cap, source: str, name: str, live: bool, first=None):
+        self.p, self.cap, self.source, self.name, self.live, self.first = p, cap, source, name, live, first
         fps = cap.get(5) or 0.0   # cv2.CAP_PROP_FPS
         self.fps = fps if 0 < fps < 1000 else 0.0
-        self.t0 = time.perf_counter()
-        self.buffer: list[_Frame] = []
-        self.n_faces, self.last_index = 0, -1
-        self.last_results: list[FacePrediction] = []
+        self.tracker = FrameTracker(p.r, p.smooth, p.detect, source, batch_frames=8 if live else 16,
+                                    keep_images=p.ann is not None)
+        self.summary = VideoSummary(p.r.classes, source, p.smooth)
+        self.last_index = -1
+        self.last_faces: list = []
         self.writer = None
+        self.failed: str | None = None
 
     def frames(self):
-        while True:
-            if self.first is not None:
-                ok, image, self.first = True, self.first, None
-            else:
-                ok, image = self.cap.read()
-            if not ok or image is None:
-                return
-            self.last_index += 1
-            i = self.last_index
-            if self.live or not self.fps:
-                t = time.perf_counter() - self.t0 if self.live else self.cap.get(0) / 1000.0  # CAP_PROP_POS_MSEC
-            else:
-                t = i / self.fps
-            yield _Frame(i, t, image)
+        for index, t, image in read_frames(self.cap, self.fps, self.live, first=self.first):
+            self.first = None
+            self.last_index = index
+            yield index, t, image
 
-    def add(self, frame: _Frame) -> None:
-        p = self.p
-        keep = frame.image if p.ann is not None else None
-        if frame.index % p.every == 0:
-            boxes, crops = p.r.faces_in(bgr_to_gray(frame.image), p.detect)
-            self.buffer.append(_Frame(frame.index, frame.time_s, keep, boxes, crops))
-            self.n_faces += len(boxes)
-        elif p.ann is not None:
-            self.buffer.append(_Frame(frame.index, frame.time_s, keep))
-        if self.n_faces >= p.r.batch_size or len(self.buffer) >= 32:
-            self.flush()
+    def add(self, index: int, time_s: float, image: np.ndarray) -> None:
+        self._emit(self.tracker.push(index, time_s, image, classify=index % self.p.every == 0))
 
-    def flush(self) -> None:
+    def _emit(self, frames) -> None:
         p = self.p
-        chunks = [f.crops for f in self.buffer if f.boxes is not None]
-        probs = p.r.probabilities(np.concatenate(chunks)) if chunks else None
-        k = 0
-        for f in self.buffer:
-            if f.boxes is not None:
-                results = p.r._results(f.boxes, probs[k:k + len(f.boxes)])
-                k += len(f.boxes)
-                for face in results:
-                    p.w.write(self.source, f.index, f.time_s, face)
-                p.summary.faces += len(results)
+        for f in frames:
+            if f.faces is not None:
+                for face in f.faces or [None]:     # a frame without a face is one row with an empty label
+                    p.w.write(self.source, f.frame, f.time_s, face)
+                p.summary.faces += len(f.faces)
                 p.summary.frames += 1
-                self.last_results = results
+                self.summary.add(f)
+                self.last_faces = f.faces
             if p.ann is not None:
                 if self.writer is None:
                     self.writer = self._open_writer(f.image)
                 if self.writer is not None:
-                    self.writer.write(draw_faces(f.image, self.last_results))
-        p.w.flush()
-        self.buffer, self.n_faces = [], 0
+                    self.writer.write(draw_faces(f.image, self.last_faces))
+        if frames:
+            p.w.flush()
 
     def _open_writer(self, frame: np.ndarray):
-        target = self.p.ann.name(self.ann_name)
+        target = self.p.ann.name(self.name + ".mp4")
         h, w = frame.shape[:2]
         with cv2_silenced() as cv2:
             vw = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), float(self.fps or 25.0), (w, h))
@@ -369,21 +373,26 @@ class _VideoStream:
         return vw
 
     def close(self) -> None:
-        if self.buffer:
-            self.flush()
-        self.cap.release()
-        if self.writer is not None:
-            self.writer.release()
+        try:
+            self._emit(self.tracker.flush())
+        finally:
+            self.cap.release()
+            if self.writer is not None:
+                self.writer.release()
 
 
 def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "predictions", fmt: str = "csv",
                    annotate: bool = False, detect: bool = True, every: int = 1, camera: int | None = None,
                    backend: str = "auto", batch_size: int = 64, device: str = "auto", progress: bool = True,
-                   max_frames: int | None = None, tta: str = "none", **detector_args) -> RunSummary:
+                   max_frames: int | None = None, tta: str = "none", smooth: float | None = None,
+                   align: bool = True, fallback: str = "none", largest: bool = False,
+                   **detector_args) -> RunSummary:
     """The ``ferkit predict`` command as a function (see its --help). ``out=None`` streams to stdout.
 
     Args:
         model: None (the bundled model), a bundled model's name, a run folder, ``.safetensors`` or ``.onnx``.
+        smooth: seconds of per-track smoothing of video and camera probabilities (None: 0.5; 0: raw).
+        align, fallback, largest, detector_args: see :meth:`Recognizer.load` (``detector="dlib"``, ...).
     Raises FerkitError when the model or output cannot be used, or nothing could be processed;
     :class:`ferkit.errors.Interrupted` on Ctrl-C, after writing what was done and a summary saying so.
     """
@@ -393,16 +402,23 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
         raise FerkitError("nothing to predict on: give image/video files or folders, or --camera IDX")
     if annotate and out is None:
         raise FerkitError("--annotate needs an output folder (--out DIR), not stdout")
-    out_dir = None if out is None else make_dir(out)
+    if annotate:   # annotated copies inside an input folder would be read as photos by the next run
+        refuse_output_over_input(out, [p for p in inputs if Path(p).is_dir()], input_option="input folder")
     items, bad = collect_inputs(inputs)
     if not items and camera is None:
         raise FerkitError("no usable input: " + "; ".join(f"{p}: {why}" for p, why in bad))
+    smooth = DEFAULT_SMOOTH_S if smooth is None else smooth
+    if not (smooth >= 0 and smooth < float("inf")):
+        raise FerkitError(f"--smooth must be a number of seconds >= 0, got {smooth}")
     rec = Recognizer.load(model, backend=backend, device=device, batch_size=batch_size, tta=tta, detect=detect,
-                          **detector_args)
+                          align=align, fallback=fallback, largest=largest, **detector_args)
     camera_opened = Predictor.open_camera(camera) if camera is not None else None  # fail before any work
+    out_dir = None if out is None else make_dir(out)   # only once the model and inputs are good
+    # one writer per output folder: a second predict on the same --out stops in one line
+    lock = None if out_dir is None else output_lock(out_dir, "output folder").acquire()
     writer = PredictionWriter(out_dir, fmt, rec.classes)
     pred = Predictor(rec, writer, (out_dir / "annotated") if annotate else None, detect=detect, every=every,
-                     progress=progress)
+                     progress=progress, smooth=smooth, summaries_dir=None if out_dir is None else out_dir / "videos")
     pred.summary.bad += bad
     t0 = time.perf_counter()
     s = pred.summary
@@ -417,6 +433,9 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
             pred.run_camera(camera, max_frames=max_frames, opened=camera_opened)
     except KeyboardInterrupt:
         s.complete = False
+    except BaseException:             # a full disk, a model with NaN outputs: the rows so far stay partial
+        s.complete = False
+        raise
     finally:
         output = writer.finish(complete=s.complete)
         s.seconds = time.perf_counter() - t0
@@ -424,7 +443,12 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
         if out_dir is not None:
             write_json(out_dir / "summary.json", {**asdict(s), "model": str(rec.backend.path),
                                                   "backend": rec.backend.name, "tta": tta,
-                                                  "classes": list(rec.classes), "inputs": len(items)})
+                                                  "classes": list(rec.classes), "inputs": len(items),
+                                                  "detector": detector_args.get("detector") or "haar",
+                                                  "align": align, "fallback": fallback, "largest": largest,
+                                                  "smooth_s": smooth})
+        if lock is not None:
+            lock.release()
     if not s.complete:
         where = f"; partial predictions in {s.output} and summary.json says complete: false" if s.output else ""
         raise Interrupted(f"stopped after {s.files} of {len(items)} input(s){where}; re-running starts over")

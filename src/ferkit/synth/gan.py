@@ -2,6 +2,7 @@
 
     ferkit gan train --data real/ --out runs/gan
     ferkit synth edit runs/gan --source real/ --out data/gan --per-class 500
+    ferkit synth edit fer2013-editor --source real/ --out data/gan --per-class 500   # a bundled generator
 
 Each written face is a real source face of another expression, edited by the generator to the
 target class. The output has the layout of ``synth faces`` (``<class>/<class>_NNNNNN.png`` plus
@@ -19,9 +20,10 @@ import torch
 from ..console import log, progress_bar
 from ..data import load_dataset, scan_source
 from ..errors import FerkitError
+from ..files import refuse_output_over_input
 from ..labels import parse_classes
-from ..models import CheckpointRecord, load_checkpoint
-from ..runtime import select_device
+from ..models import CheckpointRecord, load_checkpoint, resolve_checkpoint
+from ..runtime import require_finite, select_device
 from .writer import AtomicDataset, check_out_dir, write_metadata, write_png
 
 EDIT_COLUMNS = ("file", "class", "source_file", "source_class", "seed", "generator", "generator_sha256",
@@ -29,19 +31,20 @@ EDIT_COLUMNS = ("file", "class", "source_file", "source_class", "seed", "generat
 
 
 def generator_path(run: str | Path) -> Path:
-    """A GAN run folder's generator.safetensors, or a generator checkpoint file as given."""
+    """A GAN run folder's generator.safetensors, a bundled generator's file (by name), or a
+    generator checkpoint file as given."""
     from ..bundled import resolve_model_path
 
     p = resolve_model_path(run)
     if p.is_dir():
         if (p / "generator.safetensors").is_file():
             return p / "generator.safetensors"
+        if (p / "best.safetensors").is_file() or (p / "last.safetensors").is_file():
+            raise FerkitError(f"{p} is a classifier run (from `ferkit train`); this command needs a GAN run from "
+                              "`ferkit gan train`")
         if (p / "config.json").is_file():
             raise FerkitError(f"GAN run {p} has no generator checkpoint yet (it is written every --checkpoint-every "
                               "iterations of `ferkit gan train`)")
-        if (p / "best.safetensors").is_file():
-            raise FerkitError(f"{p} is a classifier run (from `ferkit train`); this command needs a GAN run from "
-                              "`ferkit gan train`")
         raise FerkitError(f"{p} is not a GAN run folder (no generator.safetensors)")
     if not p.exists():
         raise FerkitError(f"GAN run or generator checkpoint {p} does not exist")
@@ -61,6 +64,27 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def open_classifier(model, classes, role: str, device: str | torch.device = "cpu"):
+    """A classifier that guides or judges a generator (``--guide``, ``--judge``; None: the bundled
+    default): (model in eval mode, its record, its weights file, its outputs for ``classes`` in
+    that order, the file's SHA-256). A generator, a file that is not a ferkit classifier, or a
+    classifier that lacks one of ``classes`` is one line that names ``role``."""
+    from ..bundled import DEFAULT_MODEL, resolve_model_path
+
+    shown = model if model is not None else f"(default: the bundled {DEFAULT_MODEL})"
+    try:
+        path = resolve_checkpoint(resolve_model_path(model))
+        net, record = load_checkpoint(path, device, kind="classifier")
+    except FerkitError as exc:
+        raise FerkitError(f"{role} {shown}: {exc}") from None
+    missing = [c for c in classes if c not in record.classes]
+    if missing:
+        raise FerkitError(f"{role} {shown} cannot read {', '.join(missing)}: its classes are "
+                          f"{', '.join(record.classes)}, and it must know every class of the generator "
+                          f"({', '.join(classes)})")
+    return net, record, path, [record.classes.index(c) for c in classes], file_sha256(path)
 
 
 def source_classes(source, record: CheckpointRecord, only=None, option: str = "--from-classes") -> tuple[str, ...]:
@@ -97,7 +121,9 @@ def generate(G, record: CheckpointRecord, faces: np.ndarray, targets: np.ndarray
     for s in range(0, len(faces), batch_size):
         x = record.input.to_tensor(faces[s:s + batch_size], device)
         t = torch.as_tensor(targets[s:s + batch_size], device=device)
-        out[s:s + batch_size] = to_uint8(G(x, t))
+        edited = G(x, t)
+        require_finite(edited, "the generator")   # NaN would be written as black faces
+        out[s:s + batch_size] = to_uint8(edited)
     return out
 
 
@@ -126,6 +152,7 @@ def edit_faces(gan_run, source, out, per_class: int, seed: int = 0, classes=None
     if not isinstance(per_class, (int, np.integer)) or per_class < 1:
         raise FerkitError(f"per-class must be a positive whole number (got {per_class!r})")
     out = Path(out)
+    refuse_output_over_input(out, [source], input_option="--source", replaces=True)
     check_out_dir(out, overwrite)
     dev = select_device(device)
     G, record, path = load_generator(gan_run, dev)

@@ -1,17 +1,22 @@
-"""How good are a generator's faces? ``ferkit gan evaluate GAN_RUN --real DIR [--classifier MODEL]``.
+"""How good are a generator's faces? ``ferkit gan evaluate GAN_RUN --real DIR [--judge MODEL]``.
 
-Three measures, written as ``quality.json`` and one figure (``quality.png``):
+Three measures, written as ``quality.json`` and one figure (``quality.png``), overall and per
+target class:
 
-(a) expression accuracy: a classifier trained on real faces (the bundled FER2013 model by default)
-    reads the target expression of generated faces how often, beside its accuracy on the real
-    faces themselves (its ceiling). Only the generator's classes compete.
+(a) expression accuracy: a classifier trained on real faces, the *judge* (the bundled FER2013
+    model by default), reads the target expression of generated faces how often (target-read
+    rate), and how often it still reads the source face's expression (source-kept rate: an edit
+    that changed nothing), beside its accuracy on the real faces themselves (its ceiling). Only
+    the generator's classes compete. A generator trained with ``--guide`` learnt to satisfy that
+    classifier, so the guide itself is refused as the judge (same weights file or same SHA-256).
 (b) KID, the kernel inception distance (Binkowski et al. 2018) between generated and real faces,
     on the classifier's penultimate features (its input to the last linear layer): the unbiased
     squared MMD with the cubic polynomial kernel, averaged over random subsets. KID rather than
     FID because FID is biased at the few thousand faces a small dataset has, KID is not; 0 means
     the same distribution. The KID between two halves of the real faces is reported beside it.
 (c) identity: mean absolute difference (pixels in [0, 1]) between a real face and its cycle
-    reconstruction G(G(x, t), y), and between the face and its edit (how much the edit changed).
+    reconstruction G(G(x, t), y), between the face and its edit (how much the edit changed), and
+    between the face and G(x, y), the face "edited" to its own expression (identity distance).
 """
 from __future__ import annotations
 
@@ -24,9 +29,8 @@ from ..console import log
 from ..data import load_dataset, preprocess_gray
 from ..errors import FerkitError
 from ..files import make_dir, new_figure, save_figure, write_json
-from ..models import load_checkpoint
-from ..runtime import select_device
-from .gan import generate, load_generator, plan_edits, source_classes
+from ..runtime import require_finite, select_device
+from .gan import generate, load_generator, open_classifier, plan_edits, source_classes
 
 
 def penultimate_features(model, faces: np.ndarray, spec, device, batch_size: int = 256) -> np.ndarray:
@@ -72,21 +76,50 @@ def _predict(model, faces, spec, device, columns) -> np.ndarray:
     with torch.no_grad():
         logits = torch.cat([model(spec.to_tensor(faces[s:s + 256], device)).float().cpu()
                             for s in range(0, len(faces), 256)])
+    require_finite(logits, "the classifier")
     return logits[:, columns].argmax(1).numpy()
 
 
-def evaluate_gan(gan_run, real, classifier=None, out=None, per_class: int = 200, seed: int = 0,
-                 device: str = "auto", progress: bool = True, classes=None) -> dict:
-    """The quality report of a GAN run against real faces (of ``classes`` only, when given);
-    written to ``out`` (default ``<run>/quality``) as quality.json and quality.png. Returns the report."""
+def check_judge_is_not_guide(judge_path: Path, judge_sha256: str, train_config: dict) -> None:
+    """A generator trained with ``--guide`` learnt to please that classifier: its read rate by the
+    same classifier says little. The same weights file, or a file with the same SHA-256, is refused."""
     from ..bundled import resolve_model_path
+    from ..models import resolve_checkpoint
 
+    guide, guide_sha = train_config.get("guide"), train_config.get("guide_sha256")
+    if guide is None:
+        return
+    same = guide_sha is not None and guide_sha == judge_sha256
+    if not same:
+        try:
+            same = resolve_checkpoint(resolve_model_path(guide)).resolve() == Path(judge_path).resolve()
+        except (FerkitError, OSError):   # the guide is no longer where training found it
+            pass
+    if same:
+        raise FerkitError(f"the judge {judge_path} is the classifier this generator was trained to please (its "
+                          f"--guide {guide}); pass --judge a classifier not used in training (e.g. one trained on "
+                          "another split or on FER+ labels)")
+
+
+def _mean(x) -> float | None:
+    return float(np.mean(x)) if len(x) else None
+
+
+def evaluate_gan(gan_run, real, judge=None, out=None, per_class: int = 200, seed: int = 0,
+                 device: str = "auto", progress: bool = True, classes=None, classifier=None) -> dict:
+    """The quality report of a GAN run against real faces (of ``classes`` only, when given), read
+    by ``judge`` (a classifier run, checkpoint or bundled name; None: the bundled default;
+    ``classifier`` is its older name); written to ``out`` (default ``<run>/quality``) as
+    quality.json and quality.png. Returns the report.
+
+    Raises FerkitError, before anything is written, for a judge that is a generator, lacks one of
+    the generator's classes, or is the classifier the generator was trained with (``--guide``).
+    """
+    judge = classifier if judge is None else judge
     dev = select_device(device)
     G, grec, gpath = load_generator(gan_run, dev)
-    clf, crec = load_checkpoint(resolve_model_path(classifier), dev, kind="classifier")
-    missing = [c for c in grec.classes if c not in crec.classes]
-    if missing:
-        raise FerkitError(f"the classifier does not know {', '.join(missing)}; it has {', '.join(crec.classes)}")
+    clf, crec, cpath, columns, csha = open_classifier(judge, grec.classes, "--judge", dev)
+    check_judge_is_not_guide(cpath, csha, grec.train_config)
     classes = source_classes(real, grec, classes, option="--classes")
     data = load_dataset(real, classes, grec.image_size, progress=progress, role="real data")
     to_gen = np.asarray([grec.classes.index(c) for c in data.classes])
@@ -96,19 +129,44 @@ def evaluate_gan(gan_run, real, classifier=None, out=None, per_class: int = 200,
     targets = np.concatenate([np.full(len(v), t) for t, v in plan.items()])
     edited = generate(G, grec, data.images[src], targets, dev)
     cycled = generate(G, grec, edited, labels[src], dev)
+    rng = np.random.default_rng([seed, 1])   # up to per_class real faces of each class, edited to their own
+    own = np.concatenate([rng.permutation(np.flatnonzero(labels == grec.classes.index(c)))[:per_class]
+                          for c in classes])
+    same = generate(G, grec, data.images[own], labels[own], dev)
 
     def for_classifier(faces):   # the classifier's own input size
         if crec.image_size == grec.image_size:
             return faces
         return np.stack([preprocess_gray(f, crec.image_size) for f in faces])
-    columns = [crec.classes.index(c) for c in grec.classes]
     real_pred = _predict(clf.eval(), for_classifier(data.images), crec.input, dev, columns)
     gen_pred = _predict(clf, for_classifier(edited), crec.input, dev, columns)
     f_real = penultimate_features(clf, for_classifier(data.images), crec.input, dev)
     f_gen = penultimate_features(clf, for_classifier(edited), crec.input, dev)
     half = np.random.default_rng(seed).permutation(len(f_real))
+    x_src = data.images[src].astype(float)
+    cycle_d = np.abs(cycled.astype(float) - x_src).mean(axis=(1, 2)) / 255
+    edit_d = np.abs(edited.astype(float) - x_src).mean(axis=(1, 2)) / 255
+    same_d = np.abs(same.astype(float) - data.images[own]).mean(axis=(1, 2)) / 255
+
+    def class_kid(t):   # edits into t against real faces of t, when both sides have enough faces
+        a, b = f_gen[targets == t], f_real[labels == t]
+        if min(len(a), len(b)) < 4:
+            return None
+        return dict(zip(("mean", "std"), kid(a, b, seed=seed)))
+    per_class_report = {}
+    for t in plan:
+        sel = targets == t
+        per_class_report[grec.classes[t]] = {
+            "edits": int(sel.sum()), "target_read": _mean(gen_pred[sel] == t),
+            "source_kept": _mean(gen_pred[sel] == labels[src][sel]), "kid": class_kid(t),
+            "cycle_l1": _mean(cycle_d[sel]), "edit_l1": _mean(edit_d[sel]),
+            "identity_l1": _mean(same_d[labels[own] == t]),
+            "real_read": _mean(real_pred[labels == t] == t)}
+    guide = grec.train_config.get("guide")
     report = {
-        "generator": str(gpath), "iteration": grec.epoch, "classifier": str(resolve_model_path(classifier)),
+        "generator": str(gpath), "iteration": grec.epoch, "classifier": str(cpath),
+        "judge": {"path": str(cpath), "sha256": csha, "arch": crec.arch, "classes": list(crec.classes)},
+        "guide": {"model": guide, "sha256": grec.train_config.get("guide_sha256")} if guide else None,
         "real": str(real), "real_faces": int(len(data)), "generated_faces": int(len(edited)), "seed": seed,
         "classes": list(classes),
         "expression_accuracy": {
@@ -121,11 +179,14 @@ def evaluate_gan(gan_run, real, classifier=None, out=None, per_class: int = 200,
         "kid": dict(zip(("mean", "std"), kid(f_gen, f_real, seed=seed))),
         "kid_real_halves": dict(zip(("mean", "std"), kid(f_real[half[:len(half) // 2]], f_real[half[len(half) // 2:]],
                                                          seed=seed))),
-        "identity": {"cycle_l1": float(np.abs(cycled.astype(float) - data.images[src]).mean() / 255),
-                     "edit_l1": float(np.abs(edited.astype(float) - data.images[src]).mean() / 255)},
-        "measures": "expression accuracy: argmax of the classifier over the generator's classes; KID: unbiased MMD^2, "
-                    "cubic polynomial kernel, classifier penultimate features, 50 subsets; identity: mean |x - y| "
-                    "in [0, 1] pixel units",
+        "identity": {"cycle_l1": float(cycle_d.mean()), "edit_l1": float(edit_d.mean()),
+                     "identity_l1": float(same_d.mean())},
+        "per_class": per_class_report,
+        "measures": "expression accuracy: argmax of the judge over the generator's classes (target_read: read as "
+                    "the target; source_kept: read as the source face's expression); KID: unbiased MMD^2, cubic "
+                    "polynomial kernel, judge's penultimate features, 50 subsets (per class: edits into the class "
+                    "against real faces of it); identity: mean |x - y| in [0, 1] pixel units (cycle: x against "
+                    "G(G(x, t), y); edit: x against G(x, t); identity: x against G(x, y))",
     }
     out = make_dir(Path(out) if out else Path(gpath).parent / "quality", "quality report folder")
     write_json(out / "quality.json", report)
@@ -140,13 +201,15 @@ def _plot(r: dict, path: Path) -> None:
     fig = new_figure(figsize=(9, 4))
     ax = fig.subplots()
     x = np.arange(len(classes))
-    ax.bar(x - 0.2, [acc["per_class_real"].get(c, np.nan) for c in classes], 0.4, label=f"real ({acc['real']:.2f})")
-    ax.bar(x + 0.2, [acc["per_class_generated"][c] for c in classes], 0.4,
-           label=f"generated, read as the target ({acc['generated']:.2f}; "
-                 f"as the source face's: {acc['generated_read_as_source']:.2f})")
+    ax.bar(x - 0.27, [acc["per_class_real"].get(c, np.nan) for c in classes], 0.27, label=f"real ({acc['real']:.2f})")
+    ax.bar(x, [acc["per_class_generated"][c] for c in classes], 0.27,
+           label=f"generated, read as the target ({acc['generated']:.2f})")
+    per = r.get("per_class", {})
+    ax.bar(x + 0.27, [(per.get(c) or {}).get("source_kept") or 0 for c in classes], 0.27,
+           label=f"generated, still read as the source face's ({acc['generated_read_as_source']:.2f})")
     ax.set_xticks(x, classes)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("classifier accuracy")
+    ax.set_ylabel(f"read by the judge ({Path(r['classifier']).name})")
     ax.legend(loc="upper right", fontsize=8)
     k, kh, ident = r["kid"], r["kid_real_halves"], r["identity"]
     ax.set_title(f"KID gen-real {k['mean']:.4f} +- {k['std']:.4f} (real-real {kh['mean']:.4f}); "

@@ -7,7 +7,6 @@ half-written dataset behind. The layout is ImageFolder's (``out_dir/<class>/<fil
 """
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FerkitError
+from ..files import CsvDictWriter, remove_stale_temps
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -47,17 +47,33 @@ class AtomicDataset:
         self.out_dir = Path(out_dir)
 
     def __enter__(self) -> Path:
+        from ..files import output_lock
+
         try:
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
+        except OSError as e:
+            raise FerkitError(f"cannot write to {self.out_dir.parent}: {e.strerror or e}") from None
+        # beside the folder, which is replaced whole: a second writer of the same dataset stops in one line
+        self.lock = output_lock(self.out_dir, "dataset", beside=True).acquire()
+        try:
+            remove_stale_temps(self.out_dir.parent, dataset=self.out_dir.name)   # left by a killed build
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-{os.getpid()}-",
+                                             dir=self.out_dir.parent))
             umask = os.umask(0o022)
             os.umask(umask)
             os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the dataset should not be
         except OSError as e:
+            self.lock.release()
             raise FerkitError(f"cannot write to {self.out_dir.parent}: {e.strerror or e}") from None
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
+        try:
+            return self._finish(exc_type, exc)
+        finally:
+            self.lock.release()
+
+    def _finish(self, exc_type, exc):
         if exc_type is None:
             try:
                 if self.out_dir.exists():
@@ -84,6 +100,6 @@ def write_png(path: Path, img: np.ndarray) -> None:
 def write_metadata(path: Path, rows: list[dict], columns) -> None:
     """metadata.csv: one row per file, ``file`` (relative path) and ``class`` first."""
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns))
+        w = CsvDictWriter(f, fieldnames=list(columns))
         w.writeheader()
         w.writerows(rows)

@@ -16,7 +16,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import ClassVar, Protocol
 
-from ..choices import PRECISIONS, check_choice, check_device_name
+from ..choices import LABEL_MODES, PRECISIONS, check_choice, check_device_name
 from ..errors import FerkitError
 from ..labels import parse_classes
 
@@ -114,6 +114,10 @@ class TrainConfig(ResumableConfig):
     # loss
     label_smoothing: float = 0.0
     class_weights: bool = False     # weight the loss by inverse class frequency
+    labels: str = "majority"        # vote-label data (FER+): majority (the FER+ protocol) | soft (vote distributions)
+    teacher: str | None = None      # distil from this classifier (comma-separated: an ensemble)
+    distill_alpha: float = 0.5      # weight of the teacher's term in the loss
+    distill_temperature: float = 2.0  # softening of teacher and student outputs in that term
     # augmentation (in torch, on whole batches)
     augment: bool = False           # random flip, rotation, shift, zoom, aspect
     rotate: float = 10.0            # degrees, +-
@@ -137,11 +141,19 @@ class TrainConfig(ResumableConfig):
         for name in ("epochs", "batch_size", "image_size"):
             if int(getattr(self, name)) < 1:
                 raise FerkitError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        from ..models.record import MAX_IMAGE_SIZE
+
+        if self.image_size > MAX_IMAGE_SIZE:   # what a checkpoint may hold: refused now, not after training
+            raise FerkitError(f"image-size must be at most {MAX_IMAGE_SIZE} (got {self.image_size})")
         check_choice("recipe", self.recipe, RECIPES)
         check_choice("monitor", self.monitor, MONITORS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("labels", self.labels, LABEL_MODES)
+        from .distill import check_distill
+
+        check_distill(self.distill_alpha, self.distill_temperature)
         self.device = check_device_name(self.device)
         if self.patience < 0:
             raise FerkitError("patience must be 0 (off) or positive")

@@ -29,6 +29,7 @@ from ..models import CheckpointRecord, InputSpec, count_parameters, create_model
 from ..runtime import autocast, global_rng_state, predict_logits, resolve_precision, set_global_rng_state
 from . import augment as A
 from .config import MONITORS, TrainConfig
+from .distill import Teacher, load_teacher
 from .distributed import Dist, check_world, launch
 from .run_folder import RunFolder
 
@@ -107,6 +108,7 @@ class Trainer:
     amp_dtype: torch.dtype | None
     gen: torch.Generator
     class_weight: torch.Tensor | None = None
+    teacher: Teacher | None = None
     ema: torch.optim.swa_utils.AveragedModel | None = None
     step: int = 0
     dist: Dist = field(default_factory=Dist)
@@ -141,6 +143,7 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against class indices or, for vote labels, class distributions (N, C)."""
         return F.cross_entropy(logits.float(), y, weight=self.class_weight, label_smoothing=self.cfg.label_smoothing)
 
     def train_one_epoch(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> dict:
@@ -173,6 +176,11 @@ class Trainer:
             loss = self.loss(logits, y_a)
             if lam != 1.0:
                 loss = lam * loss + (1 - lam) * self.loss(logits, y_b)
+            if self.teacher is not None:   # the teacher sees the batch as mixed: its output is the target
+                a = self.teacher.alpha
+                with autocast(self.device, self.amp_dtype):
+                    soft = self.teacher.targets(x, self.spec)
+                loss = (1 - a) * loss + a * self.teacher.loss(logits, soft)
             value = loss.item()
             if not math.isfinite(value):
                 if not dist.active:
@@ -189,7 +197,7 @@ class Trainer:
                 self.ema.update_parameters(self.model)
             self.step += 1
             total_loss += value * len(idx)
-            correct += (logits.argmax(1) == y_a).sum().item()
+            correct += (logits.argmax(1) == (y_a if y_a.dim() == 1 else y_a.argmax(1))).sum().item()
             seen += len(idx)
             bar.update(len(idx) * dist.world)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
@@ -273,7 +281,8 @@ def load_train_val(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
     """Decode training and validation data with one class list (from the training data)."""
     hint = f"with --init the classes default to those of {cfg.init}; --classes picks them" if cfg.init else ""
     train = load_dataset(cfg.train_dir, cfg.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
-                         role="training data", hint=hint)
+                         role="training data", hint=hint, labels=cfg.labels)
+    # validation (and so the selection of the best epoch) always uses the majority protocol
     val = load_dataset(cfg.val_dir, train.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
                        role="validation data")
     return train, val
@@ -305,7 +314,9 @@ def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, 
     n = len(train_set) if cfg.train_limit is None else min(cfg.train_limit, len(train_set))
     weight = None
     if cfg.class_weights:
-        counts = np.maximum(np.bincount(train_set.labels, minlength=len(cfg.classes)), 1)
+        counts = np.bincount(train_set.labels, minlength=len(cfg.classes)) if train_set.targets is None \
+            else train_set.targets.sum(0)
+        counts = np.maximum(counts, 1)
         weight = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32, device=device)
     ema = None
     if cfg.ema > 0:
@@ -314,8 +325,11 @@ def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, 
     spec = InputSpec(cfg.image_size, 1, 255.0, (cfg.input_mean,), (cfg.input_std,))
     dist = dist or Dist()
     steps = math.ceil(n / cfg.batch_size) if not dist.active else n // cfg.batch_size
+    teacher = None
+    if cfg.teacher:
+        teacher = load_teacher(cfg.teacher, tuple(cfg.classes), device, cfg.distill_alpha, cfg.distill_temperature)
     return Trainer(cfg, model, make_optimizer(cfg, model), LRSchedule(cfg, max(1, steps)), spec,
-                   device, resolve_precision(cfg.precision, device), gen, weight, ema, dist=dist)
+                   device, resolve_precision(cfg.precision, device), gen, weight, teacher, ema, dist=dist)
 
 
 def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, ImageSet] | None = None,
@@ -347,8 +361,16 @@ class _Progress:
 
 
 def _fit(cfg: TrainConfig, overwrite: bool, data, keep_state: bool, dist: Dist, device: torch.device) -> RunResult:
-    t0 = time.time()
     folder = RunFolder(cfg.out, writer=dist.main)
+    try:
+        return _fit_in(folder, cfg, overwrite, data, keep_state, dist, device)
+    finally:
+        folder.release()
+
+
+def _fit_in(folder: RunFolder, cfg: TrainConfig, overwrite: bool, data, keep_state: bool, dist: Dist,
+            device: torch.device) -> RunResult:
+    t0 = time.time()
     train_set, val_set = data if data is not None else load_train_val(cfg)
     cfg.classes = train_set.classes
     saved = folder.prepare(cfg, overwrite)
@@ -357,7 +379,7 @@ def _fit(cfg: TrainConfig, overwrite: bool, data, keep_state: bool, dist: Dist, 
     tr = _build_trainer(cfg, train_set, device, dist, fresh=saved is None)
     val_images, val_labels = _val_subset(cfg, val_set)
     images = torch.from_numpy(train_set.images).to(device)   # uint8, resident on the training device
-    labels = torch.from_numpy(train_set.labels).to(device)
+    labels = torch.from_numpy(train_set.labels if train_set.targets is None else train_set.targets).to(device)
     config_record = {**asdict(cfg), "classes": list(cfg.classes), "device": str(device), "world_size": dist.world,
                      "precision_used": str(tr.amp_dtype or "float32"), "parameters": count_parameters(tr.model),
                      "train_counts": train_set.class_counts(), "val_counts": val_set.class_counts(),

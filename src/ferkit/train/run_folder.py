@@ -18,6 +18,7 @@ into place), so re-running the same command continues after the last finished ep
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -25,33 +26,87 @@ import torch
 
 from ..console import log
 from ..errors import FerkitError
-from ..files import TMP_SUFFIX, atomic_path, make_dir, read_json, save_figure, write_json, write_safetensors
+from ..files import (
+    LOCK_NAME,
+    TMP_SUFFIX,
+    OutputLock,
+    atomic_path,
+    make_dir,
+    read_json,
+    save_figure,
+    write_json,
+    write_safetensors,
+)
 from ..models import CheckpointRecord, save_checkpoint
 from .config import RunConfig
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
+#: What config.json says to mark a folder as a ferkit run (the name config.json alone does not).
+RUN_MARKER = "ferkit_run"
+RUN_FORMAT = 1
+#: Everything a run folder may hold that ferkit wrote; ``--overwrite`` removes these and nothing else.
+RUN_FILES = frozenset({"config.json", "history.csv", "curves.png", "best.safetensors", "last.safetensors",
+                       "summary.json", "generator.safetensors", LOCK_NAME})
+RUN_DIRS = frozenset({"state", "samples", "eval-test"})
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Is ``path`` a ferkit run folder: a config.json with ferkit's marker (or, for runs written
+    before the marker, ferkit's record keys), beside nothing that ferkit did not write?"""
+    cfg = Path(path) / "config.json"
+    try:
+        record = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict):
+        return False
+    return record.get(RUN_MARKER) == RUN_FORMAT or ({"classes", "device", "seed"} <= set(record)
+                                                    and not foreign_entries(path))
+
+
+def foreign_entries(path: str | Path) -> list[str]:
+    """Names in a run folder that ferkit did not write (sorted)."""
+    return sorted(e.name for e in Path(path).iterdir()
+                  if not (_is_temp(e) or (e.name in RUN_FILES and not e.is_dir())
+                          or (e.name in RUN_DIRS and e.is_dir() and not e.is_symlink())))
+
+
 class RunFolder:
-    """Owns the files of one run. ``writer`` is False on processes that must not write (DDP ranks > 0)."""
+    """Owns the files of one run. ``writer`` is False on processes that must not write (DDP ranks > 0).
+
+    The writer holds an exclusive lock on the folder from :meth:`prepare` until :meth:`release`:
+    a second process on the same ``--out`` stops with one line."""
 
     def __init__(self, path: str | Path, writer: bool = True):
         self.path = Path(path)
         self.writer = writer
+        self._lock: OutputLock | None = None
 
     # ------------------------------------------------------------------ opening
     def prepare(self, cfg: RunConfig, overwrite: bool) -> dict | None:
         """Make the folder ready. Returns the saved progress to continue from, or None for a new run.
 
-        Raises FerkitError for a folder that is not ours, an interrupted run with another config,
-        or a finished run that cannot continue.
+        Raises FerkitError for a folder that is not ours (or holds files ferkit did not write: they
+        are never deleted, even with ``overwrite``), a folder another process is writing, an
+        interrupted run with another config, or a finished run that cannot continue.
         """
         p = self.path
         if p.exists() and not p.is_dir():
             raise FerkitError(f"output {p} exists and is not a folder")
-        if p.is_dir() and any(not _is_temp(e) for e in p.iterdir()):
-            if not (p / "config.json").exists():
-                raise FerkitError(f"{p} is not empty and is not a ferkit run folder; choose another --out")
+        if p.is_dir() and any(not _is_temp(e) and e.name != LOCK_NAME for e in p.iterdir()):
+            if not is_run_folder(p):
+                raise FerkitError(f"{p} is not empty and is not a ferkit run folder; nothing was changed: choose "
+                                  "another --out (--overwrite only replaces ferkit's own runs)")
+        make_dir(p, "run folder")
+        if self.writer:
+            self._lock = OutputLock(p, "run folder").acquire()
+        foreign = foreign_entries(p)
+        if foreign:   # checked again under the lock: --overwrite must never take these with it
+            raise FerkitError(f"{p} holds files ferkit did not write ({', '.join(foreign[:5])}"
+                              f"{' ...' if len(foreign) > 5 else ''}); move them, or choose another --out")
+        if (p / "config.json").exists():
             if overwrite:
                 self._clear()
             else:
@@ -60,8 +115,13 @@ class RunFolder:
                 if progress is not None:
                     return progress
                 self._clear()  # ours, but interrupted before its first epoch finished: nothing to keep
-        make_dir(p, "run folder")
         return None
+
+    def release(self) -> None:
+        """Give up the folder's lock (the OS does it too when the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _continuable(self, cfg: RunConfig) -> dict | None:
         """Saved progress that this config may continue; None when there is none to keep."""
@@ -104,15 +164,21 @@ class RunFolder:
                     tmp.unlink(missing_ok=True)
 
     def _clear(self) -> None:
+        """Remove what ferkit wrote here (prepare() has refused folders holding anything else)."""
         if not self.writer:
             return
         for entry in self.path.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if entry.name == LOCK_NAME:
+                continue
+            if entry.name in RUN_DIRS and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif entry.name in RUN_FILES or _is_temp(entry):
+                entry.unlink()
 
     # ------------------------------------------------------------------ files
     def write_config(self, record: dict) -> None:
         if self.writer:
-            write_json(self.path / "config.json", record)
+            write_json(self.path / "config.json", {RUN_MARKER: RUN_FORMAT, **record})
 
     def save_checkpoint(self, name: str, model, record: CheckpointRecord) -> None:
         if self.writer:

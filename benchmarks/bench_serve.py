@@ -1,0 +1,264 @@
+"""Load test of `ferkit serve` from localhost (a benchmark, not a test).
+
+    .venv/bin/python benchmarks/bench_serve.py [--clients 8] [--requests 400] [--time-limit 120]
+    .venv/bin/python benchmarks/bench_serve.py --soak 120          # errors and server RSS over time
+
+Makes --images distinct 640x480 JPEGs with one face each (matplotlib's Grace Hopper pasted at a
+random place and size on a blurred-noise background; only those where the detector finds exactly
+one face are kept), then in the same run:
+  1. `ferkit predict`'s rate on those files (``predict_inputs``: decode, detect, classify in batches;
+     model loading excluded), one pass over the folder per round;
+  2. the server (`ferkit serve --port 0` in a subprocess) under --clients concurrent clients, each
+     posting the JPEGs as raw bodies over a kept-alive connection, --requests / --rounds answers
+     per round (or --time-limit / --rounds seconds): throughput, p50/p95 latency, status codes.
+     Rounds alternate 1 and 2, so that a machine shared with other work weighs on both alike;
+  3. with --soak SECONDS: the same load for that long, the server's RSS and the error count every
+     --sample seconds.
+Everything stays on 127.0.0.1 and ends within the limits given.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
+
+def make_photos(n: int, folder: Path, seed: int = 0) -> list[Path]:
+    from ferkit import Recognizer
+    from ferkit.bundled import sample_photo
+
+    rng = np.random.default_rng(seed)
+    face = cv2.imread(str(sample_photo()))[60:380, 120:420]
+    r = Recognizer.load()
+    paths: list[Path] = []
+    tries = 0
+    while len(paths) < n and tries < 5 * n:
+        tries += 1
+        bg = cv2.GaussianBlur((rng.random((480, 640, 3)) * 255).astype(np.uint8), (0, 0), 3)
+        side = int(rng.integers(160, 260))
+        f = cv2.resize(face, (side, int(side * face.shape[0] / face.shape[1])), interpolation=cv2.INTER_AREA)
+        y, x = int(rng.integers(0, 480 - f.shape[0])), int(rng.integers(0, 640 - side))
+        bg[y:y + f.shape[0], x:x + side] = f
+        if len(r.predict(bg)) != 1:
+            continue
+        p = folder / f"photo_{len(paths):03d}.jpg"
+        cv2.imwrite(str(p), bg, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(p)
+    return paths
+
+
+def predict_rate(model, folder: Path, out: Path) -> tuple[int, float]:
+    from ferkit.predict import predict_inputs
+
+    s = predict_inputs(model, [str(folder)], out, progress=False)
+    return s.images, s.seconds
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class Server:
+    """`ferkit serve --port 0` in a subprocess; the URL comes from its first line."""
+
+    def __init__(self, model, extra: list[str]):
+        cmd = [sys.executable, "-m", "ferkit", "serve", *([model] if model else []), "--port", "0",
+               "--log-level", "warning", *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if "http://" not in line:
+            self.proc.kill()
+            raise SystemExit(f"the server did not start: {line}{self.proc.stderr.read()[-2000:]}")
+        url = line.split("http://", 1)[1].split("/", 1)[0]
+        self.host, port = url.rsplit(":", 1)
+        self.port = int(port)
+        deadline = time.monotonic() + 60
+        while self.get("/healthz")[0] != 200:
+            if time.monotonic() > deadline:
+                raise SystemExit("the server did not answer /healthz")
+            time.sleep(0.2)
+
+    def get(self, path: str):
+        try:
+            c = http.client.HTTPConnection(self.host, self.port, timeout=10)
+            c.request("GET", path)
+            r = c.getresponse()
+            return r.status, r.read()
+        except OSError:
+            return 0, b""
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def load(server: Server, bodies: list[bytes], clients: int, requests: int | None, seconds: float,
+         on_sample=None, sample_s: float = 5.0) -> dict:
+    """``clients`` threads post ``bodies`` round-robin until ``requests`` answers or ``seconds``."""
+    lock = threading.Lock()
+    state = {"next": 0, "lat": [], "codes": {}, "errors": [], "faces": 0}
+    stop_at = time.monotonic() + seconds
+
+    def take() -> int | None:
+        with lock:
+            if (requests is not None and state["next"] >= requests) or time.monotonic() > stop_at:
+                return None
+            state["next"] += 1
+            return state["next"] - 1
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+        while (i := take()) is not None:
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", "/v1/predict", body=bodies[i % len(bodies)],
+                             headers={"Content-Type": "image/jpeg"})
+                resp = conn.getresponse()
+                data = resp.read()
+                code = resp.status
+            except (OSError, http.client.HTTPException) as exc:
+                code, data = 0, b""
+                conn.close()
+                conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+                with lock:
+                    state["errors"].append(repr(exc)[:120])
+            dt = time.perf_counter() - t0
+            with lock:
+                state["codes"][code] = state["codes"].get(code, 0) + 1
+                if code == 200:
+                    state["lat"].append(dt)
+                    state["faces"] += len(json.loads(data)["faces"])
+        conn.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    next_sample = t0 + sample_s
+    while any(t.is_alive() for t in threads):
+        time.sleep(0.1)
+        if on_sample is not None and time.perf_counter() >= next_sample:
+            with lock:
+                on_sample(time.perf_counter() - t0, sum(state["codes"].values()),
+                          sum(v for k, v in state["codes"].items() if k != 200))
+            next_sample += sample_s
+    wall = time.perf_counter() - t0
+    lat = np.array(state["lat"]) if state["lat"] else np.array([float("nan")])
+    ok = state["codes"].get(200, 0)
+    return {"clients": clients, "answered": sum(state["codes"].values()), "ok": ok, "wall_s": round(wall, 2),
+            "photos_per_s": round(ok / wall, 2), "p50_s": round(float(np.percentile(lat, 50)), 3),
+            "p95_s": round(float(np.percentile(lat, 95)), 3), "max_s": round(float(lat.max()), 3),
+            "codes": {str(k): v for k, v in sorted(state["codes"].items())}, "faces": state["faces"],
+            "errors": state["errors"][:5], "latencies": state["lat"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model for both (default: the bundled one)")
+    ap.add_argument("--images", type=int, default=40, help="distinct photos (default 40)")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    ap.add_argument("--requests", type=int, default=400, help="answers to collect, all rounds (default 400)")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating predict/server passes (default 4)")
+    ap.add_argument("--time-limit", type=float, default=120.0,
+                    help="seconds at most for the server passes, all rounds (default 120)")
+    ap.add_argument("--soak", type=float, default=0.0, metavar="SECONDS", help="also run a soak this long")
+    ap.add_argument("--sample", type=float, default=10.0, help="soak: seconds between RSS samples (default 10)")
+    ap.add_argument("--serve-arg", action="append", default=[], help="extra `ferkit serve` option, repeatable")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    a = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)     # progress shows as it happens, also into a file
+
+    tmp = Path(tempfile.mkdtemp(prefix="ferkit-bench-serve-"))
+    folder = tmp / "photos"
+    folder.mkdir()
+    t0 = time.perf_counter()
+    photos = make_photos(a.images, folder)
+    bodies = [p.read_bytes() for p in photos]
+    print(f"machine: {machine()}")
+    print(f"{len(photos)} photos 640x480 with one face each ({np.mean([len(b) for b in bodies]) / 1024:.0f} KB JPEGs, "
+          f"made in {time.perf_counter() - t0:.0f} s)")
+
+    # predict and server passes alternate (A B A B ...), so a machine whose load drifts (shared cores)
+    # weighs on both alike; the ratio is of the totals
+    server = Server(a.model, a.serve_arg)
+    results: dict = {"machine": machine(), "photos": len(photos), "clients": a.clients, "rounds": [],
+                     "loadavg_start": os.getloadavg()}
+    pred_n = pred_s = serve_n = serve_s = 0.0
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+    try:
+        print(f"server pid {server.proc.pid}, RSS {rss_mb(server.proc.pid):.0f} MB after start; "
+              f"load average {os.getloadavg()[0]:.1f}")
+        load(server, bodies, a.clients, 2 * a.clients, 60)       # warm-up: the detector per thread, the model
+        predict_rate(a.model, folder, tmp / "warm")
+        for k in range(a.rounds):
+            n, secs = predict_rate(a.model, folder, tmp / f"pred{k}")
+            r = load(server, bodies, a.clients, a.requests // a.rounds, a.time_limit / a.rounds)
+            pred_n, pred_s = pred_n + n, pred_s + secs
+            serve_n, serve_s = serve_n + r["ok"], serve_s + r["wall_s"]
+            latencies += r.pop("latencies")
+            for c, v in r["codes"].items():
+                codes[c] = codes.get(c, 0) + v
+            results["rounds"].append({"predict_photos_per_s": round(n / secs, 2), **r})
+            print(f"round {k + 1}: ferkit predict {n / secs:.1f} photos/s; server {r['photos_per_s']:.1f} photos/s "
+                  f"(p50 {r['p50_s']} s, p95 {r['p95_s']} s, status {r['codes']})")
+        lat = np.array(latencies)
+        results["predict_photos_per_s"] = round(pred_n / pred_s, 2)
+        results["serve_photos_per_s"] = round(serve_n / serve_s, 2)
+        results["ratio"] = round(results["serve_photos_per_s"] / results["predict_photos_per_s"], 3)
+        results["p50_s"] = round(float(np.percentile(lat, 50)), 3)
+        results["p95_s"] = round(float(np.percentile(lat, 95)), 3)
+        results["codes"] = codes
+        results["healthz"] = json.loads(server.get("/healthz")[1] or b"{}")
+        print(f"total: ferkit predict {results['predict_photos_per_s']} photos/s, server with {a.clients} clients "
+              f"{results['serve_photos_per_s']} photos/s = {results['ratio']:.2f} x (target >= 0.90); latency "
+              f"p50 {results['p50_s']} s, p95 {results['p95_s']} s (target <= 0.5 s); status {codes}")
+        if a.soak > 0:
+            samples = []
+
+            def sample(t, answered, errors):
+                samples.append((round(t, 1), answered, errors, round(rss_mb(server.proc.pid), 1)))
+                print(f"  soak {t:6.0f} s: {answered} answers, {errors} errors, server RSS {samples[-1][3]} MB")
+
+            sample(0.0, 0, 0)
+            s = load(server, bodies, a.clients, None, a.soak, on_sample=sample, sample_s=a.sample)
+            s.pop("latencies")
+            sample(s["wall_s"], s["answered"], s["answered"] - s["ok"])
+            rss = [x[3] for x in samples]
+            results["soak"] = {**s, "rss_mb": samples, "rss_start_mb": rss[0], "rss_end_mb": rss[-1],
+                               "rss_max_mb": max(rss)}
+            print(f"soak {a.soak:.0f} s: {s['ok']} answers, {s['answered'] - s['ok']} errors, "
+                  f"{s['photos_per_s']} photos/s, p95 {s['p95_s']} s; server RSS {rss[0]} -> {rss[-1]} MB "
+                  f"(max {max(rss)})")
+    finally:
+        server.stop()
+    results["loadavg_end"] = os.getloadavg()
+    print(f"load average at the end {os.getloadavg()[0]:.1f} (other processes on this machine)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

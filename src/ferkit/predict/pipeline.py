@@ -1,0 +1,178 @@
+"""``ferkit evaluate --detect``: score the whole pipeline on labelled photos, as ``predict`` runs it.
+
+Each photo goes through detection (with the padded/upscaled/turned retries), the crop (eye-level
+unless ``align=False``) and classification, and its largest face is its answer, exactly as
+``ferkit predict --largest``. A photo where no face is found counts as wrong and is listed, so
+the accuracy is what a user gets on such photos, not what the classifier gets on ideal crops.
+
+Example::
+
+    ferkit evaluate fer2013-vgg --test-dir my_photos/ --detect      # class folders of ordinary photos
+
+Output folder (default ``<run folder>/eval-detect-<test folder name>``)::
+
+    metrics.json          accuracy (no face = wrong), detection rate, accuracy on the photos with a
+                          face, macro-F1, per-class report, confusion matrix (photos with a face),
+                          the photos without a face, the skipped files
+    report.txt            the same in words, and scikit-learn's report
+    confusion_matrix.png  counts and row-normalised (photos with a face)
+    predictions.csv       file, true, predicted (empty: no face), confidence, x, y, w, h, p_<class>...
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..console import log, progress_bar
+from ..errors import FerkitError
+from ..files import atomic_path, csv_writer, make_dir, write_json, write_text
+
+
+@dataclass
+class PipelineResult:
+    accuracy: float             # photos whose largest face got the true label / all photos
+    macro_f1: float
+    detection_rate: float       # photos with a face found
+    accuracy_detected: float    # among the photos with a face
+    n: int
+    classes: tuple[str, ...]
+    confusion: np.ndarray       # photos with a face; rows true, columns predicted
+    report_text: str
+    no_face: list[str]
+    skipped: list[tuple[str, str]]
+    out_dir: Path | None
+
+
+def evaluate_pipeline(model, test_dir, out_dir=None, shared_only: bool = False, batch_size: int = 64,
+                      device: str = "auto", tta: str = "none", progress: bool = True, backend: str = "auto",
+                      align: bool = True, fallback: str = "none", **detector_args) -> PipelineResult:
+    """Score detection + crop + classification on a labelled folder (or manifest) of photos.
+
+    Args:
+        model: None (the bundled model), a bundled model's name, a run folder, ``.safetensors`` or ``.onnx``.
+        test_dir: class folders (or a manifest CSV) of photos of any size.
+        out_dir: report folder; default ``<run folder>/eval-detect-<test name>`` (``./eval-detect-<model>-<test
+            name>`` for a bundled model); False = write nothing.
+        shared_only: test data that lacks some of the model's classes is scored among the shared ones.
+        align, fallback, detector_args: as for :meth:`ferkit.Recognizer.load` (``detector="dlib"``,
+            ``min_face``, ``cascade`` ...). With ``fallback="whole"`` a photo without a face is classified whole.
+    """
+    from ..bundled import WEIGHTS_DIR
+    from ..data import decode_image, scan_source
+    from ..evaluate import compute_metrics, plot_confusion
+    from .recognizer import Recognizer
+
+    rec = Recognizer.load(model, backend=backend, device=device, batch_size=batch_size, tta=tta, align=align,
+                          fallback=fallback, largest=True, **detector_args)
+    source = scan_source(test_dir, None, "test data")
+    classes = _shared_classes(rec.classes, source.found_classes, shared_only)
+    keep = [i for i, c in enumerate(source.labels) if c in classes]
+    files = [source.files[i] for i in keep]
+    y_true = np.array([rec.classes.index(source.labels[i]) for i in keep], np.int64)
+    mask = np.array([0.0 if c in classes else -np.inf for c in rec.classes])   # predict among shared classes
+
+    probs = np.full((len(files), len(rec.classes)), np.nan, np.float32)
+    boxes: list[tuple | None] = [None] * len(files)
+    skipped, no_face, ok = [], [], np.zeros(len(files), bool)
+    chunk: list[tuple[int, np.ndarray]] = []
+
+    def classify() -> None:
+        if chunk:
+            p = rec.probabilities(np.stack([face for _, face in chunk]))
+            p = np.exp(np.log(np.maximum(p, 1e-30)) + mask)
+            probs[[i for i, _ in chunk]] = p / p.sum(1, keepdims=True)
+            chunk.clear()
+
+    for i, path in enumerate(progress_bar(files, enabled=progress, desc="photos", unit="img", leave=False)):
+        try:
+            gray = decode_image(path)
+        except (ValueError, OSError) as exc:
+            skipped.append((str(path), str(exc) or type(exc).__name__))
+            continue
+        ok[i] = True
+        prepared = rec.prepare(gray)
+        if not prepared.boxes or prepared.whole:
+            no_face.append(str(path))
+        if prepared.boxes:
+            boxes[i] = prepared.boxes[0]
+            chunk.append((i, prepared.faces[0]))
+        if len(chunk) >= batch_size:
+            classify()
+    classify()
+    if not ok.any():
+        raise FerkitError(f"none of the {len(files)} test photos could be decoded (first: {skipped[0][0]}: "
+                          f"{skipped[0][1]})" if skipped else f"{test_dir} has no photos of the model's classes")
+    files, y_true, probs = [f for f, k in zip(files, ok) if k], y_true[ok], probs[ok]
+    boxes = [b for b, k in zip(boxes, ok) if k]
+    found = np.array([b is not None for b in boxes])
+    y_pred = np.where(found, np.nan_to_num(probs, nan=-1.0).argmax(1), -1)
+
+    # score in the space of the evaluated classes (model order); a photo without a face is -1: wrong
+    order = [rec.classes.index(c) for c in rec.classes if c in classes]
+    position = np.full(len(rec.classes) + 1, -1)   # the extra last slot: position[-1] (no face) stays -1
+    position[order] = np.arange(len(order))
+    eval_classes = tuple(rec.classes[i] for i in order)
+    m = compute_metrics(position[y_true], position[y_pred], eval_classes)
+    correct = y_pred == y_true
+    result = PipelineResult(m["accuracy"], m["macro_f1"], float(found.mean()),
+                            float(correct[found].mean()) if found.any() else 0.0, len(files), eval_classes,
+                            m["confusion"], m["report_text"], no_face, skipped, None)
+    if skipped:
+        log(f"note: {len(skipped)} file(s) could not be decoded and are left out (listed in metrics.json)")
+    if out_dir is False:
+        return result
+    path = Path(getattr(rec.backend, "path", "model"))
+    default = (Path(f"eval-detect-{path.stem}-{Path(test_dir).stem}") if path.parent == WEIGHTS_DIR
+               else (path if path.is_dir() else path.parent) / f"eval-detect-{Path(test_dir).stem}")
+    out = make_dir(Path(out_dir) if out_dir else default)
+    settings = {"detector": detector_args.get("detector") or "haar", "align": align, "fallback": fallback,
+                "tta": tta, "largest_face": True}
+    write_json(out / "metrics.json", {
+        "accuracy": result.accuracy, "macro_f1": result.macro_f1, "detection_rate": result.detection_rate,
+        "accuracy_on_detected": result.accuracy_detected, "n": result.n, "no_face_count": len(no_face),
+        "classes": list(eval_classes), "model": str(path), "test_data": str(test_dir), "pipeline": settings,
+        "per_class": m["report"], "confusion_matrix_detected": result.confusion.tolist(),
+        "no_face": no_face, "skipped": skipped})
+    write_text(out / "report.txt", result_text(result) + f"\npipeline: {settings}\n\n{m['report_text']}")
+    plot_confusion(result.confusion, eval_classes, out / "confusion_matrix.png",
+                   title=f"{Path(test_dir).name}, detect + classify: accuracy {result.accuracy:.4f} "
+                         f"(faces found in {result.detection_rate:.1%})")
+    with atomic_path(out / "predictions.csv") as tmp, open(tmp, "w", newline="") as fh:
+        w = csv_writer(fh)
+        w.writerow(["file", "true", "predicted", "confidence", "x", "y", "w", "h", *[f"p_{c}" for c in rec.classes]])
+        for f, t, p, row, b in zip(files, y_true, y_pred, probs, boxes):
+            if b is None:
+                w.writerow([str(f), rec.classes[t], "", "", "", "", "", "", *[""] * len(rec.classes)])
+            else:
+                w.writerow([str(f), rec.classes[t], rec.classes[p], f"{row[p]:.6f}", *b, *[f"{v:.6f}" for v in row]])
+    result.out_dir = out
+    return result
+
+
+def result_text(r: PipelineResult) -> str:
+    """The summary lines ``ferkit evaluate --detect`` prints."""
+    lines = [f"photos: {r.n}; a face found in {r.n - len(r.no_face)} ({r.detection_rate:.1%}); "
+             f"accuracy on those: {r.accuracy_detected:.4f}",
+             f"accuracy (no face = wrong): {r.accuracy:.4f}", f"macro_f1: {r.macro_f1:.4f}"]
+    if r.no_face:
+        lines.append(f"no face found in: {', '.join(r.no_face[:10])}{' ...' if len(r.no_face) > 10 else ''}")
+    return "\n".join(lines)
+
+
+def _shared_classes(model_classes, found, shared_only: bool) -> tuple[str, ...]:
+    missing = [c for c in model_classes if c not in found]
+    extra = [c for c in found if c not in model_classes]
+    if not missing and not extra:
+        return tuple(model_classes)
+    if not shared_only:
+        what = "; ".join(x for x in (f"the test data lacks {', '.join(missing)}" if missing else "",
+                                     f"the model does not know {', '.join(extra)}" if extra else "") if x)
+        raise FerkitError(f"test data classes ({', '.join(found)}) differ from the model's "
+                          f"({', '.join(model_classes)}): {what}; pass --shared-classes to evaluate on the "
+                          "classes both have")
+    shared = tuple(c for c in model_classes if c in found)
+    if not shared:
+        raise FerkitError(f"test data shares no class with the model ({', '.join(model_classes)})")
+    return shared

@@ -1,0 +1,327 @@
+"""Temperature scaling: probabilities that mean what they say.
+
+A network trained with cross-entropy is usually over-confident: its top probability averages more
+than its accuracy. Temperature scaling (Guo et al. 2017, "On calibration of modern neural
+networks") divides every logit by one scalar ``T > 0``, fitted on held-out validation data by
+minimising the negative log-likelihood (NLL). The argmax, so the accuracy, does not change; only the
+probabilities do. ``T`` is stored in the checkpoint record (:attr:`CheckpointRecord.temperature`)
+and applied wherever ferkit produces probabilities: ``ferkit evaluate``, ``ferkit predict``, the
+Recognizer (both backends) and ONNX export (inside the graph).
+
+Example::
+
+    ferkit calibrate runs/exp1 --val-dir data/val     # writes runs/exp1/best.calibrated.safetensors
+
+    from ferkit.train.calibrate import fit_temperature, expected_calibration_error
+    T = fit_temperature(val_logits, val_labels)       # labels (N,) or vote distributions (N, C)
+
+The fit is deterministic: NLL(1/T) is convex, so its derivative is bisected on log(1/T) within
+:data:`TEMPERATURE_RANGE`. ECE uses :data:`ECE_BINS` equal-width bins of the top probability.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..console import log
+from ..errors import FerkitError
+
+#: Equal-width confidence bins of the expected calibration error (the usual 15).
+ECE_BINS = 15
+#: Where a fitted temperature may lie; a fit that ends on a bound says so.
+TEMPERATURE_RANGE = (0.05, 20.0)
+#: Suffix of the calibrated copy written beside its checkpoint by default.
+CALIBRATED_SUFFIX = ".calibrated.safetensors"
+
+
+# ----------------------------------------------------------------------------- metrics
+def _as_logits(logits) -> np.ndarray:
+    z = np.asarray(logits.detach().cpu().numpy() if hasattr(logits, "detach") else logits, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] < 2:
+        raise FerkitError(f"logits must be (N, classes >= 2), got shape {z.shape}")
+    if np.isnan(z).any() or np.isposinf(z).any():
+        raise FerkitError("the model's outputs are not finite (NaN or infinite logits): its weights are damaged")
+    return z
+
+
+def _as_targets(targets, n: int, c: int) -> np.ndarray:
+    """Labels (N,) or distributions (N, C) -> (N, C) float64 distributions."""
+    t = np.asarray(targets)
+    if t.ndim == 1:
+        if len(t) != n or (n and (t.min() < 0 or t.max() >= c)):
+            raise FerkitError(f"labels must be {n} class indices in 0..{c - 1}")
+        out = np.zeros((n, c))
+        out[np.arange(n), t.astype(np.int64)] = 1.0
+        return out
+    t = t.astype(np.float64)
+    if t.shape != (n, c) or not np.isfinite(t).all() or (t < 0).any() or (t.sum(1) <= 0).any():
+        raise FerkitError(f"target distributions must be (N={n}, C={c}), finite, non-negative, each summing above 0")
+    return t / t.sum(1, keepdims=True)
+
+
+def log_softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    """float64 log-probabilities of ``logits / temperature`` (masked ``-inf`` classes stay ``-inf``)."""
+    z = _as_logits(logits) / temperature
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def negative_log_likelihood(logits, targets, temperature: float = 1.0) -> float:
+    """Mean cross-entropy of softmax(logits / T) against labels (N,) or distributions (N, C), nats."""
+    lp = log_softmax(logits, temperature)
+    q = _as_targets(targets, *lp.shape)
+    if not len(lp):
+        return float("nan")
+    with np.errstate(invalid="ignore"):   # 0 x log 0 (a masked class) counts as 0
+        return float(-np.where(q > 0, q * lp, 0.0).sum(1).mean())
+
+
+def reliability_table(probs, labels, bins: int = ECE_BINS) -> dict:
+    """Per equal-width bin of the top probability (bin b holds confidences in (b/B, (b+1)/B]):
+    count, mean confidence and accuracy (None for empty bins), and the ECE over all of them."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels).astype(np.int64)
+    conf, pred = p.max(1), p.argmax(1)
+    which = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    conf_sum = np.bincount(which, weights=conf, minlength=bins)
+    hit_sum = np.bincount(which, weights=(pred == y).astype(np.float64), minlength=bins)
+    n = max(len(y), 1)
+    ece = float(np.abs(hit_sum - conf_sum).sum() / n)   # sum_b (n_b / N) |acc_b - conf_b|
+    nonzero = count > 0
+    return {"bins": bins, "edges": [i / bins for i in range(bins + 1)], "count": count.tolist(),
+            "confidence": [float(v) if k else None for v, k in zip(conf_sum / np.maximum(count, 1), nonzero)],
+            "accuracy": [float(v) if k else None for v, k in zip(hit_sum / np.maximum(count, 1), nonzero)],
+            "ece": ece, "mean_confidence": float(conf.mean()) if len(y) else float("nan"),
+            "accuracy_overall": float((pred == y).mean()) if len(y) else float("nan")}
+
+
+def expected_calibration_error(probs, labels, bins: int = ECE_BINS) -> float:
+    """ECE: sum over equal-width confidence bins of (share of faces) x |accuracy - mean confidence|."""
+    return reliability_table(probs, labels, bins)["ece"]
+
+
+def calibration_metrics(logits, labels, temperature: float = 1.0, bins: int = ECE_BINS) -> dict:
+    """NLL, ECE, accuracy and mean confidence of softmax(logits / T) against integer labels."""
+    lp = log_softmax(logits, temperature)
+    table = reliability_table(np.exp(lp), labels, bins)
+    return {"nll": negative_log_likelihood(lp, labels), "ece": table["ece"], "accuracy": table["accuracy_overall"],
+            "mean_confidence": table["mean_confidence"], "temperature": float(temperature)}
+
+
+def plot_reliability(probs, labels, path, title: str = "", bins: int = ECE_BINS) -> Path:
+    """Reliability diagram: accuracy per confidence bin against the diagonal (gaps shaded), and
+    how many faces fall in each bin below it."""
+    from ..files import new_figure, save_figure
+
+    t = reliability_table(probs, labels, bins)
+    width = 1.0 / bins
+    centres = np.asarray(t["edges"][:-1]) + width / 2
+    acc = np.asarray([np.nan if a is None else a for a in t["accuracy"]])
+    conf = np.asarray([np.nan if c is None else c for c in t["confidence"]])
+    fig = new_figure(figsize=(5.5, 6))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    top.bar(centres, np.nan_to_num(acc), width=width, edgecolor="black", color="#4c72b0", label="accuracy")
+    gap_lo, gap_hi = np.fmin(acc, conf), np.fmax(acc, conf)
+    top.bar(centres, np.nan_to_num(gap_hi - gap_lo), bottom=np.nan_to_num(gap_lo), width=width,
+            color="#dd8452", alpha=0.5, edgecolor="#dd8452", label="gap to mean confidence")
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(title or f"ECE {t['ece']:.4f} ({bins} bins)", fontsize=10)
+    bottom.bar(centres, t["count"], width=width, edgecolor="black", color="#8c8c8c")
+    bottom.set_xlabel("confidence (top probability)")
+    bottom.set_ylabel("faces")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- fitting
+def fit_temperature(logits, targets, bounds: tuple[float, float] = TEMPERATURE_RANGE) -> float:
+    """The T in ``bounds`` minimising NLL of softmax(logits / T) against labels (N,) or vote
+    distributions (N, C). Deterministic: NLL is convex in b = 1/T with derivative
+    mean(E_softmax(b z)[z] - E_target[z]), bisected on log b."""
+    z = _as_logits(logits)
+    if not len(z):
+        raise FerkitError("cannot fit a temperature on no faces")
+    q = _as_targets(targets, *z.shape)
+    z = np.where(np.isneginf(z), -1e30, z)   # a masked class: probability 0 at every temperature
+    target_z = (q * z).sum(1)
+
+    def slope(log_b: float) -> float:
+        s = z * math.exp(log_b)
+        p = np.exp(s - s.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        return float(((p * z).sum(1) - target_z).mean())
+
+    lo, hi = -math.log(bounds[1]), -math.log(bounds[0])     # log b; b = 1/T
+    s_lo, s_hi = slope(lo), slope(hi)
+    if abs(s_lo) < 1e-12 and abs(s_hi) < 1e-12:    # logits that do not depend on the face: any T will do
+        return 1.0
+    if s_lo >= 0:
+        log(f"note: the fitted temperature reached its upper bound {bounds[1]:g} (the model's ranking is "
+            "barely better than chance on this data)")
+        return float(bounds[1])
+    if s_hi <= 0:
+        log(f"note: the fitted temperature reached its lower bound {bounds[0]:g} (the model separates this "
+            "data perfectly: sharper is always better)")
+        return float(bounds[0])
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if slope(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return float(math.exp(-(lo + hi) / 2))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@dataclass
+class CalibrationResult:
+    """What ``ferkit calibrate`` did: the temperature, figures before/after, and the file written."""
+
+    temperature: float
+    previous_temperature: float
+    fitted: bool                       # False: set by hand (--temperature)
+    out: Path
+    source: Path
+    n: int = 0                         # validation faces (0 without --val-dir)
+    classes: tuple[str, ...] = ()
+    before: dict = field(default_factory=dict)   # nll, ece, accuracy, mean_confidence, temperature
+    after: dict = field(default_factory=dict)
+
+
+def default_output(ckpt: Path) -> Path:
+    """``<name>.calibrated.safetensors`` beside the checkpoint; for a bundled model (inside the
+    installed package) in the working folder instead."""
+    from ..bundled import WEIGHTS_DIR
+
+    name = ckpt.name[:-len(".safetensors")] if ckpt.name.endswith(".safetensors") else ckpt.stem
+    folder = Path(".") if ckpt.resolve().parent == WEIGHTS_DIR.resolve() else ckpt.parent
+    return folder / f"{name}{CALIBRATED_SUFFIX}"
+
+
+def _check_output(out: Path, ckpt: Path, overwrite: bool) -> Path:
+    from ..bundled import WEIGHTS_DIR
+    from ..files import make_dir
+
+    if out.suffix.lower() != ".safetensors":
+        raise FerkitError(f"--out {out} must end in .safetensors")
+    if out.is_dir():
+        raise FerkitError(f"--out {out} is a folder; give a file name such as {out / ckpt.name}")
+    if out.exists() and out.resolve() == ckpt.resolve():
+        raise FerkitError(f"--out {out} is the checkpoint being calibrated; ferkit never overwrites the original "
+                          "(write the calibrated copy elsewhere)")
+    if out.resolve().parent == WEIGHTS_DIR.resolve():
+        raise FerkitError(f"--out {out} is inside the installed ferkit package; write it elsewhere")
+    if out.exists() and not overwrite:
+        raise FerkitError(f"{out} exists; pass --overwrite to replace it")
+    make_dir(out.parent)
+    return out
+
+
+def _val_logits(model_path: Path, val_dir, batch_size: int, precision: str, device: str, strict: bool,
+                progress: bool):
+    """(raw logits, labels in model order, record) of a checkpoint on a labelled folder; raw = T 1."""
+    import torch
+
+    from ..data import load_dataset
+    from ..models import load_checkpoint
+    from ..runtime import fuse_for_inference, predict_logits, resolve_precision, select_device
+
+    dev = select_device(device)
+    model, record = load_checkpoint(model_path, dev)
+    data = load_dataset(val_dir, record.classes, record.image_size, strict, progress=progress,
+                        role="validation data")
+    to_model = np.asarray([record.classes.index(c) for c in data.classes])
+    model = fuse_for_inference(model).to(memory_format=torch.channels_last)
+    logits = predict_logits(model, data.images, record.input, dev, resolve_precision(precision, dev), batch_size)
+    return logits.numpy(), to_model[data.labels], record
+
+
+def calibrate_checkpoint(model, val_dir=None, out=None, temperature: float | None = None, overwrite: bool = False,
+                         batch_size: int = 256, precision: str = "fp32", device: str = "auto", strict: bool = False,
+                         progress: bool = True) -> CalibrationResult:
+    """Fit (or set) a checkpoint's temperature and write a calibrated copy; the original is never touched.
+
+    Args:
+        model: run folder (its best.safetensors), ``.safetensors`` checkpoint, or a bundled model's name.
+        val_dir: labelled validation data (class folders or manifest) with the model's classes: the
+            temperature is fitted there, and NLL/ECE before and after are measured there.
+        out: the calibrated checkpoint (default: :func:`default_output`); never the input itself.
+        temperature: set this temperature instead of fitting one (``val_dir`` then only measures).
+        overwrite: replace an existing ``out``.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from ..bundled import resolve_model_path
+    from ..files import write_safetensors
+    from ..models import read_checkpoint_record, resolve_checkpoint
+    from ..models.record import check_kind, check_temperature
+
+    if temperature is not None:
+        temperature = check_temperature(temperature, "--temperature")
+    if val_dir is None and temperature is None:
+        raise FerkitError("give --val-dir to fit the temperature on validation data, or --temperature to set it")
+    ckpt = resolve_checkpoint(resolve_model_path(model))
+    if ckpt.suffix.lower() == ".onnx":
+        raise FerkitError(f"{ckpt} is an ONNX file: calibrate its checkpoint, then export that (the temperature "
+                          "goes into the ONNX graph)")
+    record = read_checkpoint_record(ckpt)
+    check_kind(record, "classifier", ckpt)
+    out = _check_output(Path(out) if out is not None else default_output(ckpt), ckpt, overwrite)
+
+    result = CalibrationResult(temperature if temperature is not None else 1.0, record.temperature,
+                               temperature is None, out, ckpt, classes=record.classes)
+    if val_dir is not None:
+        logits, labels, record = _val_logits(ckpt, val_dir, batch_size, precision, device, strict, progress)
+        result.n = len(labels)
+        result.before = calibration_metrics(logits, labels, record.temperature)
+        if temperature is None:
+            result.temperature = fit_temperature(logits, labels)
+        result.after = calibration_metrics(logits, labels, result.temperature)
+    calibration = {"method": "temperature scaling, NLL minimised on validation data" if result.fitted
+                   else "temperature set by hand", "source_checkpoint": ckpt.name, "ferkit_version": __version__}
+    if val_dir is not None:
+        calibration.update(val_data=str(val_dir), n=result.n, ece_bins=ECE_BINS, before=result.before,
+                           after=result.after)
+    new_record = replace(record, temperature=result.temperature, calibration=calibration)
+    # The weights are copied as stored (dtype and all); only the record changes.
+    try:
+        with safe_open(str(ckpt), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+        tensors = load_file(str(ckpt), device="cpu")
+    except Exception as exc:  # safetensors' own error types: a truncated or damaged file
+        raise FerkitError(f"{ckpt}: cannot read weights ({str(exc).splitlines()[0][:120]})") from None
+    meta["ferkit"] = json.dumps(new_record.to_json())
+    write_safetensors(out, tensors, meta)
+    return result
+
+
+def describe(r: CalibrationResult) -> list[str]:
+    """The lines ``ferkit calibrate`` prints."""
+    lines = []
+    how = (f"fitted on {r.n} faces" if r.fitted else "set by hand") + f": temperature {r.temperature:.4f}"
+    lines.append(how + (f" (was {r.previous_temperature:.4g})" if r.previous_temperature != 1.0 else ""))
+    if r.before:
+        lines.append(f"{'':8s}{'NLL':>8s}{'ECE':>8s}{'mean conf':>11s}{'accuracy':>10s}   ({ECE_BINS} bins)")
+        for name, m in (("before", r.before), ("after", r.after)):
+            lines.append(f"{name:8s}{m['nll']:8.4f}{m['ece']:8.4f}{m['mean_confidence']:11.4f}{m['accuracy']:10.4f}"
+                         f"   (temperature {m['temperature']:.4g})")
+    lines.append(f"wrote {r.out} (weights as in {r.source}, which is unchanged)")
+    return lines
+
+
+__all__ = ["CALIBRATED_SUFFIX", "ECE_BINS", "TEMPERATURE_RANGE", "CalibrationResult", "calibrate_checkpoint",
+           "calibration_metrics", "default_output", "describe", "expected_calibration_error", "fit_temperature",
+           "log_softmax", "negative_log_likelihood", "plot_reliability", "reliability_table"]
