@@ -1,4 +1,4 @@
-"""The model that ships inside ferkit: present, small, loads with no argument, reads real faces."""
+"""The models that ship inside ferkit: present, small, load with no argument, read real faces."""
 import json
 
 import numpy as np
@@ -27,13 +27,22 @@ def test_bundled_weights_are_small_fp16_safetensors_with_a_record():
     with safe_open(str(path), framework="pt") as fh:
         assert {str(fh.get_slice(k).get_dtype()) for k in fh.keys() if "num_batches" not in k} == {"F16"}
     rec = read_checkpoint_record(path)
-    assert rec.classes == EXPRESSIONS[:7] and rec.image_size == 48 and rec.arch == "vgg"
-    assert rec.train_config["recipe"] == "fer2013" and rec.extra["bundled"]["name"] == DEFAULT_MODEL
-    assert rec.val_metrics["val_acc"] > 0.5
+    assert rec.classes == EXPRESSIONS and rec.image_size == 48 and rec.arch == "vgg"   # FER+: eight classes
+    assert rec.train_config["labels"] == "soft" and rec.extra["bundled"]["name"] == DEFAULT_MODEL
+    assert rec.val_metrics["val_acc"] > 0.85
+    assert 0.3 < rec.temperature < 3 and rec.calibration["after"]["ece"] < rec.calibration["before"]["ece"]
+
+
+@pytest.mark.parametrize("name", [n for n, m in BUNDLED.items() if m.kind == "classifier"])
+def test_every_bundled_classifier_loads_and_is_under_8_mb(name):
+    assert bundled_path(name).stat().st_size <= 8 * 1024 * 1024
+    r = Recognizer.load(name, detect=False)
+    probs = r.probabilities(np.full((2, 48, 48), 128, np.uint8))
+    assert probs.shape == (2, len(r.classes)) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
 def test_load_with_no_argument_and_by_name(recognizer):
-    assert recognizer.classes == EXPRESSIONS[:7] and recognizer.image_size == 48
+    assert recognizer.classes == EXPRESSIONS and recognizer.image_size == 48
     assert Recognizer.load(DEFAULT_MODEL).classes == recognizer.classes
     assert resolve_model_path(None) == resolve_model_path(DEFAULT_MODEL) == bundled_path()
     assert is_model_path(DEFAULT_MODEL) and not is_model_path(str(face_photo()))
@@ -52,7 +61,7 @@ def test_reads_a_real_photo_as_a_person_would(recognizer):
 
 
 def test_generated_faces_are_read_in_the_direction_of_their_expression(recognizer):
-    """The procedural generator's strongest smiles look happier to the FER2013 model than its
+    """The procedural generator's strongest smiles look happier to the default model than its
     strongest frowns, and its surprise (open mouth, raised brows) more surprised than either."""
     from ferkit.synth import render_face, sample_face_params
 
@@ -66,8 +75,11 @@ def test_generated_faces_are_read_in_the_direction_of_their_expression(recognize
 
 def test_predict_and_models_commands_without_a_model(tmp_path, capsys):
     assert run(["predict", str(face_photo()), "--out", str(tmp_path / "p"), "--annotate", "--no-progress"]) == 0
-    rows = (tmp_path / "p" / "predictions.csv").read_text().splitlines()
-    assert len(rows) == 2 and rows[1].split(",")[7] in ("neutral", "happy")
+    import csv
+
+    with open(tmp_path / "p" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and rows[0]["label"] in ("neutral", "happy")
     assert (tmp_path / "p" / "annotated" / face_photo().name).is_file()
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert summary["model"] == str(bundled_path()) and summary["complete"] is True

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_folder
 
 from ferkit.errors import FerkitError
@@ -72,12 +71,14 @@ def test_torch_backend_folds_batch_norm_exactly(tmp_path, arch, args):
 
 
 # ----------------------------------------------------------------------------- int8
-pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+def _needs_onnx():
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    _needs_onnx()
     from ferkit.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("fast")
@@ -108,6 +109,7 @@ def test_int8_export_agrees_with_fp32_on_most_faces(trained):
 
 
 def test_int8_export_without_faces_uses_procedural_ones(tmp_path):
+    _needs_onnx()
     from ferkit.quantize import export_int8
 
     ckpt = _checkpoint(tmp_path / "m.safetensors", "tiny", size=32)
@@ -136,6 +138,8 @@ def test_export_int8_cli_and_bad_input(trained, tmp_path, capsys):
 # ----------------------------------------------------------------------------- auto backend
 def test_auto_backend_uses_the_export_beside_a_checkpoint(tmp_path, monkeypatch, capfd):
     import sys
+
+    _needs_onnx()
 
     from ferkit.export import export_onnx
     from ferkit.predict import Recognizer, open_backend

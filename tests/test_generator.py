@@ -228,12 +228,15 @@ def test_the_guide_is_refused_as_the_judge(lab, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "trained to please" in err[0] and "--judge" in err[0], err
     assert not (tmp_path / "q").exists()
-    # a generator guided by the bundled model is not judged by it, which is also the default judge
-    train_gan(GanConfig(str(lab["faces"]), str(tmp_path / "g"), iterations=5, guide="fer2013-vgg",
+    # a generator guided by the default bundled model is not judged by it, by name or by default
+    from ferkit.bundled import DEFAULT_MODEL
+    from ferkit.synth.quality import evaluate_gan
+    train_gan(GanConfig(str(lab["faces"]), str(tmp_path / "g"), iterations=5, guide=DEFAULT_MODEL,
                         **{**TINY, "checkpoint_every": 5}))
-    with pytest.raises(FerkitError, match="trained to please"):
-        from ferkit.synth.quality import evaluate_gan
-        evaluate_gan(tmp_path / "g", val, progress=False)
+    for judge in (None, DEFAULT_MODEL):
+        with pytest.raises(FerkitError, match="trained to please"):
+            evaluate_gan(tmp_path / "g", val, judge=judge, progress=False)
+    assert not (tmp_path / "g" / "quality").exists()
 
 
 # ----------------------------------------------------------------------------- bundled generator

@@ -401,8 +401,8 @@ def _add_synth(sub):
         q.add_argument("--intensity", type=_intensity, default=(0.5, 1.0), metavar="LO,HI",
                        help="expression (action unit) intensity range; lower is harder (default 0.5,1.0)")
         if name == "faces":
-            q.add_argument("--per-class", type=_positive_int, required=True, help="faces per class")
-            q.add_argument("--identities", type=_positive_int, default=None,
+            q.add_argument("--per-class", type=int, required=True, help="faces per class")
+            q.add_argument("--identities", type=int, default=None,
                            help="draw faces from K identities (each shows several expressions); "
                                 "default: every face a new identity")
             q.add_argument("--identity-offset", type=_nonneg_int, default=0,

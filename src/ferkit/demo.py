@@ -92,7 +92,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict:
 
 
 def _bundled_on_photo(out: Path, progress: bool) -> dict | None:
-    """The bundled FER2013 model on a real photo that ships with matplotlib: what a new user gets
+    """The default bundled model on a real photo that ships with matplotlib: what a new user gets
     without training anything. None when this installation lacks the bundled weights."""
     from .bundled import BUNDLED, DEFAULT_MODEL, sample_photo
     from .predict import predict_inputs
@@ -102,7 +102,9 @@ def _bundled_on_photo(out: Path, progress: bool) -> dict | None:
         return None
     photo = sample_photo()
     predict_inputs(None, [str(photo)], out, annotate=True, progress=progress)
-    rows = (out / "predictions.csv").read_text().splitlines()[1:]
-    faces = [dict(label=r.split(",")[7], confidence=float(r.split(",")[8])) for r in rows]
+    import csv
+
+    with open(out / "predictions.csv", newline="") as fh:
+        faces = [dict(label=r["label"], confidence=float(r["confidence"])) for r in csv.DictReader(fh)]
     return {"photo": str(photo), "model": DEFAULT_MODEL, "faces": faces,
             "annotated": str(out / "annotated" / photo.name), "predictions": str(out / "predictions.csv")}
