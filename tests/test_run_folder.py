@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from conftest import face_photo
 
 from ferkit.cli import run
 from ferkit.errors import FerkitError
@@ -100,4 +101,4 @@ def test_a_dataset_and_a_predictions_folder_take_the_same_kind_of_lock(tmp_path)
     pred.mkdir()
     with OutputLock(pred):
         with pytest.raises(FerkitError, match="being written by another ferkit process"):
-            predict_inputs(None, [str(tmp_path)], out=pred, progress=False)
+            predict_inputs(None, [str(face_photo())], out=pred, progress=False)
