@@ -68,17 +68,21 @@ def extract(data: Path, root: Path = Path("/tmp/ferkit-data")) -> Path:
     return target
 
 
-def pool_size(folds: dict[int, dict[str, Path]], ratios: list[float]) -> int:
-    """Generated faces per class every arm can draw from without repeats: the largest k times the
-    largest class of any fold's training part (the study keeps the real class balance)."""
-    most = 0
+def pool_size(folds: dict[int, dict[str, Path]], ratios: list[float]) -> tuple[int, int]:
+    """(generated faces per class every arm can draw from without repeats: the largest k times the
+    largest class of any fold's training part, as the study keeps the real class balance; the
+    fewest distinct GAN edits of one target class a fold allows: its faces of the other classes)."""
+    most, distinct = 0, None
     for paths in folds.values():
         with open(paths["train"], newline="") as fh:
             counts: dict[str, int] = {}
             for row in csv.DictReader(fh):
                 counts[row["class"]] = counts.get(row["class"], 0) + 1
         most = max(most, max(counts.values()))
-    return int(math.ceil(max(ratios) * most)) + 1
+        n = sum(counts.values())
+        fewest = min(n - c for c in counts.values())
+        distinct = fewest if distinct is None else min(distinct, fewest)
+    return int(math.ceil(max(ratios) * most)) + 1, distinct or 0
 
 
 def fer2013_pool(root: Path, out: Path, per_class: int, classes: tuple[str, ...]) -> Path:
@@ -94,6 +98,18 @@ def fer2013_pool(root: Path, out: Path, per_class: int, classes: tuple[str, ...]
     idx, _ = draw_per_class(labels, np.minimum(counts, per_class), 0, classes)
     write_manifest(out, [src.files[i] for i in idx], [classes[labels[i]] for i in idx], ["fer2013"] * len(idx))
     return out
+
+
+def stale_edits(edits: Path, generator: str) -> str | None:
+    """The generator file an existing edit folder was made with, when it is not ``generator``'s."""
+    from ferkit.synth.gan import file_sha256, generator_path
+
+    try:
+        with open(edits / "metadata.csv", newline="") as fh:
+            made = next(csv.DictReader(fh))
+    except (OSError, StopIteration):
+        return None
+    return None if made["generator_sha256"] == file_sha256(generator_path(generator)) else made["generator"]
 
 
 def check_edits(edits: Path, fold_paths: dict[str, Path]) -> int:
@@ -135,7 +151,7 @@ def study_command(a, data: Path, work: Path, sources: dict[str, str]) -> list[st
     return cmd
 
 
-def compare(study: Path, ratios: list[str], out: Path) -> str:
+def compare(study: Path, ratios: list[str], out: Path, title: str = "study") -> str:
     """compare.md and compare.png: the claims of the issue as paired 95% intervals over (fold, seed)."""
     from ferkit.experiments import compare_settings, format_ci
     from ferkit.files import new_figure, save_figure, write_text
@@ -180,7 +196,7 @@ def compare(study: Path, ratios: list[str], out: Path) -> str:
     ax.axvline(0, color="0.3", lw=0.8)
     ax.set_yticks(y, [labels[s] for s in others], fontsize=8)
     ax.set_xlabel(f"accuracy − real only ({mean('k0'):.3f}), 95% CI paired by (fold, seed)")
-    ax.set_title(f"{study.parent.name}: each arm against real only", fontsize=10)
+    ax.set_title(f"{title}: each arm against real only", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     save_figure(fig, out / "compare.png", dpi=110)
@@ -247,30 +263,38 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     folds = write_fold_plan(work / "folds", dataset, plan)
     print("\n".join(describe(plan, dataset)), flush=True)
-    per_class = pool_size(folds, [float(r) for r in ratios])
+    per_class, distinct = pool_size(folds, [float(r) for r in ratios])
+    if "gan" in a.arms and per_class > distinct:
+        print(f"note: the largest k needs {per_class} edits of a class, but a fold's training part has only "
+              f"{distinct} faces of the other classes to edit into it: some edits repeat a face (a deterministic "
+              "generator then writes identical images)", flush=True)
     ferkit = [sys.executable, "-m", "ferkit"]
     steps: list[tuple[list[str], Path]] = []
     sources: dict[str, str] = {}
+    faces = work / "faces"   # folders named by their size: another --ratios makes new ones
+    gan_dir = faces / f"gan-{per_class}"
     if "gan" in a.arms:
         for i, paths in folds.items():
+            old = stale_edits(gan_dir / f"fold{i}", a.generator)
+            if old:
+                sys.exit(f"{gan_dir / f'fold{i}'} holds edits by another generator ({old}); use another --work")
             steps.append((["synth", "edit", a.generator, "--source", str(paths["train"]), "--out",
-                           str(work / "faces" / "gan" / f"fold{i}"), "--per-class", str(per_class),
-                           "--classes", a.classes, "--no-progress"], work / "faces" / "gan" / f"fold{i}" /
-                          "metadata.csv"))
-        sources["gan"] = str(work / "faces" / "gan" / "fold{fold}")
+                           str(gan_dir / f"fold{i}"), "--per-class", str(per_class),
+                           "--classes", a.classes, "--no-progress"], gan_dir / f"fold{i}" / "metadata.csv"))
+        sources["gan"] = str(gan_dir / "fold{fold}")
     if "fer2013" in a.arms:
         root = Path(a.fer2013) if a.fer2013 else (fer2013_dir() or sys.exit("FER2013 archive not found")) / "train"
-        sources["fer2013"] = str(fer2013_pool(root, work / "faces" / "fer2013.csv", per_class, classes))
+        sources["fer2013"] = str(fer2013_pool(root, faces / f"fer2013-{per_class}.csv", per_class, classes))
     if "procedural" in a.arms:
-        steps.append((["synth", "faces", "--out", str(work / "faces" / "procedural"), "--per-class", str(per_class),
-                       "--size", str(a.image_size), "--classes", a.classes, "--no-progress"],
-                      work / "faces" / "procedural" / "metadata.csv"))
-        sources["procedural"] = str(work / "faces" / "procedural")
+        steps.append((["synth", "faces", "--out", str(faces / f"procedural-{per_class}"), "--per-class",
+                       str(per_class), "--size", str(a.image_size), "--classes", a.classes, "--no-progress"],
+                      faces / f"procedural-{per_class}" / "metadata.csv"))
+        sources["procedural"] = str(faces / f"procedural-{per_class}")
     if not sources:   # the study needs one generated-data source even when only real/aug/finetune run
-        steps.append((["synth", "faces", "--out", str(work / "faces" / "procedural"), "--per-class", "10",
+        steps.append((["synth", "faces", "--out", str(faces / "procedural-10"), "--per-class", "10",
                        "--size", str(a.image_size), "--classes", a.classes, "--no-progress"],
-                      work / "faces" / "procedural" / "metadata.csv"))
-        sources["procedural"] = str(work / "faces" / "procedural")
+                      faces / "procedural-10" / "metadata.csv"))
+        sources["procedural"] = str(faces / "procedural-10")
         study_ratios = []
     else:
         study_ratios = ratios
@@ -291,9 +315,9 @@ def main() -> None:
     if (work / "folds" / "groups.csv").read_text() != (work / "study" / "folds" / "groups.csv").read_text():
         sys.exit(f"the study split {data} differently from {work / 'folds'}: the edits were made for another split")
     if "gan" in a.arms:
-        n = sum(check_edits(work / "faces" / "gan" / f"fold{i}", paths) for i, paths in folds.items())
+        n = sum(check_edits(gan_dir / f"fold{i}", paths) for i, paths in folds.items())
         print(f"checked: all {n} GAN edits come from their own fold's training faces")
-    print(compare(work / "study", study_ratios, work))
+    print(compare(work / "study", study_ratios, work, f"{data.name}, {plan.k} folds, {a.seeds} seed(s)"))
     minutes = (time.time() - t0) / 60
     print(f"results: {work / 'study'} (table.md, accuracy_vs_k.png), {work / 'compare.md'}, {work / 'compare.png'}")
     print(f"wall time {minutes:.1f} min on {machine()}")

@@ -293,7 +293,7 @@ def test_fifos_in_data_are_skipped_and_listed_never_read(tmp_path):
     ckpt = _checkpoint(tmp_path / "m.safetensors")
     env = {"FERKIT_CACHE": str(tmp_path / "cache")}
     ev = _ferkit("evaluate", ckpt, "--test-dir", data, "--out", tmp_path / "ev", env=env, timeout=120)
-    assert ev.returncode == 0 and "pipe.png" in ev.stderr and "not regular files" in ev.stderr, ev.stderr
+    assert ev.returncode == 0 and "pipe.png" in ev.stderr and "not a regular file" in ev.stderr, ev.stderr
     assert "Traceback" not in ev.stderr
     p = _ferkit("predict", ckpt, data, tmp_path / "lone.jpg", "--no-detect", "--out", tmp_path / "p", timeout=120)
     assert p.returncode == 0, p.stderr

@@ -242,9 +242,10 @@ def find_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
     if skipped is not None:
         skipped.extend(odd)
     elif odd:
-        shown = ", ".join(p for p, _ in odd[:5]) + (" ..." if len(odd) > 5 else "")
-        log(f"note: {folder}: skipped {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} that are not regular files "
-            f"or readable folders: {shown}")
+        shown = "; ".join(f"{p} ({why})" for p, why in odd[:5]) + (" ..." if len(odd) > 5 else "")
+        one = len(odd) == 1
+        log(f"note: {folder}: skipped {len(odd)} entr{'y' if one else 'ies'} without reading "
+            f"{'it' if one else 'them'}: {shown}")
     return out
 
 

@@ -332,7 +332,8 @@ class OutputLock:
 
     The lock is an OS advisory lock (``flock``) on ``LOCK_NAME`` inside a folder, or on a hidden
     ``.<name>.lock`` beside a file. The OS releases it when its process dies, so a lock left by a
-    killed process is simply taken over; the lock file itself stays (removing it would race).
+    killed process is simply taken over. A lock file inside a folder stays (removing it would race);
+    one beside an output is removed on release, so a dataset leaves nothing next to it.
     """
 
     def __init__(self, target: str | os.PathLike, what: str = "output", beside: bool = False):
@@ -365,6 +366,8 @@ class OutputLock:
 
     def release(self) -> None:
         if self._fh is not None:
+            if self.path.parent != self.target:   # a lock beside an output leaves nothing behind
+                self.path.unlink(missing_ok=True)
             self._fh.close()          # closing the file releases the flock
             self._fh = None
 

@@ -175,6 +175,8 @@ def plot_study(table: list[dict], path: Path) -> None:
     sources = list(dict.fromkeys(t.get("source", "") for t in table if t.get("source")))
     styles = ["-", "--", ":", "-."]
     several = len(sources) > 1     # then colour tells the sources apart and line style the sizes
+    named = list(dict.fromkeys(t["setting"] for t in table if t["k"] == "" and t["setting"] != "aug"
+                               and not t["setting"].startswith("synth")))
     for i, n in enumerate(sizes):
         col = colors[i % len(colors)]
         ref_col = "0.3" if several else col
@@ -195,8 +197,9 @@ def plot_study(table: list[dict], path: Path) -> None:
                 ax.axhline(t["acc_mean"], color=ref_col, ls=styles[i % len(styles)] if several else "--", lw=0.8,
                            alpha=0.6)
             elif t["k"] == "" and not t["setting"].startswith("synth"):   # a named arm (--arm)
+                j = len(sources) + named.index(t["setting"])       # colours after the sources'
                 ax.errorbar([t["gen_per_real"]], [t["acc_mean"]], yerr=[t["acc_std"]], marker="D", ms=7, capsize=3,
-                            ls="none", label=f"{t['label']} (n={n})")
+                            ls="none", color=colors[j % len(colors)], label=f"{t['label']} (n={n})")
             elif t["setting"].startswith("synth"):
                 j = sources.index(t.get("source")) if several and t.get("source") in sources else 0
                 ax.errorbar([t["gen_per_real"]], [t["acc_mean"]], yerr=[t["acc_std"]], marker="^", ms=8, capsize=3,
