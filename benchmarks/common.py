@@ -17,14 +17,18 @@ def fer2013_dir() -> Path | None:
     target = Path(os.environ.get("FER2013_DIR", Path.home() / ".cache" / "ferkit" / "fer2013"))
     if (target / "train").is_dir() and (target / "validation").is_dir():
         return target
+    return _extract(tar, target, lambda tmp: next((p.parent for p in tmp.rglob("train") if p.is_dir()), tmp))
+
+
+def _extract(tar: Path, target: Path, inner) -> Path | None:
+    """Extract ``tar`` beside ``target`` and move the folder ``inner(tmp)`` into place."""
     if not tar.is_file():
         return None
     tmp = target.with_name(target.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tar) as fh:
         fh.extractall(tmp, filter="data")
-    inner = next((p.parent for p in tmp.rglob("train") if p.is_dir()), tmp)
-    os.replace(inner, target)
+    os.replace(inner(tmp), target)
     return target
 
 
@@ -34,16 +38,8 @@ def shared_dataset(archive: str, folder: str) -> Path | None:
     target = Path.home() / ".cache" / "ferkit" / folder
     if target.is_dir():
         return target
-    tar = SHARED_TAR.parent / archive
-    if not tar.is_file():
-        return None
-    tmp = target.with_name(target.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tar) as fh:
-        fh.extractall(tmp, filter="data")
-    inner = next((p for p in tmp.rglob(folder) if p.is_dir()), tmp)
-    os.replace(inner, target)
-    return target
+    return _extract(SHARED_TAR.parent / archive, target,
+                    lambda tmp: next((p for p in tmp.rglob(folder) if p.is_dir()), tmp))
 
 
 def machine() -> str:

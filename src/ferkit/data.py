@@ -298,14 +298,7 @@ def _read_ferplus(root: Path) -> Source:
         if len(row) != 12:
             raise FerkitError(f"{path} row {i}: expected 12 columns (file name, face box, 10 vote counts), "
                               f"got {len(row)}")
-        try:
-            counts = [float(c) for c in row[2:]]
-        except ValueError:
-            raise FerkitError(f"{path} row {i}: vote counts must be numbers, got {row[2:]}") from None
-        if any(not np.isfinite(c) or c < 0 for c in counts):
-            raise FerkitError(f"{path} row {i}: vote counts must be finite and >= 0, got {row[2:]}")
-        if sum(counts) <= 0:
-            raise FerkitError(f"{path} row {i}: face {row[0]} has no votes")
+        counts = _votes(row[2:], f"{path} row {i}", f"face {row[0]}")
         f = root / row[0].strip()
         if not f.is_file():
             raise FerkitError(f"{path} row {i}: image {f} does not exist")
@@ -317,19 +310,26 @@ def _read_ferplus(root: Path) -> Source:
     return Source(root, files, [VOTE_CLASSES[j] for j in v[:, :8].argmax(1)], list(VOTE_CLASSES), votes=v)
 
 
+def _votes(cells, where: str, face: str) -> list[float]:
+    """One face's vote counts (or probabilities), checked: numbers, finite, >= 0, not all zero."""
+    try:
+        counts = [float(c) for c in cells]
+    except ValueError:
+        raise FerkitError(f"{where}: vote counts must be numbers, got {list(cells)}") from None
+    if any(not np.isfinite(c) or c < 0 for c in counts):
+        raise FerkitError(f"{where}: vote counts must be finite and >= 0, got {list(cells)}")
+    if sum(counts) <= 0:
+        raise FerkitError(f"{where}: {face} has no votes")
+    return counts
+
+
 def _read_vote_manifest(path: Path, rows: list[dict], columns: dict[str, str]) -> Source:
     """A manifest with ``path`` and one vote (or probability) column per class, e.g. written from
     another dataset's annotations: ``path,angry,happy,neutral``."""
     files, votes = [], []
     for i, row in enumerate(rows, start=2):
-        try:
-            v = [float(row.get(columns.get(c, ""), "") or 0.0) if c in columns else 0.0 for c in VOTE_CLASSES]
-        except ValueError:
-            raise FerkitError(f"manifest {path} line {i}: class columns must be numbers") from None
-        if any(not np.isfinite(x) or x < 0 for x in v):
-            raise FerkitError(f"manifest {path} line {i}: class columns must be finite and >= 0")
-        if sum(v) <= 0:
-            raise FerkitError(f"manifest {path} line {i}: {row['path']} has no votes")
+        v = _votes([row.get(columns[c], "") or 0.0 if c in columns else 0.0 for c in VOTE_CLASSES],
+                   f"manifest {path} line {i}", row["path"])
         p = Path(row["path"])
         files.append(p if p.is_absolute() else path.parent / p)
         votes.append(v + [0.0, 0.0])
