@@ -130,20 +130,20 @@ def image_groups(paths: list[str], group_by: str, source=None) -> list[str]:
             rx = re.compile(group_by)
         except re.error as exc:
             what = f"neither a column of {source} nor" if manifest is not None else "not"
-            raise FerkitError(f"--group-by {group_by!r} is {what} a valid regular expression ({exc})") from None
+            raise FerkitError(f"--group-by '{group_by}' is {what} a valid regular expression ({exc})") from None
         groups = []
         for p in paths:
             m = rx.search(Path(p).name)
             groups.append("" if m is None else (m.group(1) if rx.groups else m.group(0)) or "")
         unmatched = [p for p, g in zip(paths, groups) if not g]
         if len(unmatched) == len(paths):
-            raise FerkitError(f"--group-by {group_by!r} matches no file name (e.g. {Path(paths[0]).name}); give a "
+            raise FerkitError(f"--group-by '{group_by}' matches no file name (e.g. {Path(paths[0]).name}); give a "
                               "regular expression whose first group is the person, e.g. '^(S\\d+)_'"
                               + (", or a manifest column" if manifest is not None else ""))
         if unmatched:
-            raise FerkitError(f"--group-by {group_by!r} matches no group in {len(unmatched)} of {len(paths)} file "
+            raise FerkitError(f"--group-by '{group_by}' matches no group in {len(unmatched)} of {len(paths)} file "
                               f"names (e.g. {Path(unmatched[0]).name}); every face needs a group")
-        what = f"{group_by!r}"
+        what = f"'{group_by}'"
     distinct = sorted(set(groups))
     if len(distinct) == 1:
         raise FerkitError(f"--group-by {what} puts all {len(paths)} faces in one group ({distinct[0]}); folds need "
