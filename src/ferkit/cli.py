@@ -475,7 +475,7 @@ def _add_demo(sub):
     p = sub.add_parser("demo", help="built-in demo: generate faces, train the seed CNN, evaluate, read a photo",
                        description="Generate identity-disjoint train/val/test faces with `ferkit synth`, train "
                                    "the reference (seed) CNN, evaluate it on the test identities, then apply the "
-                                   "bundled FER2013 model to a real photo (matplotlib's sample portrait). A few "
+                                   "default bundled model to a real photo (matplotlib's sample portrait). A few "
                                    "minutes on a 2-core CPU. Writes <out>/data, <out>/run (checkpoint, curves), "
                                    "<out>/run/eval-test (report, confusion matrix, predictions), <out>/photo "
                                    "(predictions.csv, annotated/) and "
@@ -520,7 +520,7 @@ def _add_predict(sub):
                        description="Detect faces (OpenCV's bundled Haar cascade, offline) and classify their "
                                    "expression. INPUT is any mix of image files, folders (searched recursively) "
                                    "and video files (.mp4 .avi .mov .mkv .webm .m4v). With no model, the bundled "
-                                   "FER2013 model is used (see `ferkit models`):\n\n"
+                                   "model (FER+, eight classes) is used (see `ferkit models`):\n\n"
                                    "  ferkit predict photo.jpg --annotate\n"
                                    "  ferkit predict runs/exp1 photos/ clip.mp4\n"
                                    "  ferkit predict model.onnx photos/ --format json",

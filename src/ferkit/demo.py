@@ -1,5 +1,5 @@
 """The built-in demo: generate faces, train the `seed` CNN, evaluate it on unseen identities, then
-read a real photo with the bundled FER2013 model.
+read a real photo with the default bundled model.
 
     ferkit demo                      # writes ./demo (data/, run/, run/eval-test/, photo/)
 

@@ -10,7 +10,7 @@ alpha, pixel limit), video frames with :func:`ferkit.data.bgr_to_gray`.
 Example::
 
     from ferkit import Recognizer
-    r = Recognizer.load()                             # the bundled FER2013 model; or a run folder, .safetensors, .onnx
+    r = Recognizer.load()                             # the default bundled model; or a run folder, .safetensors, .onnx
     for face in r.predict("group.jpg"):               # path, BGR/gray numpy array, or PIL image
         print(face.box, face.label, face.confidence)
     r.predict_faces([crop1, crop2])                   # already-cropped gray faces, batched

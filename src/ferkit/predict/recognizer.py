@@ -3,7 +3,7 @@
 Example::
 
     from ferkit import Recognizer
-    r = Recognizer.load()                             # the bundled FER2013 model; or a run folder, .safetensors, .onnx
+    r = Recognizer.load()                             # the default bundled model; or a run folder, .safetensors, .onnx
     for face in r.predict("group.jpg"):               # path, BGR/gray numpy array, or PIL image
         print(face.box, face.label, face.confidence)
     r.predict_faces([crop1, crop2])                   # already-cropped gray faces, batched
@@ -304,7 +304,7 @@ class Recognizer:
              tta: str = "none", margin: float = 0.1, batch_size: int = 64, detect: bool = True,
              align: bool = True, fallback: str = "none", largest: bool = False,
              **detector_args) -> "Recognizer":
-        """Load a model: None (the bundled FER2013 model), a bundled model's name, a run folder or
+        """Load a model: None (the default bundled model), a bundled model's name, a run folder or
         ``.safetensors`` checkpoint, or an ``.onnx`` file from ``ferkit export`` (backend "auto"
         runs an .onnx file, or a checkpoint's export beside it, on onnxruntime when installed, else
         PyTorch: see :func:`open_backend`). ``tta``: none, flip or crops. ``detector_args``
