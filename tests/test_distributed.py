@@ -187,6 +187,39 @@ def test_a_study_in_two_shards_equals_the_unsharded_study(tmp_path, capsys):
         assert len(err) == 1 and "--shard" in err[0], err
 
 
+def test_two_shards_finishing_side_by_side_still_write_the_table(tmp_path, capsys, monkeypatch):
+    """Shard 2 starts while shard 1 is still training and finishes first; shard 1, finishing last,
+    must find shard 2's runs on disk (not only those finished when it started) and write the table."""
+    from ferkit.cli import run
+    from ferkit.experiments import study as study_mod
+    from ferkit.synth import generate_faces
+
+    def faces(name, n, seed):
+        return generate_faces(tmp_path / name, per_class=n, classes=["happy", "sad"], size=32, seed=seed, workers=1,
+                              progress=False)
+    real, val, test, syn = faces("real", 8, 1), faces("val", 4, 2), faces("test", 6, 3), faces("syn", 16, 4)
+    out = tmp_path / "split"
+
+    def study(*extra):
+        return run(["study", "--real-train", str(real), "--val", str(val), "--test", str(test), "--synthetic",
+                    str(syn), "--out", str(out), "--arch", "tiny", "--epochs", "1", "--image-size", "32",
+                    "--batch-size", "16", "--ratios", "0,1", "--seeds", "1", "--real-per-class", "6",
+                    "--no-progress", *extra])
+    real_execute, calls = study_mod._execute, []
+
+    def execute(*a, **k):
+        result = real_execute(*a, **k)
+        calls.append(1)
+        if len(calls) == 1:              # shard 1's first run is done: shard 2 starts and finishes now
+            assert study("--shard", "2/2") == 0
+            assert not (out / "table.csv").exists()
+        return result
+    monkeypatch.setattr(study_mod, "_execute", execute)
+    assert study("--shard", "1/2") == 0
+    assert (out / "table.csv").exists(), capsys.readouterr().out
+    assert len(list((out / "runs").iterdir())) == 4 and len(calls) == 4
+
+
 def test_two_process_gan_training(ddp_data, tmp_path):
     data, script, env = ddp_data
     out = tmp_path / "gan"

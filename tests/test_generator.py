@@ -325,6 +325,29 @@ def test_the_shipped_generator_if_any_is_small_fp16_with_a_card():
         assert card["quality"] and card["losses"]
 
 
+def test_the_shipped_editor_edits_a_generated_face_by_name(tmp_path):
+    """The bundled editor, as installed, loads by its name and moves a generated face to each other
+    expression: new images, of its size, that differ from the source face."""
+    import numpy as np
+
+    from ferkit.bundled import BUNDLED
+    from ferkit.data import load_dataset
+    from ferkit.synth import generate_faces
+    if not BUNDLED["fer2013-editor"].path.is_file():
+        pytest.skip("fer2013-editor is not shipped in this tree")
+    src = generate_faces(tmp_path / "src", per_class=1, classes=["happy", "sad"], size=48, seed=3, workers=1,
+                         progress=False)
+    out = tmp_path / "edited"
+    assert run(["synth", "edit", "fer2013-editor", "--source", str(src), "--out", str(out), "--per-class", "1",
+                "--classes", "angry,surprised", "--no-progress"]) == 0
+    import cv2
+    assert {cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape for p in out.rglob("*.png")} == {(48, 48)}
+    edited, source = (load_dataset(str(d), image_size=48, use_cache=False, progress=False) for d in (out, src))
+    assert sorted(edited.classes) == ["angry", "surprised"] and len(edited.labels) == 2
+    diffs = [np.abs(e.astype(int) - s.astype(int)).mean() for e in edited.images for s in source.images]
+    assert min(diffs) > 1.0       # an edit, not a copy of a source face
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_generator_bad_input_is_one_clear_line(lab, tmp_path, capsys):
     faces, gan = str(lab["faces"]), lab["gan"]

@@ -90,8 +90,7 @@ MODEL_SUFFIXES = (".safetensors", ".onnx", ".pt", ".pth", ".ckpt", ".pkl", ".pic
 
 def is_model_path(text: str) -> bool:
     """Does a command-line word name a model (rather than an image, video or folder of images)?"""
-    from .data import IMAGE_EXTENSIONS
-    from .predict.runner import VIDEO_EXTENSIONS
+    from .data import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
     p = Path(text)
     if text in BUNDLED and not p.exists():

@@ -23,6 +23,14 @@ def check_device_name(name: str) -> str:
     raise FerkitError(f"unknown device {name!r}; accepted: {DEVICE_HELP}")
 
 
+def show_value(value) -> str:
+    """An option's value as help texts and listings show it: a tuple as 2,2,2, a float in the
+    shortest form (:g), None as "default"."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "default" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def check_choice(what: str, value, accepted) -> None:
     """One clear line naming what is accepted."""
     if value not in accepted:

@@ -34,11 +34,14 @@ from .errors import FerkitError
 from .labels import EXPRESSIONS, REFERENCE_CLASSES, canonical_class
 
 __all__ = ["IMAGE_EXTENSIONS", "LABEL_MODES", "VOTE_CLASSES", "ImageSet", "Source", "bgr_to_gray", "cache_dir",
-           "decode_gray", "decode_image",
+           "decode_gray", "decode_image", "VIDEO_EXTENSIONS",
            "default_classes", "find_files", "load_dataset", "load_face", "log", "max_pixels", "preprocess_gray",
            "scan_source", "vote_targets"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: Video files ``ferkit predict`` reads frame by frame (here, not in predict/, so that bundled.py
+#: can tell a model's name from an input's without importing the prediction code).
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 _CACHE_VERSION = 3   # 2: EXIF orientation applied, 16-bit scaled by its bit depth; 3: checked entries
 
 #: Images larger than this many pixels are refused with a reason (not decoded): $FERKIT_MAX_PIXELS,

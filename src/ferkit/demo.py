@@ -91,6 +91,23 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict:
     return summary
 
 
+def demo_text(summary: dict) -> str:
+    """The lines ``ferkit demo`` prints about a summary from :func:`run_demo`."""
+    s, paths = summary, summary["paths"]
+    lines = [f"demo finished in {s['seconds']['total']:.0f}s "
+             f"(data {s['seconds']['data']:.0f}s, training {s['seconds']['train']:.0f}s)"]
+    lines += [f"  {key:17s} {paths[key]}" for key in ("data", "checkpoint", "curves", "reports", "confusion_matrix",
+                                                       "photo") if key in paths]
+    lines.append(f"test accuracy on unseen identities: {s['test_accuracy']:.4f} (macro-F1 {s['test_macro_f1']:.4f}, "
+                 f"{s['test_images']} faces, chance {1 / len(REFERENCE_CLASSES):.3f})")
+    if s.get("photo"):
+        read = ", ".join(f"{f['label']} {f['confidence']:.2f}" for f in s["photo"]["faces"]) or "no face found"
+        lines.append(f"bundled {s['photo']['model']} model on a real photo ({Path(s['photo']['photo']).name}, "
+                     f"matplotlib's sample): {read}")
+    lines.append(f"accuracy: {s['test_accuracy']:.4f}")
+    return "\n".join(lines)
+
+
 def _bundled_on_photo(out: Path, progress: bool) -> dict | None:
     """The default bundled model on a real photo that ships with matplotlib: what a new user gets
     without training anything. None when this installation lacks the bundled weights."""

@@ -25,8 +25,8 @@ from .console import log
 from .data import ImageSet, load_dataset
 from .errors import FerkitError
 from .files import atomic_path, csv_writer, make_dir, refuse_output_over_input, save_figure, write_json, write_text
-from .models import load_checkpoint, resolve_checkpoint
-from .runtime import check_tta, fuse_for_inference, predict_logits, require_finite, resolve_precision, select_device
+from .models import open_model
+from .runtime import check_tta
 
 
 @dataclass
@@ -45,6 +45,12 @@ class EvalResult:
     temperature: float = 1.0         # the checkpoint's temperature (ferkit calibrate), applied to the logits
     reliability: dict | None = None  # per-bin counts, confidence, accuracy (ferkit.train.calibrate)
     labels: str = "one class per image"  # or, for vote-label test data, the protocol that made the labels
+
+    def text(self) -> str:
+        """What ``ferkit evaluate`` prints: the per-class report, macro-F1, calibration, where the
+        reports are, and last the accuracy."""
+        return "\n".join([self.report_text, f"macro_f1: {self.macro_f1:.4f}", calibration_line(self),
+                          f"reports: {self.out_dir}", f"accuracy: {self.accuracy:.4f}"])
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) -> dict:
@@ -97,24 +103,36 @@ def _write_predictions(path: Path, paths, y_true, probs: np.ndarray, classes) ->
             w.writerow([f, classes[t], classes[p], f"{row[p]:.6f}", *[f"{v:.6f}" for v in row]])
 
 
-def _match_classes(model_classes: tuple[str, ...], test_source, shared_only: bool) -> tuple[str, ...]:
-    """The classes to evaluate on; the test data must have every model class unless shared_only."""
-    from .data import scan_source
-
-    found = scan_source(test_source, None, "test data").found_classes
+def shared_classes(model_classes, found, shared_only: bool) -> tuple[str, ...]:
+    """The classes to score on, in model order: all the model's when the test data (classes
+    ``found``) has exactly them; else, with ``shared_only``, those both have; else one FerkitError
+    saying what differs (``evaluate`` and ``evaluate --detect`` alike)."""
     missing = [c for c in model_classes if c not in found]
     extra = [c for c in found if c not in model_classes]
     if not missing and not extra:
-        return model_classes
-    shared = tuple(c for c in model_classes if c in found)
+        return tuple(model_classes)
     if not shared_only:
         what = "; ".join(x for x in (f"the test data lacks {', '.join(missing)}" if missing else "",
                                      f"the model does not know {', '.join(extra)}" if extra else "") if x)
         raise FerkitError(f"test data classes ({', '.join(found)}) differ from the model's "
                           f"({', '.join(model_classes)}): {what}; pass --shared-classes to evaluate on the "
                           "classes both have")
+    shared = tuple(c for c in model_classes if c in found)
     if not shared:
         raise FerkitError(f"test data shares no class with the model ({', '.join(model_classes)})")
+    return shared
+
+
+def _match_classes(model_classes: tuple[str, ...], test_source, shared_only: bool) -> tuple[str, ...]:
+    """The classes to evaluate on; the test data must have every model class unless shared_only."""
+    from .data import scan_source
+
+    found = scan_source(test_source, None, "test data").found_classes
+    shared = shared_classes(model_classes, found, shared_only)
+    missing = [c for c in model_classes if c not in found]
+    extra = [c for c in found if c not in model_classes]
+    if not missing and not extra:
+        return shared
     log(f"note: evaluating on shared classes only: {', '.join(shared)}"
         + (f" (model also predicts {', '.join(missing)})" if missing else "")
         + (f" (test images of {', '.join(extra)} left out)" if extra else ""))
@@ -124,27 +142,28 @@ def _match_classes(model_classes: tuple[str, ...], test_source, shared_only: boo
 def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_only: bool = False,
              strict: bool = False, precision: str = "auto", device: str = "auto",
              cm_path: Path | None = None, progress: bool = True, data: ImageSet | None = None,
-             tta: str = "none") -> EvalResult:
+             tta: str = "none", figures: bool = True) -> EvalResult:
     """Evaluate a checkpoint (or run folder) on labelled test data and write the reports.
 
     Args:
-        model_path: checkpoint file, run folder, or a bundled model's name.
+        model_path: checkpoint file, run folder, a bundled model's name, or an ``.onnx`` export (run on
+            onnxruntime; a checkpoint always runs on PyTorch here, even with its export beside it).
         test_dir: class-folder tree or manifest CSV.
         out_dir: where reports go; default ``<run folder>/eval-<test folder name>``; False = write nothing.
         shared_only: evaluate on the classes that model and test data share (else mismatch is an error).
         cm_path: also write the confusion matrix here (``main.py``'s confusion_matrix_<name>.jpg).
         data: an already-decoded test set (its classes must be the model's).
         tta: test-time augmentation, ``none``, ``flip`` or ``crops`` (see :mod:`ferkit.runtime`).
+        figures: draw confusion_matrix.png and reliability.png (False: the numbers and predictions
+            only, as ``ferkit study`` does for each of its many runs; drawing takes longer than the rest).
     """
-    from .bundled import WEIGHTS_DIR, resolve_model_path
+    from .bundled import WEIGHTS_DIR
 
     check_tta(tta)
     if out_dir:
         refuse_output_over_input(out_dir, [test_dir], input_option="test data")   # before any work
-    ckpt = resolve_checkpoint(resolve_model_path(model_path))
-    dev = select_device(device)
-    model, record = load_checkpoint(ckpt, dev)
-    model = fuse_for_inference(model).to(memory_format=torch.channels_last)
+    opened = open_model(model_path, device=device, precision=precision, beside=False)
+    ckpt, record = opened.path, opened.record
     model_classes = record.classes
     if data is None:
         eval_classes = _match_classes(model_classes, test_dir, shared_only)
@@ -153,9 +172,7 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
     # Labels in the model's index space, so shared-class evaluation compares like with like.
     to_model = np.asarray([model_classes.index(c) for c in data.classes])
     y_true = to_model[data.labels]
-    logits = predict_logits(model, data.images, record.input, dev, resolve_precision(precision, dev), batch_size, tta,
-                            temperature=record.temperature)
-    require_finite(logits, f"model {ckpt}")
+    logits = torch.from_numpy(opened.logits(data.images, tta=tta, batch_size=batch_size))
     if len(data.classes) < len(model_classes):  # shared classes: predict among them only
         mask = torch.full((len(model_classes),), float("-inf"))
         mask[torch.as_tensor(to_model)] = 0
@@ -180,14 +197,15 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
         out = Path(out_dir) if out_dir else default
         refuse_output_over_input(out, [test_dir], input_option="test data")   # its PNGs would become test images
         make_dir(out)
-        _write_outputs(out, result, data.paths, y_true, probs, model_classes, ckpt, test_dir)
+        _write_outputs(out, result, data.paths, y_true, probs, model_classes, ckpt, test_dir, figures)
         result.out_dir = out
     if cm_path is not None:
         plot_confusion(result.confusion, result.classes, Path(cm_path), title=f"accuracy {result.accuracy:.4f}")
     return result
 
 
-def _write_outputs(out: Path, r: EvalResult, paths, y_true, probs, model_classes, ckpt, test_dir) -> None:
+def _write_outputs(out: Path, r: EvalResult, paths, y_true, probs, model_classes, ckpt, test_dir,
+                   figures: bool = True) -> None:
     metrics = {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "n": r.n, "tta": r.tta, "classes": list(r.classes),
                "checkpoint": str(ckpt), "test_data": str(test_dir), "labels": r.labels, "per_class": r.report,
                "confusion_matrix": r.confusion.tolist(), "nll": r.nll, "ece": r.ece, "ece_bins": r.reliability["bins"],
@@ -196,10 +214,12 @@ def _write_outputs(out: Path, r: EvalResult, paths, y_true, probs, model_classes
     write_json(out / "metrics.json", metrics)
     write_text(out / "report.txt", f"accuracy: {r.accuracy:.4f}\nmacro-F1: {r.macro_f1:.4f}\nlabels: {r.labels}\n"
                                    f"test-time augmentation: {r.tta}\n{calibration_line(r)}\n\n{r.report_text}")
+    _write_predictions(out / "predictions.csv", paths, y_true, probs, model_classes)
+    if not figures:
+        return
     plot_confusion(r.confusion, r.classes, out / "confusion_matrix.png",
                    title=f"{Path(test_dir).name}: accuracy {r.accuracy:.4f}, macro-F1 {r.macro_f1:.4f}"
                          + (f" (TTA {r.tta})" if r.tta != "none" else ""))
-    _write_predictions(out / "predictions.csv", paths, y_true, probs, model_classes)
     from .train.calibrate import plot_reliability
 
     plot_reliability(probs, y_true, out / "reliability.png",

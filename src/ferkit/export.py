@@ -100,14 +100,14 @@ def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True)
         import onnx
     except ImportError:
         raise FerkitError("ONNX export needs the onnx package: pip install 'ferkit[onnx]'") from None
-    from .models import load_checkpoint, resolve_checkpoint
+    from .models import find_model, open_model
 
     check_export_args(out, opset)
     out = Path(out)
-    from .bundled import resolve_model_path
-
-    ckpt = resolve_checkpoint(resolve_model_path(model_path))
-    model, record = load_checkpoint(ckpt, "cpu")
+    ckpt, _ = find_model(model_path, onnx_advice="export the ferkit checkpoint it was made from (a run folder or "
+                                                 ".safetensors)")
+    opened = open_model(ckpt, device="cpu", backend="torch")
+    model, record = opened.module, opened.record
     size = record.image_size
     from .runtime import require_finite
 
@@ -159,6 +159,15 @@ def parity(model, onnx_path, spec, n: int = 8, seed: int = 0, inputs: np.ndarray
     return float(np.abs(got - want).max())
 
 
+def export_text(info: dict) -> str:
+    """What ``ferkit export`` prints about :func:`export_onnx`'s ``info``."""
+    text = (f"wrote {info['path']} ({info['arch']}, {info['image_size']}x{info['image_size']}, "
+            f"classes: {', '.join(info['classes'])})")
+    if info.get("max_abs_diff") is not None:
+        text += f"\nonnxruntime vs PyTorch max |logit difference| on random inputs: {info['max_abs_diff']:.2e}"
+    return text
+
+
 def file_sha256(path) -> str:
     """SHA-256 of a file's bytes (hex): ties an export to the exact checkpoint it was made from."""
     import hashlib
@@ -173,5 +182,5 @@ def file_sha256(path) -> str:
 def export_beside(checkpoint) -> Path:
     """Where an export stands in for a checkpoint: ``<stem>.onnx`` in the same folder (a run's
     ``best.safetensors`` -> ``best.onnx``). The Recognizer uses it only when its metadata's
-    ``source_sha256`` is this checkpoint's (see :func:`ferkit.predict.recognizer.open_backend`)."""
+    ``source_sha256`` is this checkpoint's (see :func:`ferkit.models.open_model`)."""
     return Path(checkpoint).with_suffix(".onnx")

@@ -336,8 +336,9 @@ class OutputLock:
     one beside an output is removed on release, so a dataset leaves nothing next to it.
     """
 
-    def __init__(self, target: str | os.PathLike, what: str = "output", beside: bool = False):
+    def __init__(self, target: str | os.PathLike, what: str = "output", beside: bool = False, wait: bool = False):
         target = Path(target)
+        self.wait = wait   # block until the holder is done instead of stopping (for short, shared steps)
         inside = target.is_dir() and not beside   # beside: for a folder that is replaced whole when done
         self.path = target / LOCK_NAME if inside else target.with_name(f".{target.name}.lock")
         self.target, self.what, self._fh = target, what, None
@@ -350,7 +351,7 @@ class OutputLock:
         except OSError as exc:
             raise FerkitError(f"cannot lock {self.what} {self.target}: {exc.strerror or exc}") from None
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
@@ -378,6 +379,8 @@ class OutputLock:
         self.release()
 
 
-def output_lock(target: str | os.PathLike, what: str = "output", beside: bool = False) -> OutputLock:
-    """``with output_lock(path):`` hold :class:`OutputLock` on ``path`` (a folder or a file)."""
-    return OutputLock(target, what, beside)
+def output_lock(target: str | os.PathLike, what: str = "output", beside: bool = False,
+                wait: bool = False) -> OutputLock:
+    """``with output_lock(path):`` hold :class:`OutputLock` on ``path`` (a folder or a file); ``wait``
+    blocks until another holder releases it instead of stopping with one line."""
+    return OutputLock(target, what, beside, wait)

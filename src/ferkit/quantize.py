@@ -184,9 +184,8 @@ def export_int8(model_path, out, calib_dir=None, calib_faces: int = DEFAULT_CALI
     """
     import onnx
 
-    from .bundled import resolve_model_path
     from .export import DEFAULT_OPSET, check_export_args, export_onnx
-    from .models import read_checkpoint_record, resolve_checkpoint
+    from .models import find_model
 
     opset = DEFAULT_OPSET if opset is None else opset
     check_export_args(out, opset)
@@ -195,8 +194,8 @@ def export_int8(model_path, out, calib_dir=None, calib_faces: int = DEFAULT_CALI
     if opset < 13:
         raise FerkitError(f"int8 export needs opset 13 or newer (per-channel quantisation); got {opset}")
     out = Path(out)
-    ckpt = resolve_checkpoint(resolve_model_path(model_path))
-    record = read_checkpoint_record(ckpt)
+    ckpt, record = find_model(model_path, onnx_advice="quantise the ferkit checkpoint it was exported from (a run "
+                                                      "folder or .safetensors)")
     faces, source = calibration_faces(record.image_size, calib_dir, record, calib_faces + check_faces, seed)
     calib, check, held_out = split_faces(faces, calib_faces)
     make_dir(out.parent)
@@ -224,6 +223,18 @@ def export_int8(model_path, out, calib_dir=None, calib_faces: int = DEFAULT_CALI
     info.pop("max_abs_diff", None)
     return {**info, "path": str(out), "calibration": {"source": source, "n": int(len(calib))},
             "check": {**stats, "held_out": held_out}, "fp32_bytes": fp32_bytes, "int8_bytes": out.stat().st_size}
+
+
+def int8_text(info: dict) -> str:
+    """What ``ferkit export --int8`` prints about :func:`export_int8`'s ``info``."""
+    c = info["check"]
+    return (f"wrote {info['path']} (int8, {info['int8_bytes'] / 1e6:.2f} MB; fp32 {info['fp32_bytes'] / 1e6:.2f} MB; "
+            f"{info['arch']}, {info['image_size']}x{info['image_size']}, classes: {', '.join(info['classes'])})\n"
+            f"int8 ranges from {info['calibration']['n']} of {info['calibration']['source']}\n"
+            f"int8 vs fp32: same top class on {c['top1_agreement']:.1%} of {c['n']} "
+            + ("other faces (not used for calibration)" if c["held_out"] else "faces (the calibration faces: too "
+               "few to hold any out)")
+            + f"; largest probability difference {c['max_probability_difference']:.3f}")
 
 
 def _meta_of(path) -> dict:

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from .choices import PRECISIONS, TTA_MODES, check_choice, check_device_name
 from .errors import FerkitError
 
-__all__ = ["PRECISIONS", "TTA_MODES", "autocast", "check_device_name", "cpu_supports_bf16", "global_rng_state",
-           "predict_logits", "resolve_precision", "select_device", "set_global_rng_state", "tta_views"]
+__all__ = ["PRECISIONS", "TTA_MODES", "autocast", "check_device_name", "cpu_supports_bf16", "face_views",
+           "forward_logits", "global_rng_state", "predict_logits", "resolve_precision", "select_device",
+           "set_global_rng_state", "tta_logits", "tta_views"]
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -94,35 +95,82 @@ def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
     return views + [v.flip(-1) for v in views]
 
 
+#: How many views each test-time augmentation averages over.
+TTA_VIEWS = {"none": 1, "flip": 2, "crops": 10}
+
+
+def face_views(faces, mode: str) -> torch.Tensor:
+    """The views ``mode`` averages over of uint8 faces (N, H, W), as uint8 (V * N, H, W), view-major
+    (all faces' first view, then all faces' second view, ...). Flips and replicate-padded shifts
+    only move pixels, so making the views before the model's scaling and normalisation gives
+    exactly the views of its normalised input."""
+    x = torch.as_tensor(faces)
+    if mode == "none":
+        return x
+    views = tta_views(x[:, None].float(), mode)
+    return torch.cat([v[:, 0] for v in views]).round_().to(torch.uint8)
+
+
+@torch.inference_mode()
+def tta_logits(run, faces, tta: str = "none", batch_size: int = 256) -> torch.Tensor:
+    """Class scores (float32, on CPU) of uint8 faces (N, H, W) by ``run``, over the views of ``tta``.
+
+    This is the one place test-time augmentation is averaged, whatever runs the model.
+
+    Args:
+        run: a batch of uint8 faces (n, H, W) -> its logits (n, classes), a torch tensor or numpy array
+            (the PyTorch model with its input contract, an onnxruntime session, ...).
+        tta: ``none`` returns ``run``'s logits; ``flip``/``crops`` return the log of the softmax
+            probabilities averaged over the views, so ``softmax`` of the result is that average.
+        batch_size: the most faces per call of ``run``: all views of ``batch_size // views`` faces go
+            through it together.
+    """
+    check_tta(tta)
+    n_views = TTA_VIEWS[tta]
+    if not isinstance(faces, torch.Tensor):
+        import numpy as np
+
+        faces = torch.from_numpy(np.ascontiguousarray(faces))
+    step = max(1, int(batch_size) // n_views)
+    out = []
+    for start in range(0, len(faces), step):
+        part = faces[start:start + step]
+        logits = torch.as_tensor(run(face_views(part, tta))).float().cpu()
+        if n_views == 1:
+            out.append(logits)
+            continue
+        probs = torch.softmax(logits.reshape(n_views, len(part), -1), -1).mean(0)
+        out.append(probs.clamp_min(1e-12).log())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 @torch.inference_mode()
 def predict_logits(model, faces, spec, device: torch.device, amp_dtype: torch.dtype | None = None,
                    batch_size: int = 256, tta: str = "none", temperature: float = 1.0) -> torch.Tensor:
-    """Class scores (float32, on CPU) for uint8 faces (N, H, W), in batches.
+    """Class scores (float32, on CPU) of a PyTorch model for uint8 faces (N, H, W), in batches.
 
     Args:
         spec: the model's :class:`ferkit.models.InputSpec` (scaling and normalisation).
         tta: ``none`` returns logits; ``flip``/``crops`` return log of the probabilities averaged
-            over the views, so ``softmax`` of the result is that average.
+            over the views, so ``softmax`` of the result is that average (:func:`tta_logits`).
         temperature: the checkpoint record's ``temperature`` (``ferkit calibrate``): every view's
             logits are divided by it, so ``softmax`` of the result is the calibrated probability.
             Evaluation and the Recognizer pass it here; the ONNX export divides inside its graph.
     """
-    check_tta(tta)
     temperature = float(temperature)
     model.eval()
-    faces = torch.as_tensor(faces)
-    out = []
-    for start in range(0, len(faces), batch_size):
-        x = spec.to_tensor(faces[start:start + batch_size], device).contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            if tta == "none":
-                out.append(_scaled(model(x).float(), temperature).cpu())
-                continue
-            probs = torch.stack([torch.softmax(_scaled(model(v.contiguous(memory_format=torch.channels_last)).float(),
-                                                       temperature), 1)
-                                 for v in tta_views(x, tta)]).mean(0)
-            out.append(probs.clamp_min(1e-12).log().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+    return tta_logits(lambda batch: forward_logits(model, batch, spec, device, amp_dtype, temperature), faces, tta,
+                      batch_size)
+
+
+@torch.inference_mode()
+def forward_logits(model, faces, spec, device: torch.device, amp_dtype: torch.dtype | None = None,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """One batch of uint8 faces (n, H, W) through a PyTorch model: float32 logits on the CPU,
+    divided by ``temperature``."""
+    x = spec.to_tensor(faces, device).contiguous(memory_format=torch.channels_last)
+    with autocast(device, amp_dtype):
+        return _scaled(model(x).float(), float(temperature)).cpu()
 
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -224,6 +224,16 @@ class MixResult:
     def n_synthetic(self) -> int:
         return sum(self.synthetic_counts.values())
 
+    def text(self) -> str:
+        """The lines ``ferkit mix`` prints: per class, then the manifest."""
+        lines = [f"{c:>10}: {self.real_counts[c]:6d} real + {self.synthetic_counts[c]:6d} generated"
+                 for c in self.classes]
+        if self.duplicates:
+            lines.append(f"note: sampled with replacement: {self.duplicates} generated image(s) are repeats")
+        lines.append(f"manifest: {self.manifest}  ({self.n_real} real + {self.n_synthetic} generated, "
+                     f"k = {self.ratio:g})")
+        return "\n".join(lines)
+
 
 def build_mix(real, synthetic, ratio: float, out, balance: bool = False, replace: bool = False,
               seed: int = 0, classes=None) -> MixResult:

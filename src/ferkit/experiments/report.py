@@ -29,6 +29,16 @@ class StudyResult:
     summary: list[str] = field(default_factory=list)  # best k per real size, as printed
     pending: list[str] = field(default_factory=list)  # runs not finished yet (other shards)
 
+    def text(self, shard: str | None = None) -> str:
+        """What ``ferkit study`` prints: the table and its summary, or, while runs of other shards
+        are pending, what this shard (``shard``, "I/N") did."""
+        if self.pending:
+            return (f"shard {shard or '1/1'}: its runs are done ({self.trained} trained, {self.skipped} already "
+                    f"finished); {len(self.pending)} run(s) of other shards remain")
+        return "".join([self.files["table_md"].read_text(), *(line + "\n" for line in self.summary),
+                        f"runs: {self.trained} trained, {self.skipped} already finished; results in {self.out} "
+                        f"(summary.md, table.csv, table.md, accuracy_vs_k.png)"])
+
 
 TABLE_FIELDS = ("real_per_class", "setting", "label", "source", "k", "gen_per_real", "seeds", "folds", "n_real",
                 "n_synthetic", "n_train",

@@ -14,7 +14,9 @@ Study folder (``out``)::
 
     study.json                 the study's settings (a re-run must match them)
     manifests/<run>.csv        the exact training images of each run
-    runs/<run>/                a normal ferkit run folder (+ eval-test/metrics.json)
+    runs/<run>/                a ferkit run folder (+ eval-test/metrics.json); without curves.png and
+                               eval-test's figures unless run_figures (history.csv and metrics.json
+                               hold what they show; ferkit.train.plot_curves draws the curves later)
     logs/<run>.log             training log of runs executed in worker processes (--jobs > 1)
     runs.csv                   one row per run: setting, seed, images used, accuracy, macro-F1
     table.csv, table.md        per setting: mean/sd over seeds, difference to real-only, 95% CI
@@ -62,7 +64,7 @@ import numpy as np
 from ..console import log, progress_bar
 from ..data import ImageSet, default_classes, load_dataset, scan_source
 from ..errors import FerkitError
-from ..files import make_dir, write_json
+from ..files import make_dir, output_lock, write_json
 from ..labels import parse_classes
 from .folds import DEFAULT_VAL_FRACTION, describe, fold_manifest_paths, load_folds, parse_folds, subset, write_fold_plan
 from .mix import (
@@ -271,6 +273,7 @@ class StudyConfig:
     fold_seed: int = 0               # which groups form each fold
     val_fraction: float = DEFAULT_VAL_FRACTION   # validation groups, as a fraction of each fold's training groups
     arms: list[str] = field(default_factory=list)  # extra named arms ("NAME:init=MODEL,source=gan,k=2"; parse_arm)
+    run_figures: bool = False        # each run's curves.png, confusion_matrix.png and reliability.png (seconds a run)
 
     @property
     def grouped(self) -> bool:
@@ -356,7 +359,7 @@ class StudyConfig:
         """Settings every run of the study shares; a re-run into the same folder must match."""
         d = asdict(self)
         for k in ("out", "ratios", "seeds", "real_per_class", "jobs", "progress", "device",
-                  "augment_arm", "synthetic_arm", "shard", "report_only", "arms"):
+                  "augment_arm", "synthetic_arm", "shard", "report_only", "arms", "run_figures"):
             d.pop(k)
         if d["steps"] is None:
             d.pop("steps")   # as studies recorded it before --steps existed
@@ -545,12 +548,24 @@ def _empty_pool(real: ImageSet) -> ImageSet:
 
 # ----------------------------------------------------------------------------- execution
 _WORKER: dict = {}
+#: A study run writes its resume state at most this often (and when it improves, and at its end):
+#: an interrupted run then replays at most this much; writing it after each short epoch costs more.
+STATE_EVERY_S = 60.0
 
 
 def _init_worker(evals: dict, threads: int) -> None:
     import torch
     torch.set_num_threads(threads)
     _WORKER.update(evals=evals)
+
+
+def _run_summary(run_dir: Path) -> dict:
+    """The table's columns from a run's summary.json (none when it has no summary yet)."""
+    try:
+        s = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"best_epoch": s.get("best_epoch"), "epochs_run": s.get("epochs_run"), "train_seconds": s.get("seconds")}
 
 
 def _finished(run_dir: Path) -> dict | None:
@@ -582,9 +597,11 @@ def _execute(job: dict, train_set: ImageSet, val: ImageSet | None = None, test: 
             # An interrupted run (state/) resumes; a run folder without summary and without state
             # (e.g. its summary was deleted) cannot resume and is trained again from scratch.
             resumable = (run_dir / "state" / "state.json").exists()
-            train(TrainConfig(**job["train"]), overwrite=not resumable, data=(train_set, val), keep_state=False)
+            train(TrainConfig(**job["train"]), overwrite=not resumable, data=(train_set, val), keep_state=False,
+                  figures=job.get("figures", False), state_every=STATE_EVERY_S)
         ev = evaluate(run_dir, job["test_path"], out_dir=run_dir / "eval-test", data=test,
-                      precision=job["train"]["precision"], device=job["train"]["device"], progress=False)
+                      precision=job["train"]["precision"], device=job["train"]["device"], progress=False,
+                      figures=job.get("figures", False))
     finally:
         sys.stderr = old
         if fh:
@@ -620,7 +637,9 @@ def _check_study_dir(out: Path, cfg: StudyConfig) -> None:
 
 
 def run_study(cfg: StudyConfig) -> StudyResult:
-    """Run (or resume) every setting x real-data size x seed (x fold), then write table, plot and summary."""
+    """Run (or resume) every setting x real-data size x seed (x fold), then write table, plot and summary.
+    While runs of other shards are missing the result lists them as ``pending`` (no table yet); with
+    ``report_only`` that is a FerkitError."""
     out = Path(cfg.out)
     classes, parts, folds = _load_partitions(cfg, out)
     plans = [(part, plan_study(cfg, part.real, part.pools, part.fold)) for part in parts]
@@ -669,7 +688,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
             if spec.arm.augment and not train_cfg.augment:
                 train_cfg.augment = True    # the reference recipe: its --augment (flip, +-10 deg, +-8% shift/zoom)
             jobs[spec.run_id] = (spec, part, {"run_id": spec.run_id, "fold": part.fold, "test_path": part.test_path,
-                                              "train": asdict(train_cfg)})
+                                              "train": asdict(train_cfg), "figures": cfg.run_figures})
     if cfg.steps is not None:
         steps_plan = sorted({(r["n_train"], r["epochs"]) for r in rows.values()})
         log(f"--steps {cfg.steps}: " + ", ".join(f"{e} epochs of {n} images" for n, e in steps_plan))
@@ -692,23 +711,27 @@ def run_study(cfg: StudyConfig) -> StudyResult:
             _run_parallel(cfg, jobs, evals, threads, out, results, bar)
     finally:
         bar.close()
-    for run_id, r in results.items():
-        rows[run_id].update(accuracy=r["accuracy"], macro_f1=r["macro_f1"])
     for run_id in rows:
-        summary = out / "runs" / run_id / "summary.json"
-        try:
-            s = json.loads(summary.read_text())
-            rows[run_id].update(best_epoch=s.get("best_epoch"), epochs_run=s.get("epochs_run"),
-                                train_seconds=s.get("seconds"))
-        except (OSError, ValueError):
-            pass
-    missing = [run_id for run_id in rows if run_id not in results]
-    if missing:   # a shard finished its share, others are still to come: no table yet
-        log(f"study {out}: {len(rows) - len(missing)} of {len(rows)} runs finished; the table is written once every "
-            f"shard is done (re-run any shard, or --report)")
-        return StudyResult(out, list(rows.values()), [], {}, {}, trained=len(jobs), skipped=len(done),
-                           pending=missing)
-    result = summarise(out, list(rows.values()), cfg)
+        rows[run_id].update(_run_summary(out / "runs" / run_id))
+    # Shards run side by side: the runs another shard finished while this one trained are read from disk,
+    # under a lock, so that the last shard to finish (even two finishing together) writes the table once.
+    with output_lock(out, "study folder", wait=True):
+        for run_id in rows:
+            if run_id not in results and (metrics := _finished(out / "runs" / run_id)) is not None:
+                results[run_id] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+                rows[run_id].update(_run_summary(out / "runs" / run_id))
+        for run_id, r in results.items():
+            rows[run_id].update(accuracy=r["accuracy"], macro_f1=r["macro_f1"])
+        missing = [run_id for run_id in rows if run_id not in results]
+        if missing and cfg.report_only:
+            raise FerkitError(f"{len(missing)} run(s) are not finished yet (e.g. {missing[0]}): run their "
+                              "shards first")
+        if missing:   # a shard finished its share, others are still to come: no table yet
+            log(f"study {out}: {len(rows) - len(missing)} of {len(rows)} runs finished; the table is written once "
+                f"every shard is done (re-run any shard, or --report)")
+            return StudyResult(out, list(rows.values()), [], {}, {}, trained=len(jobs), skipped=len(done),
+                               pending=missing)
+        result = summarise(out, list(rows.values()), cfg)
     result.trained, result.skipped = len(jobs), len(done)
     return result
 

@@ -5,8 +5,11 @@ Example::
     from ferkit.models import create_model, list_models, load_checkpoint
     model = create_model("vgg", num_classes=7, image_size=48, width=48)
     model, record = load_checkpoint("runs/exp1")       # record.input: the model's input contract
+    m = open_model("runs/exp1")                         # or a bundled name, .safetensors, .onnx: the one way
+    probs = m.probabilities(faces_uint8, tta="flip")    # to open a model for inference (ferkit.models.opened)
 """
 from . import classifiers, students  # noqa: F401  (registers the built-in architectures)
+from .opened import OnnxModel, OpenedModel, TorchModel, find_model, model_file, open_model
 from .record import (
     CHECKPOINT_FORMAT,
     DECODING,
@@ -53,7 +56,31 @@ def list_models_info() -> dict:
     return {"architectures": archs, "bundled": bundled}
 
 
-__all__ = ["list_models_info",
+def models_text(info: dict) -> str:
+    """What ``ferkit models`` prints about :func:`list_models_info`'s ``info``: a table in words."""
+    from ..choices import show_value
+
+    lines = ["architectures (ferkit train --arch NAME [--model-arg NAME=VALUE ...]):"]
+    for m in info["architectures"]:
+        args = ", ".join(f"{k}={show_value(v)}" for k, v in m["arguments"].items()) or "no arguments"
+        lines.append(f"  {m['name']:8s} {m['summary']}\n"
+                     f"           arguments: {args}; minimum image size {m['min_image_size']}")
+    heads = {"classifier": "bundled models (ferkit predict [--model NAME], ferkit train --init NAME; the first is "
+                           "the default):",
+             "generator": "bundled generators (ferkit synth edit NAME --source DIR --out DIR --per-class N):"}
+    for kind, head in heads.items():
+        lines.append(head)
+        for b in (b for b in info["bundled"] if b.get("kind", "classifier") == kind):
+            status = (f"{b['arch']}, {len(b['classes'])} classes ({', '.join(b['classes'])}), {b['image_size']} px, "
+                      f"{b['size_mb']:.1f} MB" if b["available"] else "not in this installation")
+            if b["available"] and b.get("bundled", {}).get("iterations"):
+                status += f", {b['bundled']['iterations']:,} iterations"
+            lines.append(f"  {b['name']}: {b['summary']}\n           {status}; card: {b['card']}")
+    return "\n".join(lines)
+
+
+__all__ = ["list_models_info", "models_text",
+           "OnnxModel", "OpenedModel", "TorchModel", "find_model", "model_file", "open_model",
            "CHECKPOINT_FORMAT", "DECODING", "FORMAT_VERSION", "CheckpointRecord", "InputSpec", "count_parameters",
            "create_model", "get_model_entry", "init_from_checkpoint", "list_models", "load_checkpoint",
            "parse_model_args", "read_checkpoint_record", "register_model", "resolve_checkpoint", "resolve_model_args",

@@ -277,11 +277,15 @@ _KIND_HINT = {"classifier": "a classifier (from `ferkit train`)",
               "generator": "an expression generator (from `ferkit gan train`)"}
 
 
+def kind_mismatch(has: str, needs: str, where) -> FerkitError:
+    """The one line for a model of kind ``has`` given where one of kind ``needs`` is needed."""
+    return FerkitError(f"{where} is {_KIND_HINT.get(has, has)}, but {_KIND_HINT.get(needs, needs)} is needed here")
+
+
 def check_kind(record: CheckpointRecord, kind: str, where) -> None:
     """A generator given where a classifier is needed (or the reverse) is one clear error."""
     if record.kind != kind:
-        raise FerkitError(f"{where} is {_KIND_HINT.get(record.kind, record.kind)}, but {_KIND_HINT.get(kind, kind)} "
-                          "is needed here")
+        raise kind_mismatch(record.kind, kind, where)
 
 
 def _read_weights(path, kind: str) -> tuple[Path, CheckpointRecord, dict]:

@@ -44,6 +44,12 @@ class PipelineResult:
     skipped: list[tuple[str, str]]
     out_dir: Path | None
 
+    def text(self) -> str:
+        """What ``ferkit evaluate --detect`` prints: the per-class report, the summary lines, where the
+        reports are, and last the accuracy."""
+        return "\n".join([self.report_text, result_text(self), f"reports: {self.out_dir}",
+                          f"accuracy: {self.accuracy:.4f}"])
+
 
 def evaluate_pipeline(model, test_dir, out_dir=None, shared_only: bool = False, batch_size: int = 64,
                       device: str = "auto", tta: str = "none", progress: bool = True, backend: str = "auto",
@@ -61,13 +67,15 @@ def evaluate_pipeline(model, test_dir, out_dir=None, shared_only: bool = False, 
     """
     from ..bundled import WEIGHTS_DIR
     from ..data import decode_image, scan_source
-    from ..evaluate import compute_metrics, plot_confusion
+    from ..evaluate import compute_metrics, plot_confusion, shared_classes
     from .recognizer import Recognizer
+    from .runner import check_min_face
 
+    check_min_face(detector_args.get("min_face"))
     rec = Recognizer.load(model, backend=backend, device=device, batch_size=batch_size, tta=tta, align=align,
                           fallback=fallback, largest=True, **detector_args)
     source = scan_source(test_dir, None, "test data")
-    classes = _shared_classes(rec.classes, source.found_classes, shared_only)
+    classes = shared_classes(rec.classes, source.found_classes, shared_only)
     keep = [i for i, c in enumerate(source.labels) if c in classes]
     files = [source.files[i] for i in keep]
     y_true = np.array([rec.classes.index(source.labels[i]) for i in keep], np.int64)
@@ -160,19 +168,3 @@ def result_text(r: PipelineResult) -> str:
         lines.append(f"no face found in: {', '.join(r.no_face[:10])}{' ...' if len(r.no_face) > 10 else ''}")
     return "\n".join(lines)
 
-
-def _shared_classes(model_classes, found, shared_only: bool) -> tuple[str, ...]:
-    missing = [c for c in model_classes if c not in found]
-    extra = [c for c in found if c not in model_classes]
-    if not missing and not extra:
-        return tuple(model_classes)
-    if not shared_only:
-        what = "; ".join(x for x in (f"the test data lacks {', '.join(missing)}" if missing else "",
-                                     f"the model does not know {', '.join(extra)}" if extra else "") if x)
-        raise FerkitError(f"test data classes ({', '.join(found)}) differ from the model's "
-                          f"({', '.join(model_classes)}): {what}; pass --shared-classes to evaluate on the "
-                          "classes both have")
-    shared = tuple(c for c in model_classes if c in found)
-    if not shared:
-        raise FerkitError(f"test data shares no class with the model ({', '.join(model_classes)})")
-    return shared

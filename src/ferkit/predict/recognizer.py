@@ -10,16 +10,16 @@ Example::
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from ..data import bgr_to_gray, decode_image, preprocess_gray
 from ..errors import FerkitError
+from ..models.opened import OnnxModel as OnnxBackend  # noqa: F401  (the name earlier versions had)
+from ..models.opened import TorchModel as TorchBackend  # noqa: F401  (the name earlier versions had)
 from .align import face_crop
 from .detect import FaceDetector, create_detector, find_faces, largest
 
@@ -92,181 +92,47 @@ def to_gray(image) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- backends
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-class TorchBackend:
-    """A ferkit checkpoint run with PyTorch (the same code path as ``ferkit evaluate``)."""
-
-    name = "torch"
-
-    def __init__(self, path, device: str = "auto", precision: str = "fp32", tta: str = "none"):
-        import torch
-
-        from ..models import load_checkpoint, resolve_checkpoint
-        from ..runtime import check_tta, fuse_for_inference, resolve_precision, select_device
-
-        self.tta = check_tta(tta)
-        self.path = resolve_checkpoint(path)
-        self.device = select_device(device)
-        model, record = load_checkpoint(self.path, self.device)
-        self.model = fuse_for_inference(model).to(memory_format=torch.channels_last)
-        self.record = record
-        self.classes = record.classes
-        self.image_size = record.image_size
-        self.amp = resolve_precision(precision, self.device)
-
-    def logits(self, faces_uint8: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        from ..runtime import predict_logits
-
-        if len(faces_uint8) == 0:
-            return np.zeros((0, len(self.classes)), np.float32)
-        return predict_logits(self.model, faces_uint8, self.record.input, self.device, self.amp, batch_size,
-                              self.tta, temperature=self.record.temperature).numpy()
-
-
-class OnnxBackend:
-    """An ONNX file written by ``ferkit export``, run with onnxruntime; classes and image size come
-    from the file's metadata. A calibrated model's temperature is applied inside the graph (its
-    ``logits`` output is already divided by it), so nothing here applies it again."""
-
-    name = "onnx"
-
-    def __init__(self, path, threads: int | None = None, tta: str = "none"):
-        from ..models import CheckpointRecord, InputSpec
-        from ..runtime import check_tta
-
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise FerkitError("the onnx backend needs onnxruntime: pip install 'ferkit[onnx]'") from None
-        self.tta = check_tta(tta)
-        p = Path(path)
-        if p.is_dir():
-            raise FerkitError(f"{p} is a folder; --backend onnx needs an .onnx file (make one with `ferkit export`)")
-        if not p.is_file():
-            raise FerkitError(f"ONNX model {p} does not exist")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise FerkitError(f"{p} is not a loadable ONNX model ({str(exc).splitlines()[0][:160]})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        try:
-            raw = json.loads(meta["ferkit"])
-            if str(raw.get("format", "")).startswith("ferkit-onnx-"):  # ferkit 0.1's export
-                self.record = CheckpointRecord(raw["arch"], tuple(raw["classes"]), InputSpec(int(raw["image_size"])),
-                                               format_version=1)
-            else:
-                self.record = CheckpointRecord.from_json(raw, where=str(p))
-        except (KeyError, ValueError, TypeError, AttributeError):
-            raise FerkitError(f"{p} has no ferkit metadata (classes, image size): export it with "
-                              "`ferkit export`") from None
-        self.classes = self.record.classes
-        self.image_size = self.record.image_size
-        self.path = p
-        self.input_name = self.session.get_inputs()[0].name
-        names = [o.name for o in self.session.get_outputs()]
-        self.output_name = "logits" if "logits" in names else names[0]
-
-    def logits(self, faces_uint8: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        import torch
-
-        from ..runtime import tta_views
-
-        out = [np.zeros((0, len(self.classes)), np.float32)]
-        for s in range(0, len(faces_uint8), batch_size):
-            x = torch.from_numpy(faces_uint8[s:s + batch_size].astype(np.float32)[:, None] / np.float32(255.0))
-            views = [self.session.run([self.output_name], {self.input_name: v.contiguous().numpy()})[0]
-                     for v in tta_views(x, self.tta)]
-            out.append(views[0] if len(views) == 1 else np.log(np.mean([_softmax(v) for v in views], 0) + 1e-12))
-        return np.concatenate(out).astype(np.float32)
-
+# Models are opened by ferkit.models.open_model (one place: name resolution, kind and record checks,
+# the backend); TorchBackend and OnnxBackend (imported above) and the two functions below are the
+# names earlier versions had.
 
 def open_backend(path=None, backend: str = "auto", device: str = "auto", precision: str = "fp32",
                  tta: str = "none"):
-    """The backend for ``path``: a run folder or ``.safetensors`` file, an ``.onnx`` file, a bundled
-    model's name, or None for the default bundled model.
+    """The model for ``path`` (None: the default bundled model), opened by
+    :func:`ferkit.models.open_model` (see there for the ``auto`` backend rule). A model no longer
+    holds a test-time augmentation: it is chosen per call (``logits(faces, tta=...)``) or by the
+    :class:`Recognizer` (``Recognizer(model, tta=...)``), so ``tta`` other than none is refused."""
+    from ..models.opened import open_model
 
-    ``auto``: an ``.onnx`` file runs on onnxruntime. A checkpoint runs on onnxruntime too when its
-    export lies beside it (see :func:`exported_backend`: ``<stem>.onnx`` made by ``ferkit export``
-    from this very file), onnxruntime is installed, and the model is to run on the CPU in fp32;
-    else on PyTorch. ``onnx`` with a checkpoint needs that export; ``torch`` never uses it."""
-    from ..bundled import resolve_model_path
+    _no_tta(tta)
+    return open_model(path, device=device, precision=precision, backend=backend)
 
-    path = resolve_model_path(path)
-    is_onnx = str(path).lower().endswith(".onnx")
-    if backend == "auto":
-        if is_onnx:
-            return OnnxBackend(path, tta=tta)
-        return (exported_backend(path, device, precision, tta)
-                or TorchBackend(path, device=device, precision=precision, tta=tta))
-    if backend == "torch":
-        if is_onnx:
-            raise FerkitError(f"{path} is an ONNX file: use backend 'onnx' or 'auto'")
-        return TorchBackend(path, device=device, precision=precision, tta=tta)
-    if backend == "onnx":
-        if not is_onnx and (Path(path).is_dir() or Path(path).suffix.lower() == ".safetensors"):
-            return exported_backend(path, "cpu", "fp32", tta, required=True)
-        return OnnxBackend(path, tta=tta)
-    raise FerkitError(f"unknown backend {backend!r}; accepted: auto, torch, onnx")
+
+def _no_tta(tta: str) -> None:
+    from ..runtime import check_tta
+
+    if check_tta(tta) != "none":
+        raise FerkitError(f"a model no longer keeps a test-time augmentation (tta={tta!r}): pass it to "
+                          "Recognizer(model, tta=...) or to model.logits(faces, tta=...)")
 
 
 def exported_backend(path, device: str = "auto", precision: str = "fp32", tta: str = "none",
                      required: bool = False):
-    """An :class:`OnnxBackend` on the export that stands in for checkpoint ``path``, or None.
+    """The ONNX model on the export that stands in for checkpoint ``path`` (``<stem>.onnx`` beside
+    it, made by ``ferkit export`` from this very file), or None where ``open_model``'s ``auto`` rule
+    would not use it (``required``: FerkitError instead). See :func:`ferkit.models.open_model`."""
+    from ..models.opened import _export_beside, _uses_export, model_file
 
-    The export is ``<stem>.onnx`` beside the checkpoint (a run's ``best.safetensors`` ->
-    ``best.onnx``; ``ferkit export runs/exp1 --out runs/exp1/best.onnx`` makes it) and is used only
-    when its metadata's ``source_sha256`` is the checkpoint's (an export of an older checkpoint is
-    ignored, with a note), onnxruntime is installed, ``device`` is the CPU (``auto`` without CUDA)
-    and ``precision`` is fp32. ``required``: FerkitError instead of None."""
-    from ..export import export_beside, file_sha256
-    from ..models import resolve_checkpoint
-
-    def no(reason: str, note: bool = False):
-        if required:
-            raise FerkitError(reason)
-        if note:
-            from ..console import log
-
-            log(f"note: {reason}; using PyTorch")
+    _no_tta(tta)
+    if not (required or _uses_export(device, precision)):
         return None
-
-    if precision != "fp32" or device not in ("auto", "cpu"):
-        return None
-    if device == "auto":
-        import torch
-
-        if torch.cuda.is_available():
-            return None
     try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return no("the onnx backend needs onnxruntime: pip install 'ferkit[onnx]'")
-    try:
-        ckpt = resolve_checkpoint(path)
+        ckpt = model_file(path)
     except FerkitError:
         if required:
             raise
         return None    # the torch backend says what is wrong with it
-    side = export_beside(ckpt)
-    if not side.is_file():
-        return no(f"{ckpt} has no ONNX export beside it ({side.name}): make one with "
-                  f"`ferkit export {path} --out {side}`")
-    try:
-        be = OnnxBackend(side, tta=tta)
-    except FerkitError as exc:
-        return no(f"cannot use {side} ({exc})", note=True)
-    if be.record.extra.get("source_sha256") != file_sha256(ckpt):
-        return no(f"{side} was not exported from {ckpt} as it is now (export it again)", note=True)
-    return be
+    return _export_beside(ckpt, required=required)
 
 
 FALLBACKS = ("none", "whole")
@@ -288,10 +154,13 @@ class Recognizer:
 
     def __init__(self, backend, detector: FaceDetector | None = None, margin: float = 0.1, batch_size: int = 64,
                  detector_args: dict | None = None, align: bool = True, fallback: str = "none",
-                 largest: bool = False):
+                 largest: bool = False, tta: str = "none"):
+        from ..runtime import check_tta
+
         if fallback not in FALLBACKS:
             raise FerkitError(f"unknown fallback {fallback!r}; accepted: {', '.join(FALLBACKS)}")
-        self.backend = backend
+        self.backend = backend                      # a ferkit.models.OpenedModel (or any object with
+        self.tta = check_tta(tta)                   # classes, image_size and logits(faces, batch_size=))
         self.detector = detector
         self._detector_args = detector_args or {}   # for the detector made on first use, when none is given
         self.margin = margin
@@ -307,15 +176,20 @@ class Recognizer:
         """Load a model: None (the default bundled model), a bundled model's name, a run folder or
         ``.safetensors`` checkpoint, or an ``.onnx`` file from ``ferkit export`` (backend "auto"
         runs an .onnx file, or a checkpoint's export beside it, on onnxruntime when installed, else
-        PyTorch: see :func:`open_backend`). ``tta``: none, flip or crops. ``detector_args``
+        PyTorch: see :func:`ferkit.models.open_model`). ``tta``: none, flip or crops (the default of
+        :meth:`probabilities`). ``detector_args``
         go to the face detector: ``detector`` ("haar", the default, or "dlib"), cascade, min_face, ...
         It is loaded now, so a bad cascade fails before any work; ``detect=False`` (cropped faces
         only) loads it on first use instead. ``align``: turn each face crop so its eyes are level
         (:mod:`ferkit.predict.align`); ``fallback="whole"``: an image without a detected face is
         classified whole; ``largest``: keep only the largest face of each image or frame."""
-        be = open_backend(path, backend, device=device, precision=precision, tta=tta)
-        return cls(be, _make_detector(detector_args) if detect else None, margin=margin, batch_size=batch_size,
-                   detector_args=detector_args, align=align, fallback=fallback, largest=largest)
+        from ..models.opened import open_model
+        from ..runtime import check_tta
+
+        check_tta(tta)
+        model = open_model(path, device=device, precision=precision, backend=backend)
+        return cls(model, _make_detector(detector_args) if detect else None, margin=margin, batch_size=batch_size,
+                   detector_args=detector_args, align=align, fallback=fallback, largest=largest, tta=tta)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -382,14 +256,20 @@ class Recognizer:
         prepared = self.prepare(gray, detect, retry)
         return prepared.boxes, prepared.faces
 
-    def probabilities(self, faces_uint8: np.ndarray) -> np.ndarray:
-        """(N, S, S) uint8 preprocessed faces -> (N, classes) float32 probabilities; FerkitError when
-        the model's outputs are not finite (a damaged model is not reported as a prediction)."""
-        from ..runtime import require_finite
+    def probabilities(self, faces_uint8: np.ndarray, tta: str | None = None) -> np.ndarray:
+        """(N, S, S) uint8 preprocessed faces -> (N, classes) float32 probabilities, averaged over
+        the views of ``tta`` (None: this recognizer's); FerkitError when the model's outputs are not
+        finite (a damaged model is not reported as a prediction)."""
+        from ..models.opened import softmax_probabilities
+        from ..runtime import tta_logits
 
-        logits = self.backend.logits(np.ascontiguousarray(faces_uint8), self.batch_size)
-        require_finite(logits, f"model {getattr(self.backend, 'path', '')}".strip())
-        return _softmax(logits.astype(np.float64)).astype(np.float32)
+        faces = np.ascontiguousarray(faces_uint8)
+        tta = self.tta if tta is None else tta
+        if not len(faces):
+            return np.zeros((0, len(self.classes)), np.float32)
+        logits = tta_logits(lambda batch: self.backend.logits(batch.numpy(), batch_size=self.batch_size), faces, tta,
+                            self.batch_size)
+        return softmax_probabilities(logits.numpy(), f"model {getattr(self.backend, 'path', '')}".strip())
 
     def _results(self, boxes, probs) -> list[FacePrediction]:
         # numpy does the per-face arithmetic for the whole batch; the loop only builds the objects

@@ -18,14 +18,13 @@ from typing import Iterable
 import numpy as np
 
 from ..console import log, progress_bar
-from ..data import IMAGE_EXTENSIONS, find_files
+from ..data import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, find_files
 from ..errors import FerkitError, Interrupted
 from ..files import atomic_path, csv_writer, make_dir, output_lock, refuse_output_over_input, write_json
 from .detect import cv2_silenced, draw_faces
 from .recognizer import FacePrediction, Recognizer, read_color, read_gray
 from .track import DEFAULT_SMOOTH_S, FrameSizeError, FrameTracker, VideoSummary, read_frames
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 FORMATS = ("csv", "json")
 
 
@@ -381,6 +380,12 @@ class _VideoStream:
                 self.writer.release()
 
 
+def check_min_face(min_face) -> None:
+    """Refuse a smallest-face fraction outside (0, 1) up front, before any model is loaded."""
+    if min_face is not None and not 0 < min_face < 1:
+        raise FerkitError(f"--min-face must be between 0 and 1, got {min_face}")
+
+
 def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "predictions", fmt: str = "csv",
                    annotate: bool = False, detect: bool = True, every: int = 1, camera: int | None = None,
                    backend: str = "auto", batch_size: int = 64, device: str = "auto", progress: bool = True,
@@ -396,6 +401,7 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
     Raises FerkitError when the model or output cannot be used, or nothing could be processed;
     :class:`ferkit.errors.Interrupted` on Ctrl-C, after writing what was done and a summary saying so.
     """
+    check_min_face(detector_args.get("min_face"))
     if fmt not in FORMATS:
         raise FerkitError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")
     if not inputs and camera is None:

@@ -174,18 +174,9 @@ class Service:
 
     # -- model side (the batcher's thread)
     def _classify(self, faces: np.ndarray, tta: str) -> np.ndarray:
-        """Probabilities of ``faces``; ``flip``/``crops`` average over ferkit's TTA views, all views
-        of all faces in one model call."""
-        if tta == "none":
-            return self.recognizer.probabilities(faces)
-        import torch
-
-        from ..runtime import tta_views
-
-        x = torch.from_numpy(faces.astype(np.float32))[:, None]
-        views = np.concatenate([v[:, 0].round().clamp(0, 255).to(torch.uint8).numpy() for v in tta_views(x, tta)])
-        p = self.recognizer.probabilities(views)
-        return p.reshape(-1, len(faces), p.shape[1]).mean(0)
+        """Probabilities of ``faces``; ``flip``/``crops`` average over ferkit's TTA views
+        (:func:`ferkit.runtime.tta_logits`: the views of a batch go through the model together)."""
+        return self.recognizer.probabilities(faces, tta=tta)
 
     # -- image side (pool threads)
     def _view(self, min_face: float) -> Recognizer:

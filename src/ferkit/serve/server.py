@@ -55,6 +55,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def announce(url: str, host: str, token: str | None) -> None:
+    """What ``ferkit serve`` prints once listening: where, and a warning on stderr when the server
+    is reachable beyond this machine without a token."""
+    import sys
+
+    print(f"ferkit serve: {url}/  (API docs {url}/docs; Ctrl-C stops)", flush=True)
+    if not is_loopback(host) and not token:
+        print("ferkit serve: warning: listening beyond this machine without --token: anyone who can reach "
+              "it can use it", file=sys.stderr, flush=True)
+
+
 def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

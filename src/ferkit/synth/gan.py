@@ -22,7 +22,7 @@ from ..data import load_dataset, scan_source
 from ..errors import FerkitError
 from ..files import refuse_output_over_input
 from ..labels import parse_classes
-from ..models import CheckpointRecord, load_checkpoint, resolve_checkpoint
+from ..models import CheckpointRecord, model_file, open_model
 from ..runtime import require_finite, select_device
 from .writer import AtomicDataset, check_out_dir, write_metadata, write_png
 
@@ -32,30 +32,14 @@ EDIT_COLUMNS = ("file", "class", "source_file", "source_class", "seed", "generat
 
 def generator_path(run: str | Path) -> Path:
     """A GAN run folder's generator.safetensors, a bundled generator's file (by name), or a
-    generator checkpoint file as given."""
-    from ..bundled import resolve_model_path
-
-    p = resolve_model_path(run)
-    if p.is_dir():
-        if (p / "generator.safetensors").is_file():
-            return p / "generator.safetensors"
-        if (p / "best.safetensors").is_file() or (p / "last.safetensors").is_file():
-            raise FerkitError(f"{p} is a classifier run (from `ferkit train`); this command needs a GAN run from "
-                              "`ferkit gan train`")
-        if (p / "config.json").is_file():
-            raise FerkitError(f"GAN run {p} has no generator checkpoint yet (it is written every --checkpoint-every "
-                              "iterations of `ferkit gan train`)")
-        raise FerkitError(f"{p} is not a GAN run folder (no generator.safetensors)")
-    if not p.exists():
-        raise FerkitError(f"GAN run or generator checkpoint {p} does not exist")
-    return p
+    generator checkpoint file as given (:func:`ferkit.models.model_file` with kind generator)."""
+    return model_file(run, kind="generator")
 
 
 def load_generator(run: str | Path, device: str | torch.device = "cpu"):
     """(generator in eval mode, its CheckpointRecord, the checkpoint path)."""
-    path = generator_path(run)
-    model, record = load_checkpoint(path, device, kind="generator")
-    return model, record, path
+    g = open_model(run, kind="generator", device=device)
+    return g.module, g.record, g.path
 
 
 def file_sha256(path: Path) -> str:
@@ -71,14 +55,14 @@ def open_classifier(model, classes, role: str, device: str | torch.device = "cpu
     default): (model in eval mode, its record, its weights file, its outputs for ``classes`` in
     that order, the file's SHA-256). A generator, a file that is not a ferkit classifier, or a
     classifier that lacks one of ``classes`` is one line that names ``role``."""
-    from ..bundled import DEFAULT_MODEL, resolve_model_path
+    from ..bundled import DEFAULT_MODEL
 
     shown = model if model is not None else f"(default: the bundled {DEFAULT_MODEL})"
     try:
-        path = resolve_checkpoint(resolve_model_path(model))
-        net, record = load_checkpoint(path, device, kind="classifier")
+        opened = open_model(model, device=device, backend="torch")
     except FerkitError as exc:
         raise FerkitError(f"{role} {shown}: {exc}") from None
+    net, record, path = opened.module, opened.record, opened.path
     missing = [c for c in classes if c not in record.classes]
     if missing:
         raise FerkitError(f"{role} {shown} cannot read {', '.join(missing)}: its classes are "

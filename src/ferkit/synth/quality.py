@@ -83,8 +83,7 @@ def _predict(model, faces, spec, device, columns) -> np.ndarray:
 def check_judge_is_not_guide(judge_path: Path, judge_sha256: str, train_config: dict) -> None:
     """A generator trained with ``--guide`` learnt to please that classifier: its read rate by the
     same classifier says little. The same weights file, or a file with the same SHA-256, is refused."""
-    from ..bundled import resolve_model_path
-    from ..models import resolve_checkpoint
+    from ..models import model_file
 
     guide, guide_sha = train_config.get("guide"), train_config.get("guide_sha256")
     if guide is None:
@@ -92,7 +91,7 @@ def check_judge_is_not_guide(judge_path: Path, judge_sha256: str, train_config: 
     same = guide_sha is not None and guide_sha == judge_sha256
     if not same:
         try:
-            same = resolve_checkpoint(resolve_model_path(guide)).resolve() == Path(judge_path).resolve()
+            same = model_file(guide).resolve() == Path(judge_path).resolve()
         except (FerkitError, OSError):   # the guide is no longer where training found it
             pass
     if same:
@@ -193,6 +192,28 @@ def evaluate_gan(gan_run, real, judge=None, out=None, per_class: int = 200, seed
     _plot(report, out / "quality.png")
     log(f"quality report: {out / 'quality.json'}")
     return report
+
+
+def quality_text(report: dict) -> str:
+    """What ``ferkit gan evaluate`` prints about :func:`evaluate_gan`'s report: overall, then per target class."""
+    acc, k, ident = report["expression_accuracy"], report["kid"], report["identity"]
+    lines = [f"judge: {report['judge']['path']}",
+             f"expression accuracy: generated {acc['generated']:.4f} (real {acc['real']:.4f}); generated faces read "
+             f"as their source face's expression: {acc['generated_read_as_source']:.4f}",
+             f"KID generated vs real: {k['mean']:.4f} +- {k['std']:.4f} "
+             f"(real vs real: {report['kid_real_halves']['mean']:.4f})",
+             f"identity: cycle L1 {ident['cycle_l1']:.4f}, edit L1 {ident['edit_l1']:.4f}, "
+             f"identity L1 {ident['identity_l1']:.4f}",
+             f"{'target class':>12}  {'edits':>5}  {'target read':>11}  {'source kept':>11}  {'KID':>7}  "
+             f"{'cycle L1':>8}  {'identity L1':>11}"]
+
+    def num(v, width, fmt=".4f"):
+        return f"{'-' if v is None else format(v, fmt):>{width}}"
+    for c, row in report["per_class"].items():
+        lines.append(f"{c:>12}  {row['edits']:>5}  {num(row['target_read'], 11, '.3f')}  "
+                     f"{num(row['source_kept'], 11, '.3f')}  {num((row['kid'] or {}).get('mean'), 7)}  "
+                     f"{num(row['cycle_l1'], 8)}  {num(row['identity_l1'], 11)}")
+    return "\n".join(lines)
 
 
 def _plot(r: dict, path: Path) -> None:

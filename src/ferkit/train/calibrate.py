@@ -232,20 +232,16 @@ def _check_output(out: Path, ckpt: Path, overwrite: bool) -> Path:
 def _val_logits(model_path: Path, val_dir, batch_size: int, precision: str, device: str, strict: bool,
                 progress: bool):
     """(raw logits, labels in model order, record) of a checkpoint on a labelled folder; raw = T 1."""
-    import torch
-
     from ..data import load_dataset
-    from ..models import load_checkpoint
-    from ..runtime import fuse_for_inference, predict_logits, resolve_precision, select_device
+    from ..models import open_model
 
-    dev = select_device(device)
-    model, record = load_checkpoint(model_path, dev)
+    opened = open_model(model_path, device=device, precision=precision, backend="torch")
+    record = opened.record
     data = load_dataset(val_dir, record.classes, record.image_size, strict, progress=progress,
                         role="validation data")
     to_model = np.asarray([record.classes.index(c) for c in data.classes])
-    model = fuse_for_inference(model).to(memory_format=torch.channels_last)
-    logits = predict_logits(model, data.images, record.input, dev, resolve_precision(precision, dev), batch_size)
-    return logits.numpy(), to_model[data.labels], record
+    logits = opened.logits(data.images, batch_size=batch_size, calibrated=False)
+    return logits, to_model[data.labels], record
 
 
 def calibrate_checkpoint(model, val_dir=None, out=None, temperature: float | None = None, overwrite: bool = False,
@@ -264,21 +260,16 @@ def calibrate_checkpoint(model, val_dir=None, out=None, temperature: float | Non
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from ..bundled import resolve_model_path
     from ..files import write_safetensors
-    from ..models import read_checkpoint_record, resolve_checkpoint
-    from ..models.record import check_kind, check_temperature
+    from ..models import find_model
+    from ..models.record import check_temperature
 
     if temperature is not None:
         temperature = check_temperature(temperature, "--temperature")
     if val_dir is None and temperature is None:
         raise FerkitError("give --val-dir to fit the temperature on validation data, or --temperature to set it")
-    ckpt = resolve_checkpoint(resolve_model_path(model))
-    if ckpt.suffix.lower() == ".onnx":
-        raise FerkitError(f"{ckpt} is an ONNX file: calibrate its checkpoint, then export that (the temperature "
-                          "goes into the ONNX graph)")
-    record = read_checkpoint_record(ckpt)
-    check_kind(record, "classifier", ckpt)
+    ckpt, record = find_model(model, onnx_advice="calibrate its checkpoint, then export that (the temperature goes "
+                                                 "into the ONNX graph)")
     out = _check_output(Path(out) if out is not None else default_output(ckpt), ckpt, overwrite)
 
     result = CalibrationResult(temperature if temperature is not None else 1.0, record.temperature,

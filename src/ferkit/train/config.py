@@ -219,15 +219,17 @@ def _model_of_init(init: str, given: dict) -> dict:
     arguments, image size, input scaling and (unless given) classes. A given value that differs is
     an error, since the weights would not fit (classes may differ: the output layer is matched by name)."""
     from ..bundled import BUNDLED, resolve_model_path
-    from ..models.record import check_kind, read_checkpoint_record
+    from ..models.opened import find_model
     from ..models.registry import resolve_model_args
 
-    path = resolve_model_path(init)
-    if not path.exists():
+    if not resolve_model_path(init).exists():
         raise FerkitError(f"--init {init}: no such checkpoint or run folder, and not a bundled model "
                           f"({', '.join(BUNDLED)})")
-    record = read_checkpoint_record(path)
-    check_kind(record, "classifier", f"--init {init}")
+    try:
+        _, record = find_model(init, onnx_advice="training starts from the ferkit checkpoint it was exported from "
+                                                 "(a run folder or .safetensors)")
+    except FerkitError as exc:
+        raise FerkitError(f"--init {init}: {exc}") from None
     spec = record.input
     if spec.channels != 1 or spec.pixel_max != 255.0 or len(set(spec.mean)) != 1 or len(set(spec.std)) != 1:
         raise FerkitError(f"--init {init}: its input contract ({spec.to_json()}) is not one ferkit train can "

@@ -53,13 +53,13 @@ class Teacher:
 def load_teacher(spec: str, classes: tuple[str, ...], device: torch.device, alpha: float,
                  temperature: float) -> Teacher:
     """Open the teacher(s) named in ``spec`` (comma-separated: run folders, checkpoints, bundled names)."""
-    from ..bundled import resolve_model_path
-    from ..models import load_checkpoint
+    from ..models import open_model
 
     check_distill(alpha, temperature)
     models, specs, columns = [], [], []
     for name in [s.strip() for s in spec.split(",") if s.strip()]:
-        model, record = load_checkpoint(resolve_model_path(name), device, kind="classifier")
+        opened = open_model(name, device=device, backend="torch")
+        model, record = opened.module, opened.record
         missing = [c for c in classes if c not in record.classes]
         if missing:
             raise FerkitError(f"teacher {name} has no class {', '.join(missing)} (its classes: "

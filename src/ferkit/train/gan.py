@@ -187,6 +187,13 @@ class GanResult:
     history: list[dict]
     seconds: float
 
+    def text(self) -> str:
+        """The lines ``ferkit gan train`` prints."""
+        last = self.history[-1] if self.history else {}
+        return (f"{self.iterations} iterations, {self.seconds:.0f}s of training; last losses: "
+                + ", ".join(f"{k} {last[k]:.3f}" for k in ("d_adv", "g_adv", "g_cls", "g_rec") if k in last)
+                + f"\nrun folder: {self.run_dir}  (generator.safetensors, samples/, history.csv, curves.png)")
+
 
 # ----------------------------------------------------------------------------- data
 def split_held_out(data: ImageSet, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -46,6 +46,13 @@ class RunResult:
     seconds: float = 0.0            # training + validation time of every epoch, across resumed invocations
     wall_seconds: float = 0.0       # this invocation, decoding included
 
+    def text(self) -> str:
+        """The lines ``ferkit train`` prints."""
+        return (f"best epoch {self.best_epoch}: val_loss {self.best_val_loss:.4f}, val_acc {self.best_val_acc:.4f} "
+                f"({self.epochs_run} epochs, {self.seconds:.0f}s of training; this invocation "
+                f"{self.wall_seconds:.0f}s)\n"
+                f"run folder: {self.run_dir}  (best.safetensors, last.safetensors, history.csv, curves.png)")
+
 
 # ----------------------------------------------------------------------------- learning rate
 class LRSchedule:
@@ -304,9 +311,9 @@ def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, 
     gen = torch.Generator().manual_seed(cfg.seed)
     model = create_model(cfg.arch, len(cfg.classes), cfg.image_size, **cfg.model_args)
     if cfg.init and fresh:
-        from ..bundled import resolve_model_path
+        from ..models import model_file
 
-        note = init_from_checkpoint(model, resolve_model_path(cfg.init), tuple(cfg.classes))
+        note = init_from_checkpoint(model, model_file(cfg.init), tuple(cfg.classes))
         if dist is None or dist.main:
             log(note)
     model = model.to(device)
@@ -333,7 +340,7 @@ def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, 
 
 
 def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, ImageSet] | None = None,
-          keep_state: bool = True) -> RunResult:
+          keep_state: bool = True, figures: bool = True, state_every: float = 0.0) -> RunResult:
     """Train a model as configured and write the run folder. Returns the run's summary.
 
     Under torchrun (several processes) the same call trains with DistributedDataParallel, and
@@ -346,30 +353,40 @@ def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, Image
         data: already-decoded (train, val) sets, to skip decoding (used by ``ferkit study``).
         keep_state: keep ``state/`` after the run finishes, so a larger ``epochs`` can continue it
             (``ferkit study`` drops it: many small runs, never extended).
+        figures: draw curves.png at the end (False: history.csv only; ``plot_curves`` draws it later).
+        state_every: write the resume state after an epoch only when this many seconds have passed
+            since the last write, the epoch improved on the best, or it is the run's last; 0 (the
+            default): after every epoch. An interrupted run resumes from the last state written
+            (replaying the epochs after it gives the same results: resuming is exact). Many short
+            runs (``ferkit study``) save most of the writes; several processes write every epoch.
     """
-    return launch(lambda dist, device: _fit(cfg, overwrite, data, keep_state, dist, device), cfg.batch_size,
-                  cfg.device, cfg.num_threads, dist=None if data is None else Dist())
+    return launch(lambda dist, device: _fit(cfg, overwrite, data, keep_state, dist, device, figures, state_every),
+                  cfg.batch_size, cfg.device, cfg.num_threads, dist=None if data is None else Dist())
 
 
 @dataclass
 class _Progress:
-    """Where a run stands: its history, best epoch so far and epochs without improvement."""
+    """Where a run stands: its history, best epoch so far and epochs without improvement (and the
+    last epoch whose resume state is on disk, and when it was written)."""
 
     history: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_loss": math.inf, "epoch": 0, "val_acc": 0.0})
     bad_epochs: int = 0
+    saved_epoch: int = 0
+    saved_at: float = field(default_factory=time.time)
 
 
-def _fit(cfg: TrainConfig, overwrite: bool, data, keep_state: bool, dist: Dist, device: torch.device) -> RunResult:
+def _fit(cfg: TrainConfig, overwrite: bool, data, keep_state: bool, dist: Dist, device: torch.device,
+         figures: bool = True, state_every: float = 0.0) -> RunResult:
     folder = RunFolder(cfg.out, writer=dist.main)
     try:
-        return _fit_in(folder, cfg, overwrite, data, keep_state, dist, device)
+        return _fit_in(folder, cfg, overwrite, data, keep_state, dist, device, figures, state_every)
     finally:
         folder.release()
 
 
 def _fit_in(folder: RunFolder, cfg: TrainConfig, overwrite: bool, data, keep_state: bool, dist: Dist,
-            device: torch.device) -> RunResult:
+            device: torch.device, figures: bool = True, state_every: float = 0.0) -> RunResult:
     t0 = time.time()
     train_set, val_set = data if data is not None else load_train_val(cfg)
     cfg.classes = train_set.classes
@@ -387,7 +404,7 @@ def _fit_in(folder: RunFolder, cfg: TrainConfig, overwrite: bool, data, keep_sta
     p = _Progress()
     if saved is not None:
         tr.load_state_tensors(folder.load_state(saved), saved)
-        p = _Progress(saved["history"], saved["best"], saved["bad_epochs"])
+        p = _Progress(saved["history"], saved["best"], saved["bad_epochs"], len(saved["history"]))
     else:
         folder.write_config(config_record)
     log(f"training {cfg.arch} ({count_parameters(tr.model):,} parameters) on {len(images)} images, "
@@ -404,14 +421,21 @@ def _fit_in(folder: RunFolder, cfg: TrainConfig, overwrite: bool, data, keep_sta
         if cfg.patience and p.bad_epochs >= cfg.patience:
             stopped_early = True
             break
-        _epoch(tr, folder, cfg, p, epoch, images, labels, val_images, val_labels, record)
+        try:
+            _epoch(tr, folder, cfg, p, epoch, images, labels, val_images, val_labels, record,
+                   0.0 if dist.active else state_every)   # ranks must agree: the state is a collective
+        except KeyboardInterrupt:   # while the epoch's files were written (each one whole, or not at all)
+            kept = {0: "no finished epoch", 1: "epoch 1"}.get(p.saved_epoch, f"epochs 1-{p.saved_epoch}")
+            raise Interrupted(f"training stopped after epoch {epoch}; {folder.path} keeps {kept}: re-run the "
+                              "same command to resume") from None
     if stopped_early:
         log(f"early stop: {cfg.monitor.replace('val_', 'validation ')} has not improved for {cfg.patience} epochs")
 
     last = p.history[-1]
     folder.save_checkpoint("last.safetensors", tr.eval_model,
                            record(len(p.history), {k: last[k] for k in ("val_loss", "val_acc")}))
-    folder.plot_curves(p.history, title=f"{cfg.arch} on {Path(cfg.train_dir).name}")
+    if figures:
+        folder.plot_curves(p.history, title=f"{cfg.arch} on {Path(cfg.train_dir).name}")
     result = RunResult(folder.path, tuple(cfg.classes), p.best["epoch"], p.best["val_loss"], p.best["val_acc"],
                        len(p.history), p.history, seconds=round(sum(float(h["seconds"]) for h in p.history), 1),
                        wall_seconds=round(time.time() - t0, 1))
@@ -426,16 +450,17 @@ def _fit_in(folder: RunFolder, cfg: TrainConfig, overwrite: bool, data, keep_sta
 
 
 def _epoch(tr: Trainer, folder: RunFolder, cfg: TrainConfig, p: _Progress, epoch: int, images, labels,
-           val_images, val_labels, record) -> None:
-    """Train one epoch, validate, and save what it changed (history, best checkpoint, resume state)."""
+           val_images, val_labels, record, state_every: float = 0.0) -> None:
+    """Train one epoch, validate, and save what it changed (history, best checkpoint, and the resume
+    state: every epoch, or see ``train``'s ``state_every``)."""
     t_ep = time.time()
     row = {"epoch": epoch, "lr": cfg.lr * tr.schedule.factor(tr.step)}
     try:
         row.update(tr.train_one_epoch(images, labels, epoch))
         val = tr.validate(val_images, val_labels)
     except KeyboardInterrupt:
-        raise Interrupted(f"training stopped during epoch {epoch}; {folder.path} keeps "
-                          f"{'epochs 1-' + str(epoch - 1) if epoch > 1 else 'no finished epoch'}: re-run the same "
+        kept = {0: "no finished epoch", 1: "epoch 1"}.get(p.saved_epoch, f"epochs 1-{p.saved_epoch}")
+        raise Interrupted(f"training stopped during epoch {epoch}; {folder.path} keeps {kept}: re-run the same "
                           "command to resume") from None
     if not math.isfinite(val["val_loss"]):
         raise FerkitError(f"training diverged: validation loss is {val['val_loss']} after epoch {epoch}; "
@@ -457,6 +482,11 @@ def _epoch(tr: Trainer, folder: RunFolder, cfg: TrainConfig, p: _Progress, epoch
             f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  lr {row['lr']:.3g}  {row['seconds']:.1f}s"
             f"{'  *best' if improved else ''}")
     folder.write_history(p.history)
+    last = epoch == cfg.epochs or bool(cfg.patience and p.bad_epochs >= cfg.patience)
+    # best.safetensors never runs ahead of the state: a resume replays no epoch that wrote it
+    if not (improved or last or time.time() - p.saved_at >= state_every):
+        return
+    p.saved_epoch, p.saved_at = epoch, time.time()
     folder.save_state(tr.state_tensors(), {"config": cfg.identity(), "history": p.history, "best": p.best,
                                            "bad_epochs": p.bad_epochs, "step": tr.step, "world_size": tr.dist.world,
                                            "plateau": [tr.schedule.plateau_factor, tr.schedule.plateau_bad]})

@@ -17,7 +17,6 @@ into place), so re-running the same command continues after the last finished ep
 """
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -29,6 +28,7 @@ from ..errors import FerkitError
 from ..files import (
     LOCK_NAME,
     TMP_SUFFIX,
+    CsvDictWriter,
     OutputLock,
     atomic_path,
     make_dir,
@@ -188,7 +188,7 @@ class RunFolder:
         if not self.writer:
             return
         with atomic_path(self.path / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            w = CsvDictWriter(fh, fieldnames=fields, extrasaction="ignore")
             w.writeheader()
             w.writerows(history)
 
