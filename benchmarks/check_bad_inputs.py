@@ -277,6 +277,20 @@ def damaged_checkpoint(src: Path, dst: Path, record_edit=None, tensor_edit=None)
     return dst
 
 
+def _parent(proc_dir: Path) -> int:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _cmdline(proc_dir: Path) -> bytes:
+    try:
+        return (proc_dir / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def run_py(code: str, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
     """``ferkit`` with ``code`` run first in the same process (to stage a bug or a failure)."""
     main_code = f"{code}\nimport sys\nfrom ferkit.cli import main\nsys.argv = ['ferkit'] + sys.argv[1:]\nmain()\n"
@@ -400,6 +414,32 @@ def issue21_rows(work: Path, run: Path, data: Path, val: Path, env_cache: dict) 
     row("synth faces killed (SIGKILL) mid-build, then run again",
         f"{before} hidden .faces.tmp-* folder(s) after the kill; re-run exit {p.returncode}, "
         f"{len(list(w.glob('.faces.tmp-*')))} left")
+    # studies: a --jobs worker killed by the OS; two shards running side by side
+    ferkit("synth", "faces", "--out", w / "gen", "--per-class", "12", "--size", "16", "--workers", "1", "--no-progress")
+    study = [PY, "-m", "ferkit", "study", "--real-train", str(data), "--val", str(val), "--test", str(val),
+             "--synthetic", str(w / "gen"), "--ratios", "0,1", "--seeds", "1", "--no-augment-arm", "--no-synthetic-arm",
+             "--arch", "tiny", "--epochs", "300", "--patience", "0", "--image-size", "16", "--batch-size", "16",
+             "--no-progress", "--out"]
+    env = {**os.environ, **cache, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(study + [str(w / "killed"), "--jobs", "2"], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not any(w.glob("killed/runs/*/history.csv")):
+        time.sleep(0.05)
+    workers = [int(d.name) for d in Path("/proc").glob("[0-9]*") if d.name != str(proc.pid)
+               and _parent(d) == proc.pid and b"spawn_main" in _cmdline(d)]
+    for pid in workers[:1]:
+        os.kill(pid, signal.SIGKILL)
+    err = proc.communicate(timeout=300)[1].strip().splitlines()
+    again = subprocess.run(study + [str(w / "killed"), "--jobs", "2"], capture_output=True, text=True, env=env)
+    row("a study --jobs worker killed (SIGKILL, as the OOM killer does), then the same command",
+        f"exit {proc.returncode}, {len(err)} line(s): {err[-1][:150] if err else ''}; re-run exit {again.returncode}, "
+        f"table: {(w / 'killed' / 'table.csv').exists()}")
+    shards = [subprocess.Popen(study + [str(w / "shards"), "--shard", f"{i}/2"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env) for i in (1, 2)]
+    codes = [sh.wait(timeout=600) for sh in shards]
+    row("two study shards started together on one --out", f"exits {codes}; table written: "
+        f"{(w / 'shards' / 'table.csv').exists()}")
     # an unexpected exception; running out of memory
     p = run_py("import ferkit.models\ndef boom(): raise ZeroDivisionError('a bug')\n"
                "ferkit.models.list_models_info = boom", "models", env=cache)

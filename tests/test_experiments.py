@@ -258,6 +258,48 @@ def test_study_parallel_jobs(faces, tmp_path):
     assert (tmp_path / "par" / "logs" / "nall_k1_s0.log").read_text().count("epoch") >= 1
 
 
+def test_a_study_worker_killed_by_the_os_is_one_line_and_the_study_resumes(faces, tmp_path):
+    """SIGKILL (what the OOM killer sends) to a --jobs worker mid-run: one line, exit 1, and the
+    same command afterwards finishes the study."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "ferkit", *_study_args(faces, out, "--ratios", "0,1", "--seeds", "1",
+                                                          "--no-augment-arm", "--no-synthetic-arm", "--jobs", "2")]
+    args[args.index("--epochs") + 1] = "400"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def workers():
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if int(fields[1]) == proc.pid and b"spawn_main" in cmd:
+                found.append(int(stat.parent.name))
+        return found
+    deadline = time.time() + 180
+    while proc.poll() is None and time.time() < deadline and not (
+            list((out / "runs").glob("*/history.csv")) if (out / "runs").exists() else []):
+        time.sleep(0.1)
+    victims = workers()
+    assert victims, "no worker process found"
+    os.kill(victims[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines[-1].startswith("ferkit: error: a study worker process died"), err
+    assert "re-run the same command to resume" in lines[-1]
+    assert run(args[3:]) == 0            # the same command resumes and writes the table
+    assert {r["setting"] for r in csv.DictReader(open(out / "table.csv"))} == {"k0", "k1"}
+
+
 def test_plan_fails_before_training_when_generated_data_is_short(faces, tmp_path):
     cfg = StudyConfig(real_train=str(faces["real"]), val=str(faces["val"]), test=str(faces["test"]),
                       synthetic=[str(faces["syn"])], out=str(tmp_path / "s"), ratios="0,3", seeds=1,

@@ -741,12 +741,28 @@ def _manifest_source(name: str, n_sources: int) -> str:
 
 
 def _run_parallel(cfg, jobs, evals, threads, out, results, bar) -> None:
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
     make_dir(out / "logs", "log folder")
     log(f"running {len(jobs)} runs in {cfg.jobs} processes ({threads} torch thread(s) each); "
         f"training logs in {out / 'logs'}")
+    # multiprocessing's resource tracker (a process of its own, started with the pool) warns about
+    # "leaked semaphores" when a worker was killed: chatter after ferkit's own line, kept out
+    quiet = "ignore:resource_tracker:UserWarning"
+    old_warnings = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(w for w in (old_warnings, quiet) if w)
+    try:
+        _run_pool(cfg, jobs, evals, threads, out, results, bar)
+    finally:
+        if old_warnings is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = old_warnings
+
+
+def _run_pool(cfg, jobs, evals, threads, out, results, bar) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
     pending = list(jobs.items())
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=ctx, initializer=_init_worker,
@@ -762,7 +778,13 @@ def _run_parallel(cfg, jobs, evals, threads, out, results, bar) -> None:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     run_id = running.pop(fut)
-                    results[run_id] = fut.result()
+                    try:
+                        results[run_id] = fut.result()
+                    except BrokenProcessPool:   # a worker died without a word: SIGKILL, the OOM killer
+                        raise FerkitError(f"a study worker process died while training {run_id} (killed from "
+                                          f"outside, e.g. by the system for lack of memory); finished runs are "
+                                          f"kept: re-run the same command to resume (fewer --jobs need less "
+                                          f"memory)") from None
                     bar.set_postfix_str(f"done {run_id}")
                     bar.update(1)
         except BaseException as exc:
