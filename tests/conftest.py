@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import csv
 import os
 import shutil
 import tempfile
@@ -59,3 +60,32 @@ def tiny_splits(tmp_path):
     train = make_folder(tmp_path / "data" / "train", classes, 24, seed=1)
     val = make_folder(tmp_path / "data" / "val", classes, 10, seed=2)
     return train, val
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a CSV file ferkit wrote, as dicts."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def one_line_error(capfd) -> str:
+    """The one line a failed command printed on stderr (no traceback)."""
+    err = capfd.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("ferkit") and ": error: " in err.split("\n")[0], err   # ferkit's, or its parser's
+    return err
+
+
+def interrupt_gan_at(monkeypatch, iteration: int):
+    """Make GAN training raise KeyboardInterrupt (Ctrl-C) when it reaches ``iteration``; returns the
+    real ``GanTrainer.step`` (to put back for the resume)."""
+    from ferkit.train.gan import GanTrainer
+
+    real_step = GanTrainer.step
+
+    def flaky(self, *a):
+        if self.iteration == iteration:
+            raise KeyboardInterrupt
+        return real_step(self, *a)
+    monkeypatch.setattr(GanTrainer, "step", flaky)
+    return real_step

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_folder
+from conftest import make_folder, read_rows
 
 from ferkit.cli import run
 from ferkit.data import scan_source
@@ -37,10 +37,6 @@ def _faces(root: Path, per_class: int, seed: int, classes=("happy", "sad"), size
     return generate_faces(root, per_class=per_class, classes=list(classes), size=size, seed=seed,
                           workers=1, progress=False)
 
-
-def _rows(manifest: Path) -> list[dict]:
-    with open(manifest, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def _counts(rows, source=None) -> dict:
@@ -123,7 +119,7 @@ def test_mix_keeps_class_balance_and_ratio(mix_data, tmp_path, capsys):
     out = tmp_path / "mixes" / "k2.csv"
     assert run(["mix", "--real", str(real), "--synthetic", str(syn), "--ratio", "2", "--out", str(out)]) == 0
     assert "8 real" in capsys.readouterr().out
-    rows = _rows(out)
+    rows = read_rows(out)
     assert list(rows[0]) == ["path", "class", "source"]
     assert _counts(rows, "real") == {"happy": 8, "sad": 4}
     assert _counts(rows, "synthetic") == {"happy": 16, "sad": 8}  # 2 x 12, real proportions kept
@@ -141,7 +137,7 @@ def test_mix_balance_equalises_classes(mix_data, tmp_path):
     real, syn = mix_data
     r = build_mix(real, syn, 2, tmp_path / "bal.csv", balance=True)
     assert r.n_synthetic == 24
-    assert _counts(_rows(tmp_path / "bal.csv")) == {"happy": 18, "sad": 18}
+    assert _counts(read_rows(tmp_path / "bal.csv")) == {"happy": 18, "sad": 18}
 
 
 def test_mix_too_many_is_an_error_unless_replace(mix_data, tmp_path, capsys):
@@ -154,7 +150,7 @@ def test_mix_too_many_is_an_error_unless_replace(mix_data, tmp_path, capsys):
     rc = run(["mix", "--real", str(real), "--synthetic", str(syn), "--ratio", "4", "--replace", "--out", str(out)])
     assert rc == 0
     assert "with replacement" in capsys.readouterr().out
-    rows = _rows(out)
+    rows = read_rows(out)
     assert _counts(rows, "synthetic") == {"happy": 32, "sad": 16}
     happy = [r["path"] for r in rows if r["source"] == "synthetic" and r["class"] == "happy"]
     assert len(set(happy)) == 20  # all 20 used, 12 repeats
@@ -219,7 +215,7 @@ def test_tiny_study_table_and_resume(faces, tmp_path, capsys):
     for name in runs:
         assert (out / "runs" / name / "summary.json").exists()
         assert json.loads((out / "runs" / name / "eval-test" / "metrics.json").read_text())["n"] == 12
-    man = _rows(out / "manifests" / "n6_k2_s0.csv")
+    man = read_rows(out / "manifests" / "n6_k2_s0.csv")
     assert _counts(man, "real") == {"happy": 6, "sad": 6} and _counts(man, "synthetic") == {"happy": 12, "sad": 12}
     aug_cfg = json.loads((out / "runs" / "n6_aug_s1" / "config.json").read_text())
     assert aug_cfg["augment"] is True and aug_cfg["seed"] == 1
@@ -297,7 +293,7 @@ def test_a_study_worker_killed_by_the_os_is_one_line_and_the_study_resumes(faces
     assert "Traceback" not in err and lines[-1].startswith("ferkit: error: a study worker process died"), err
     assert "re-run the same command to resume" in lines[-1]
     assert run(args[3:]) == 0            # the same command resumes and writes the table
-    assert {r["setting"] for r in csv.DictReader(open(out / "table.csv"))} == {"k0", "k1"}
+    assert {r["setting"] for r in read_rows(out / "table.csv")} == {"k0", "k1"}
 
 
 def test_plan_fails_before_training_when_generated_data_is_short(faces, tmp_path):
@@ -357,7 +353,7 @@ def test_study_compares_named_generated_sources_in_one_table(faces, tmp_path, ca
     assert table["k1-proc"]["source"] == "proc" and table["k1-other"]["label"] == "real + 1x other"
     # each arm drew from its own source, per the manifests
     for name, src in (("proc", faces["syn"]), ("other", other)):
-        rows = _rows(out / "manifests" / f"n6_k1-{name}_s0.csv")
+        rows = read_rows(out / "manifests" / f"n6_k1-{name}_s0.csv")
         generated = [r["path"] for r in rows if r["source"] == name]
         assert len(generated) == 12 and all(p.startswith(str(src)) for p in generated)
     summary = (out / "summary.md").read_text()
@@ -390,7 +386,7 @@ def test_study_steps_give_every_run_the_same_number_of_updates(faces, tmp_path, 
     assert run(args) == 0
     assert "--steps 18: 6 epochs of 12 images, 2 epochs of 36 images" in capsys.readouterr().err
     # 12 real images = 3 batches of 4 an epoch, + 2 x generated = 9: 18 steps are 6 and 2 epochs
-    runs = {r["setting"]: r for r in _rows(out / "runs.csv")}
+    runs = {r["setting"]: r for r in read_rows(out / "runs.csv")}
     assert (runs["k0"]["n_train"], runs["k0"]["epochs"], runs["k0"]["epochs_run"]) == ("12", "6", "6")
     assert (runs["k2"]["n_train"], runs["k2"]["epochs"], runs["k2"]["epochs_run"]) == ("36", "2", "2")
     assert json.loads((out / "runs" / "n6_k0_s0" / "config.json").read_text())["epochs"] == 6

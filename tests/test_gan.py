@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_folder
+from conftest import interrupt_gan_at, make_folder
 
 from ferkit.cli import run
 from ferkit.errors import FerkitError, Interrupted
@@ -48,13 +48,7 @@ def test_gan_training_writes_its_run_folder(faces, tmp_path):
 
 def test_interrupted_gan_run_resumes_to_the_same_weights(faces, tmp_path, monkeypatch):
     full = train_gan(GanConfig(str(faces), str(tmp_path / "full"), iterations=20, **TINY))
-    real_step = GanTrainer.step
-
-    def flaky(self, *a):
-        if self.iteration == 13:
-            raise KeyboardInterrupt
-        return real_step(self, *a)
-    monkeypatch.setattr(GanTrainer, "step", flaky)
+    real_step = interrupt_gan_at(monkeypatch, 13)
     with pytest.raises(Interrupted, match="keeps the state of iteration 10"):
         train_gan(GanConfig(str(faces), str(tmp_path / "cut"), iterations=20, **TINY))
     monkeypatch.setattr(GanTrainer, "step", real_step)

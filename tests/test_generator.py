@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_folder
+from conftest import interrupt_gan_at, make_folder
 
 from ferkit.cli import run
 from ferkit.errors import FerkitError, Interrupted
@@ -121,13 +121,7 @@ def test_guided_masked_run_records_what_it_is_and_resumes_exactly(lab, tmp_path,
 
     kw = dict(guide=str(lab["guide"]), mask=True, lambda_id=1.0, **TINY)
     full = train_gan(GanConfig(str(lab["faces"]), str(tmp_path / "full"), iterations=20, **kw))
-    real_step = GanTrainer.step
-
-    def flaky(self, *a):
-        if self.iteration == 13:
-            raise KeyboardInterrupt
-        return real_step(self, *a)
-    monkeypatch.setattr(GanTrainer, "step", flaky)
+    real_step = interrupt_gan_at(monkeypatch, 13)
     with pytest.raises(Interrupted, match="keeps the state of iteration 10"):
         train_gan(GanConfig(str(lab["faces"]), str(tmp_path / "cut"), iterations=20, **kw))
     monkeypatch.setattr(GanTrainer, "step", real_step)

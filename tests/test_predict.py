@@ -1,11 +1,10 @@
 """ferkit predict / Recognizer: detection, training-identical preprocessing, outputs, video, bad input."""
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import face_photo, make_folder
+from conftest import face_photo, make_folder, one_line_error, read_rows
 
 from ferkit.cli import run
 from ferkit.train import TrainConfig, train
@@ -40,16 +39,6 @@ def _video(path: Path, frames: int = 12, fps: float = 10.0, face: bool = True) -
     return path
 
 
-def _rows(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _one_line_error(capfd) -> str:
-    err = capfd.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith("ferkit: error: ")
-    return err
 
 
 # ----------------------------------------------------------------------------- detection
@@ -87,11 +76,11 @@ def test_an_opencv_without_haar_is_one_line_and_no_detect_still_works(trained, t
     face = [str(next((trained / "test" / "sad").glob("*.jpg")))]
     capfd.readouterr()
     assert run(["predict", str(trained / "run"), *face, "--no-progress", "--out", str(tmp_path / "a")]) == 1
-    assert "opencv-python-headless<5" in _one_line_error(capfd)
+    assert "opencv-python-headless<5" in one_line_error(capfd)
     assert not (tmp_path / "a" / "predictions.csv").exists()
     assert run(["predict", str(trained / "run"), *face, "--no-detect", "--no-progress",
                 "--out", str(tmp_path / "b")]) == 0
-    assert len(_rows(tmp_path / "b" / "predictions.csv")) == 1
+    assert len(read_rows(tmp_path / "b" / "predictions.csv")) == 1
 
 
 def test_a_recognizer_without_detection_makes_its_detector_on_first_use(trained):
@@ -121,8 +110,8 @@ def test_no_detect_gives_exactly_evaluates_probabilities(trained, tmp_path, caps
                 "--out", str(tmp_path / "ev"), "--precision", "fp32", "--device", "cpu"]) == 0
     assert run(["predict", str(trained / "run"), str(trained / "test"), "--no-detect", "--out",
                 str(tmp_path / "pr"), "--no-progress", "--batch-size", "7", "--device", "cpu"]) == 0
-    ev = {Path(r["file"]).resolve(): r for r in _rows(tmp_path / "ev" / "predictions.csv")}
-    pr = _rows(tmp_path / "pr" / "predictions.csv")
+    ev = {Path(r["file"]).resolve(): r for r in read_rows(tmp_path / "ev" / "predictions.csv")}
+    pr = read_rows(tmp_path / "pr" / "predictions.csv")
     assert len(pr) == len(ev) == 18
     for row in pr:
         e = ev[Path(row["source"]).resolve()]
@@ -174,7 +163,7 @@ def test_csv_json_schema_summary_and_annotated_images(trained, tmp_path, capsys)
                 "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "1 face(s)" in out and "1 image(s) with no face" in out
-    rows = _rows(tmp_path / "c" / "predictions.csv")
+    rows = read_rows(tmp_path / "c" / "predictions.csv")
     assert list(rows[0]) == ["source", "frame", "time_s", "track", "x", "y", "w", "h", "label", "confidence",
                              "p_angry", "p_happy", "p_sad"]
     assert len(rows) == 1 and rows[0]["source"].endswith("hopper.jpg") and rows[0]["frame"] == rows[0]["track"] == ""
@@ -204,7 +193,7 @@ def test_video_frames_times_every_and_annotated_video(trained, tmp_path, capsys)
     video = _video(tmp_path / "clip.avi", frames=12, fps=10.0)
     assert run(["predict", str(trained / "run"), str(video), "--out", str(tmp_path / "v"), "--every", "4",
                 "--annotate", "--no-progress"]) == 0
-    rows = _rows(tmp_path / "v" / "predictions.csv")
+    rows = read_rows(tmp_path / "v" / "predictions.csv")
     assert [int(r["frame"]) for r in rows] == [0, 4, 8]
     assert [float(r["time_s"]) for r in rows] == pytest.approx([0.0, 0.4, 0.8])
     xs = [int(r["x"]) for r in rows]
@@ -217,7 +206,7 @@ def test_video_frames_times_every_and_annotated_video(trained, tmp_path, capsys)
     # --no-detect: every processed frame is one face
     assert run(["predict", str(trained / "run"), str(video), "--out", str(tmp_path / "n"), "--every", "5",
                 "--no-detect", "--no-progress"]) == 0
-    rows = _rows(tmp_path / "n" / "predictions.csv")
+    rows = read_rows(tmp_path / "n" / "predictions.csv")
     assert [(r["frame"], r["w"], r["h"]) for r in rows] == [("0", "480", "360"), ("5", "480", "360"),
                                                             ("10", "480", "360")]
 
@@ -265,7 +254,7 @@ def test_unusable_runs_fail_with_one_line(trained, tmp_path, capfd, case):
         extra += ["--out", str(tmp_path / "out")]
     capfd.readouterr()
     assert run(["predict", model, *inputs, "--no-progress", *extra]) == 1
-    _one_line_error(capfd)
+    one_line_error(capfd)
 
 
 def test_recognizer_errors_are_ferkit_errors(trained, tmp_path):

@@ -1,14 +1,13 @@
 """Grouped, cross-validated studies: no group in both training and test, resume, named arms, bad input."""
 from __future__ import annotations
 
-import csv
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import pattern_image
+from conftest import pattern_image, read_rows
 
 from ferkit.cli import run
 from ferkit.errors import FerkitError
@@ -32,10 +31,6 @@ def _lab(root: Path, subjects: int = 8, frames: int = 2, classes=("happy", "sad"
                 cv2.imwrite(str(d / f"S{s:02d}_{ci + 1:03d}_{f:08d}.png"), pattern_image(ci, rng, size))
     return root
 
-
-def _rows(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def _group(path: str) -> str:
@@ -119,13 +114,13 @@ def test_grouped_study_never_puts_a_group_in_train_and_test_and_resumes(lab, tmp
     # the split: every group is tested in exactly one fold, and no run trains on its fold's test or val groups
     tested = {}
     for fold in (1, 2):
-        parts = {name: {r["group"] for r in _rows(out / "folds" / f"fold{fold}" / f"{name}.csv")}
+        parts = {name: {r["group"] for r in read_rows(out / "folds" / f"fold{fold}" / f"{name}.csv")}
                  for name in ("train", "val", "test")}
         assert parts["val"] and not parts["train"] & parts["test"] and not parts["val"] & (parts["train"] |
                                                                                           parts["test"])
         tested.update({g: fold for g in parts["test"]})
         for manifest in (out / "manifests").glob(f"f{fold}_*.csv"):
-            rows = _rows(manifest)
+            rows = read_rows(manifest)
             real = {_group(r["path"]) for r in rows if r["source"] == "real"}
             assert real and real <= parts["train"], manifest.name
             gan = [r["path"] for r in rows if r["source"] == "gan"]
@@ -133,13 +128,13 @@ def test_grouped_study_never_puts_a_group_in_train_and_test_and_resumes(lab, tmp
         cfg = json.loads((out / "runs" / f"f{fold}_nall_k0_s0" / "config.json").read_text())
         assert cfg["val_dir"].endswith(f"fold{fold}/val.csv")
     assert sorted(tested) == [f"S{s:02d}" for s in range(1, 9)]
-    assert {r["group"]: int(r["fold"]) for r in _rows(out / "folds" / "groups.csv")} == tested
+    assert {r["group"]: int(r["fold"]) for r in read_rows(out / "folds" / "groups.csv")} == tested
 
-    table = {r["setting"]: r for r in _rows(out / "table.csv")}
+    table = {r["setting"]: r for r in read_rows(out / "table.csv")}
     assert set(table) == {"k0", "aug", "k1-gan", "k1-proc", "gan-aug"}
     assert {(r["seeds"], r["folds"]) for r in table.values()} == {("1", "2")}
     assert table["k1-gan"]["ci_method"] == "paired" and table["gan-aug"]["k"] == ""
-    runs_csv = _rows(out / "runs.csv")
+    runs_csv = read_rows(out / "runs.csv")
     assert {r["fold"] for r in runs_csv} == {"1", "2"}
     d, lo, hi, method = compare_settings(runs_csv, "gan-aug", "k1-gan")
     assert method == "paired" and lo <= d <= hi   # 2 pairs: (fold, seed)
@@ -180,8 +175,8 @@ def test_fine_tune_arm_starts_from_the_model(lab, tmp_path):
     assert (scratch["arch"], scratch["model_args"]["width"], scratch["init"]) == ("vgg", 8, None)
     assert (ft["arch"], ft["init"], ft["model_args"].get("width")) == ("tiny", str(model), None)
     assert ft_gan["lr"] == 0.001 and ft["lr"] == scratch["lr"]
-    n_real = len(_rows(out / "manifests" / "f2_nall_ft_s0.csv"))
-    assert len(_rows(out / "manifests" / "f2_nall_ft-gan_s0.csv")) == 2 * n_real
+    n_real = len(read_rows(out / "manifests" / "f2_nall_ft_s0.csv"))
+    assert len(read_rows(out / "manifests" / "f2_nall_ft-gan_s0.csv")) == 2 * n_real
     with pytest.raises(FerkitError, match="takes 32 px faces"):
         StudyConfig(real="r", folds=2, group_by=GROUP, out="o", synthetic=["x"], image_size=48,
                     arms=[f"ft:init={model}"])

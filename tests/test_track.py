@@ -1,12 +1,11 @@
 """Video tracks, smoothing, per-video summaries, eye alignment, detection retries and evaluate --detect."""
-import csv
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import face_photo
+from conftest import face_photo, one_line_error, read_rows
 
 from ferkit.cli import run
 
@@ -51,15 +50,6 @@ def _video(path: Path, frames, fps: float = 10.0) -> Path:
     return path
 
 
-def _rows(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _one_line_error(capfd) -> str:
-    err = capfd.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 # ----------------------------------------------------------------------------- tracker and smoothing
@@ -114,7 +104,7 @@ def test_video_rows_tracks_empty_frames_summary_and_timeline(model, tmp_path):
         frames.append(f)
     video = _video(tmp_path / "clip.avi", frames)
     assert run(["predict", str(model), str(video), "--out", str(tmp_path / "o"), "--no-progress", "--annotate"]) == 0
-    rows = _rows(tmp_path / "o" / "predictions.csv")
+    rows = read_rows(tmp_path / "o" / "predictions.csv")
     assert [int(r["frame"]) for r in rows] == list(range(16))
     empty = [r for r in rows if r["label"] == ""]
     assert [int(r["frame"]) for r in empty] == [6, 7, 8] and all(r["track"] == r["x"] == "" for r in empty)
@@ -143,7 +133,7 @@ def test_video_rows_tracks_empty_frames_summary_and_timeline(model, tmp_path):
     # --smooth 0: the rows are the frames' own probabilities
     assert run(["predict", str(model), str(video), "--out", str(tmp_path / "raw"), "--no-progress",
                 "--smooth", "0"]) == 0
-    raw = _rows(tmp_path / "raw" / "predictions.csv")
+    raw = read_rows(tmp_path / "raw" / "predictions.csv")
     assert float(raw[5]["p_happy"]) == pytest.approx(stream[5].faces[0].raw["happy"], abs=1e-5)
     assert json.loads((tmp_path / "raw" / "videos" / "clip" / "summary.json").read_text())["smooth_s"] == 0
 
@@ -155,7 +145,7 @@ def test_two_faces_two_tracks_and_largest(model, tmp_path):
                      330, 60) for i in range(6)]
     video = _video(tmp_path / "two.avi", frames)
     assert run(["predict", str(model), str(video), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
-    rows = _rows(tmp_path / "o" / "predictions.csv")
+    rows = read_rows(tmp_path / "o" / "predictions.csv")
     assert len(rows) == 12 and {r["track"] for r in rows} == {"1", "2"}
     by_track = {t: {int(r["x"]) < 300 for r in rows if r["track"] == t} for t in ("1", "2")}
     assert by_track == {"1": {True}, "2": {False}}     # ids follow the faces, left face first
@@ -165,7 +155,7 @@ def test_two_faces_two_tracks_and_largest(model, tmp_path):
     cv2.imwrite(str(tmp_path / "two.png"), frames[0])
     assert run(["predict", str(model), str(video), str(tmp_path / "two.png"), "--out", str(tmp_path / "l"),
                 "--no-progress", "--largest"]) == 0
-    rows = _rows(tmp_path / "l" / "predictions.csv")
+    rows = read_rows(tmp_path / "l" / "predictions.csv")
     assert len(rows) == 7 and all(int(r["x"]) < 300 for r in rows)
 
 
@@ -257,10 +247,10 @@ def test_fallback_whole_classifies_photos_without_a_face(model, tmp_path):
     cv2.imwrite(str(tmp_path / "blank.png"), np.full((120, 160), 128, np.uint8))
     assert run(["predict", str(model), str(tmp_path / "blank.png"), "--out", str(tmp_path / "a"),
                 "--no-progress"]) == 0
-    assert _rows(tmp_path / "a" / "predictions.csv") == []
+    assert read_rows(tmp_path / "a" / "predictions.csv") == []
     assert run(["predict", str(model), str(tmp_path / "blank.png"), "--out", str(tmp_path / "b"), "--no-progress",
                 "--fallback", "whole"]) == 0
-    (row,) = _rows(tmp_path / "b" / "predictions.csv")
+    (row,) = read_rows(tmp_path / "b" / "predictions.csv")
     assert (row["x"], row["y"], row["w"], row["h"]) == ("0", "0", "160", "120") and row["label"] in CLASSES
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert summary["whole_image"] == summary["no_face"] == [str(tmp_path / "blank.png")]
@@ -281,7 +271,7 @@ def test_evaluate_detect_counts_photos_without_a_face_as_wrong(model, tmp_path, 
                 str(tmp_path / "ev"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    rows = {Path(r["file"]).parent.name: r for r in _rows(tmp_path / "ev" / "predictions.csv")}
+    rows = {Path(r["file"]).parent.name: r for r in read_rows(tmp_path / "ev" / "predictions.csv")}
     assert metrics["n"] == 3 and metrics["no_face"] == [str(tmp_path / "photos" / "sad" / "blank.png")]
     assert metrics["detection_rate"] == pytest.approx(2 / 3) and len(metrics["skipped"]) == 1
     assert rows["sad"]["predicted"] == "" and rows["angry"]["predicted"] == rows["happy"]["predicted"] != ""
@@ -328,13 +318,13 @@ def test_a_video_whose_frames_change_size_is_one_clear_line(model, tmp_path, cap
     capfd.readouterr()
     assert run(["predict", str(model), str(tmp_path / "clip.avi"), "--out", str(tmp_path / "o"),
                 "--no-progress"]) == 1
-    assert "frame 2 is 160x120" in _one_line_error(capfd)
+    assert "frame 2 is 160x120" in one_line_error(capfd)
     cv2.imwrite(str(tmp_path / "ok.png"), np.full((100, 100), 128, np.uint8))
     assert run(["predict", str(model), str(tmp_path / "clip.avi"), str(tmp_path / "ok.png"), "--out",
                 str(tmp_path / "p"), "--no-progress"]) == 0
     out = capfd.readouterr().out
     assert f"skipped {tmp_path / 'clip.avi'}: frame 2 is 160x120" in out
-    assert [r["frame"] for r in _rows(tmp_path / "p" / "predictions.csv")] == ["0", "1"]   # the frames before it
+    assert [r["frame"] for r in read_rows(tmp_path / "p" / "predictions.csv")] == ["0", "1"]   # the frames before it
     assert not (tmp_path / "p" / "videos").exists()
 
 
@@ -367,7 +357,7 @@ def test_bad_options_and_videos_fail_with_one_line(model, tmp_path, capfd, monke
         with pytest.raises(SystemExit) as exit_info:      # argparse refuses the value: usage error, status 2
             run(command)
         assert exit_info.value.code == 2
-    err = _one_line_error(capfd)
+    err = one_line_error(capfd)
     assert ("pip install 'ferkit[dlib]'" in err) if case == "detector_missing" else "--" in err
     with pytest.raises(FerkitError):
         Recognizer.load(model, fallback="everything")
