@@ -241,6 +241,37 @@ def test_tight_small_and_tilted_photos_are_found_by_the_retries(model):
     assert find_faces(det, np.full((60, 60), 128, np.uint8)) == []
 
 
+def test_only_the_retries_search_thoroughly():
+    """A photo with a face found upright costs one ordinary search; the retries (nothing found) search
+    their padded, turned copies at up to twice the resolution with one neighbour fewer."""
+    from ferkit.predict import FaceDetector
+    from ferkit.predict.detect import RETRY_ANGLES, find_faces
+
+    class Recording(FaceDetector):
+        def __init__(self, answer):
+            super().__init__()
+            self.answer, self.calls = answer, []
+
+        def detect(self, gray, min_size=None, thorough=False):
+            self.calls.append((gray.shape, thorough))
+            return self.answer
+
+    found = Recording([(10, 10, 40, 40)])
+    assert find_faces(found, np.zeros((480, 640), np.uint8)) == [((10, 10, 40, 40), 0.0)]
+    assert found.calls == [((480, 640), False)]
+    empty = Recording([])
+    assert find_faces(empty, np.zeros((480, 640), np.uint8)) == []
+    assert [t for _, t in empty.calls] == [False] + [True] * (1 + len(RETRY_ANGLES))
+
+    det, seen = FaceDetector(max_side=640), []
+    det._cc = type("Cascade", (), {"detectMultiScale": lambda self, img, **kw: seen.append(
+        (img.shape, kw["minNeighbors"])) or ()})()
+    det.detect(np.zeros((864, 1024), np.uint8))
+    det.detect(np.zeros((864, 1024), np.uint8), thorough=True)
+    det.detect(np.zeros((1800, 2000), np.uint8), thorough=True)
+    assert seen == [((540, 640), 5), ((864, 1024), 4), ((1152, 1280), 4)]
+
+
 def test_fallback_whole_classifies_photos_without_a_face(model, tmp_path):
     import cv2
 
