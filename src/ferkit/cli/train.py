@@ -55,6 +55,11 @@ TRAIN_OPTIONS = {
                    "ensemble averaged in probability): its softened outputs on each augmented batch join the loss",
         "distill_alpha": "weight of the teacher's term: loss = (1-a) CE(labels) + a T^2 CE(student/T, teacher/T)",
         "distill_temperature": "temperature T that softens teacher and student outputs in that term",
+        "consistency": "weight W of a consistency term: each batch is also seen slightly moved (shift, zoom 0.9-1.1, "
+                       "flip) and W x KL(answer on the batch || answer on the moved batch) joins the loss (the "
+                       "first answer is the target), aiming at steadier labels; about twice a step's time; 0 = off",
+        "consistency_shift": "max shift of that moved view in each direction, pixels at 48 px (scaled to "
+                             "--image-size)",
     },
     "augmentation (in torch, on whole batches)": {
         "augment": "random flip, rotation, shift, zoom and aspect change",

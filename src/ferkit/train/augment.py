@@ -93,3 +93,31 @@ def mix(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, mixup: float = 0
     x[..., top:bottom, left:right] = x[perm][..., top:bottom, left:right]
     lam = 1 - (bottom - top) * (right - left) / (h * w)
     return x, y, y[perm], lam
+
+
+def affine_view(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, scale: torch.Tensor,
+                flip: torch.Tensor) -> torch.Tensor:
+    """The batch ``x`` (N, C, H, W) seen under a per-image change of the crop: content moved by
+    ``dx``/``dy`` (fractions of the side, + = right/down), zoomed by ``scale`` about the centre
+    (> 1 = closer) and mirrored where ``flip`` is true; borders replicated, as
+    benchmarks/bench_stability.py measures. All four are (N,) tensors; zero shift, scale 1 and no
+    flip give the batch back (up to rounding)."""
+    sign = torch.where(flip.to(torch.bool), -1.0, 1.0).to(x.device)
+    inv = 1.0 / scale.to(x.device, torch.float32)
+    zero = torch.zeros_like(inv)
+    # output -> input coordinates in [-1, 1] (the side is 2 units): x_in = (x_out - 2 dx) / scale
+    theta = torch.stack([torch.stack([inv * sign, zero, -2 * dx.to(x.device, torch.float32) * inv], 1),
+                         torch.stack([zero, inv, -2 * dy.to(x.device, torch.float32) * inv], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def small_change(x: torch.Tensor, gen: torch.Generator, shift_px: float = 4.0, zoom: float = 0.1) -> torch.Tensor:
+    """A random small change of each crop, of the kinds bench_stability.py measures: a shift of up
+    to +-``shift_px`` pixels at 48 px in each direction (scaled to the image size), a zoom in
+    [1 - zoom, 1 + zoom] and a horizontal flip with probability 1/2."""
+    n = x.shape[0]
+    r = torch.rand(n, 4, generator=gen)
+    frac = shift_px / 48.0
+    return affine_view(x, (r[:, 0] - 0.5) * (2 * frac), (r[:, 1] - 0.5) * (2 * frac),
+                       1 + (r[:, 2] - 0.5) * (2 * zoom), r[:, 3] < 0.5)

@@ -118,6 +118,8 @@ class TrainConfig(ResumableConfig):
     teacher: str | None = None      # distil from this classifier (comma-separated: an ensemble)
     distill_alpha: float = 0.5      # weight of the teacher's term in the loss
     distill_temperature: float = 2.0  # softening of teacher and student outputs in that term
+    consistency: float = 0.0        # weight of KL(first view || slightly shifted/zoomed/flipped view); 0 = off
+    consistency_shift: float = 4.0  # max shift of that second view, pixels at 48 px (scaled to image_size)
     # augmentation (in torch, on whole batches)
     augment: bool = False           # random flip, rotation, shift, zoom, aspect
     rotate: float = 10.0            # degrees, +-
@@ -154,6 +156,9 @@ class TrainConfig(ResumableConfig):
         from .distill import check_distill
 
         check_distill(self.distill_alpha, self.distill_temperature)
+        from .consistency import check_consistency
+
+        check_consistency(self.consistency, self.consistency_shift)
         self.device = check_device_name(self.device)
         if self.patience < 0:
             raise FerkitError("patience must be 0 (off) or positive")

@@ -29,6 +29,7 @@ from ..models import CheckpointRecord, InputSpec, count_parameters, create_model
 from ..runtime import autocast, global_rng_state, predict_logits, resolve_precision, set_global_rng_state
 from . import augment as A
 from .config import MONITORS, TrainConfig
+from .consistency import consistency_loss
 from .distill import Teacher, load_teacher
 from .distributed import Dist, check_world, launch
 from .run_folder import RunFolder
@@ -178,8 +179,14 @@ class Trainer:
             x, y_a, y_b, lam = A.mix(x, y, self.aug_gen, cfg.mixup, cfg.cutmix)
             for g in self.opt.param_groups:
                 g["lr"] = cfg.lr * self.schedule.factor(self.step)
+            consistent = cfg.consistency > 0
+            if consistent:   # a second view, slightly moved: both go through the model in one pass
+                x2 = A.small_change(x, self.aug_gen, cfg.consistency_shift)
+                x_in = torch.cat([x, x2]).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.amp_dtype):
-                logits = model(x)
+                logits = model(x_in if consistent else x)
+            if consistent:
+                logits, logits2 = logits[:len(x)], logits[len(x):]
             loss = self.loss(logits, y_a)
             if lam != 1.0:
                 loss = lam * loss + (1 - lam) * self.loss(logits, y_b)
@@ -188,6 +195,8 @@ class Trainer:
                 with autocast(self.device, self.amp_dtype):
                     soft = self.teacher.targets(x, self.spec)
                 loss = (1 - a) * loss + a * self.teacher.loss(logits, soft)
+            if consistent:   # the first view's answer (detached) is the target of the second's
+                loss = loss + cfg.consistency * consistency_loss(logits, logits2)
             value = loss.item()
             if not math.isfinite(value):
                 if not dist.active:
