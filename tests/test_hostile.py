@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -275,3 +276,33 @@ def test_training_killed_at_random_moments_resumes_to_the_same_result(tmp_path):
     assert strip(out) == strip(tmp_path / "ref")
     assert RunFolder(out).path.joinpath("summary.json").exists()
     _no_partial_files(out)
+
+
+def test_a_checkpoint_write_cut_by_a_kill_is_not_a_foreign_file(tmp_path):
+    """safetensors writes through a hidden ``.tmpXXXXXX`` file (Rust's tempfile crate) and renames it:
+    a kill in between leaves it in the run folder, which must still resume (and lose the leftover)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ferkit.train.run_folder import _is_temp, foreign_entries
+
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.update(os.listdir(tmp_path))
+
+    t = threading.Thread(target=watch)
+    t.start()
+    for _ in range(5):
+        save_file({"a": torch.zeros(2_000_000)}, str(tmp_path / "x.safetensors"))
+    stop.set()
+    t.join()
+    leftovers = sorted(n for n in seen if n != "x.safetensors")
+    for name in leftovers or [".tmpAb12Cd"]:
+        (tmp_path / name).write_bytes(b"cut")
+        assert _is_temp(tmp_path / name)
+    (tmp_path / ".tmpfolder").mkdir()
+    (tmp_path / ".tmpAbc.txt").write_text("not ours")
+    assert foreign_entries(tmp_path) == [".tmpAbc.txt", ".tmpfolder", "x.safetensors"]

@@ -37,9 +37,10 @@ class BundledModel:
 
 BUNDLED: dict[str, BundledModel] = {m.name: m for m in (
     BundledModel("ferplus-vgg16", "ferplus-vgg16.safetensors",
-                 "VGG-style CNN (width 16) trained by `ferkit train` on FER+ train vote distributions, distilled "
-                 "from a FER+-fine-tuned fer2013-vgg, calibrated on FER+ validation; eight classes (the seven + "
-                 "contempt), 48 px gray faces; the default", "docs/model-card-ferplus.md"),
+                 "VGG-style CNN (width 16) trained by `ferkit train` on FER+ train vote distributions with the "
+                 "rare expressions' faces repeated 5x, distilled from ferplus-vgg24, calibrated on FER+ "
+                 "validation; eight classes (the seven + contempt), 48 px gray faces; the default",
+                 "docs/model-card-ferplus.md"),
     BundledModel("ferplus-vgg24", "ferplus-vgg24.safetensors",
                  "as ferplus-vgg16, width 24: 0.5 points more accurate on FER+ validation and steadier under "
                  "small shifts of the crop, about 1.7x slower", "docs/model-card-ferplus.md"),
