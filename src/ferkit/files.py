@@ -109,21 +109,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
-    """Atomically write a safetensors file; its own error type (e.g. a full disk) becomes a FerkitError."""
-    from safetensors.torch import save_file
+    """Atomically write a safetensors file; its own error type becomes a FerkitError.
+
+    The file is serialised in memory and written through :func:`atomic_path` like every other
+    output: ``safetensors.torch.save_file`` (0.8) writes through a temporary file of its own
+    (``.tmpXXXXXX``, Rust's tempfile crate) that a kill leaves behind under a name ferkit cannot
+    tell from a user's file."""
+    from safetensors.torch import save
 
     path = Path(path)
+    try:
+        data = save(tensors, metadata=metadata)
+    except Exception as exc:  # safetensors' SafetensorError
+        raise FerkitError(f"cannot write {path}: {str(exc).splitlines()[0][:120]}") from None
     with atomic_path(path) as tmp:
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-        except OSError:
-            raise
-        except Exception as exc:  # safetensors' SafetensorError wraps the OS error in its message
-            text = str(exc)
-            full = "StorageFull" in text or "No space" in text
-            why = "no space left on device" if full else text.splitlines()[0][:120]
-            raise FerkitError(f"cannot write {path}: {why}") from None
-        os.chmod(tmp, 0o666 & ~current_umask())   # safetensors creates its file 0600; outputs are 0644 (umask)
+        tmp.write_bytes(data)
     return path
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FerkitError
-from ..files import CsvDictWriter, remove_stale_temps
+from ..files import CsvDictWriter, current_umask, remove_stale_temps
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -59,9 +59,7 @@ class AtomicDataset:
             remove_stale_temps(self.out_dir.parent, dataset=self.out_dir.name)   # left by a killed build
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-{os.getpid()}-",
                                              dir=self.out_dir.parent))
-            umask = os.umask(0o022)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the dataset should not be
+            os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the dataset should not be
         except OSError as e:
             self.lock.release()
             raise FerkitError(f"cannot write to {self.out_dir.parent}: {e.strerror or e}") from None

@@ -18,7 +18,6 @@ into place), so re-running the same command continues after the last finished ep
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -231,15 +230,9 @@ class RunFolder:
                               "pass --overwrite to start over") from None
 
 
-#: safetensors (0.8) writes a checkpoint through a hidden temporary file named by Rust's
-#: ``tempfile`` crate (``.tmp`` + 6 letters/digits) and renames it into place.
-_RUST_TEMP = re.compile(r"^\.tmp[A-Za-z0-9]{6}$")
-
-
 def _is_temp(entry: Path) -> bool:
     """A temporary file of an atomic write that a kill left behind (ours, safe to remove)."""
-    name = entry.name
-    return ((name.startswith(".") and name.endswith(TMP_SUFFIX)) or bool(_RUST_TEMP.match(name))) and entry.is_file()
+    return entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX) and entry.is_file()
 
 
 def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
