@@ -203,17 +203,14 @@ def _train_cmd(data: Path, out: Path) -> list[str]:
 # Runs `ferkit train` but SIGKILLs itself in the middle of the first write of best.safetensors,
 # after the temporary file holds half its bytes: the worst moment of the first checkpoint.
 _KILL_DURING_FIRST_CHECKPOINT = """
-import os, signal, sys
-import safetensors.torch as st
-real = st.save_file
-def half_then_die(tensors, filename, metadata=None):
-    if ".best.safetensors" in filename:
-        real(tensors, filename, metadata)
-        data = open(filename, "rb").read()
-        open(filename, "wb").write(data[: len(data) // 2])
+import os, pathlib, signal, sys
+real = pathlib.Path.write_bytes
+def half_then_die(self, data):   # write_safetensors writes the checkpoint's bytes to its temporary sibling
+    if ".best.safetensors" in self.name:
+        real(self, data[: len(data) // 2])
         os.kill(os.getpid(), signal.SIGKILL)
-    return real(tensors, filename, metadata)
-st.save_file = half_then_die
+    return real(self, data)
+pathlib.Path.write_bytes = half_then_die
 from ferkit.cli import main
 sys.argv = ["ferkit"] + sys.argv[1:]
 main()
