@@ -1,5 +1,6 @@
 """Vote labels (FER+): the majority and soft protocols, soft-label training, distillation."""
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -167,3 +168,41 @@ def test_a_teacher_without_the_students_classes_is_one_line(tiny_splits, tmp_pat
         train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "s"), epochs=1, teacher=str(teacher), **FAST))
     with pytest.raises(FerkitError, match="distill-temperature must be a positive"):
         TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "s"), teacher=str(teacher), distill_temperature=0)
+
+
+def test_oversampling_repeats_the_majority_faces_of_a_class(tmp_path):
+    root = ferplus_folder(tmp_path / "fp")
+    soft = load_dataset(root, image_size=32, labels="soft", progress=False)
+    c = {name: i for i, name in enumerate(soft.classes)}
+    # the majority protocol: happy, angry, (neutral 4 of 10: none), disgusted, contempt
+    assert list(soft.majority) == [c["happy"], c["angry"], -1, c["disgusted"], c["contempt"]]
+    more = soft.oversampled({"disgusted": 3, "angry": 1})
+    names = [p.rsplit("/", 1)[1] for p in more.paths]
+    assert len(more) == len(soft) + 4
+    assert names.count("fer0000004.png") == 4 and names.count("fer0000001.png") == 2
+    assert names.count("fer0000002.png") == 1                   # split votes: not any class's face
+    assert np.array_equal(more.targets[-1], soft.targets[1])    # the copies keep their vote distributions
+    with pytest.raises(FerkitError, match="no face of class neutral .by the majority protocol"):
+        soft.oversampled({"neutral": 2})                        # its only face has no majority
+    hard = load_dataset(root, image_size=32, progress=False)
+    assert hard.majority is None and len(hard.oversampled({"happy": 2})) == len(hard) + 2
+
+
+def test_train_oversample_option(tmp_path, capsys):
+    root = ferplus_folder(tmp_path / "fp")
+    out = tmp_path / "run"
+    base = ["train", "--train-dir", str(root), "--val-dir", str(root), "--epochs", "1", "--batch-size", "4",
+            "--image-size", "32", "--no-progress", "--labels", "soft"]
+    assert run(base + ["--out", str(out), "--oversample", "disgust=2,Contempt=1"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["oversample"] == "disgusted=2,contempt=1"
+    assert "3 copies added by --oversample" in capsys.readouterr().err
+    for spec, why in (("disgusted", "CLASS=N pairs"), ("disgusted=0", "CLASS=N pairs"), ("smug=2", "CLASS=N"),
+                      ("fear=1,fearful=2", "twice")):
+        bad = tmp_path / f"bad-{spec}"
+        assert run(base + ["--out", str(bad), "--oversample", spec]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0] and not bad.exists()
+    bad = tmp_path / "bad-class"
+    assert run(base + ["--out", str(bad), "--oversample", "sad=2", "--classes", "happy,angry"]) == 1
+    assert "do not include" in capsys.readouterr().err and not bad.exists()

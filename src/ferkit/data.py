@@ -468,6 +468,9 @@ class ImageSet:
     #: (the labels are then the targets, one-hot); ``labels`` is always their argmax.
     targets: np.ndarray | None = None
     protocol: str = ""    # vote-label data: the label protocol it was loaded with (majority | soft)
+    #: vote-label data in ``soft`` mode: each face's majority-protocol class (index into ``classes``),
+    #: -1 where that protocol drops the face; else None (``labels`` are then the hard labels)
+    majority: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -475,6 +478,27 @@ class ImageSet:
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.classes))
         return {c: int(n) for c, n in zip(self.classes, counts)}
+
+    def oversampled(self, extra: dict[str, int]) -> "ImageSet":
+        """This set with ``extra[c]`` more copies of every face of class ``c`` appended (for vote
+        labels in ``soft`` mode, the faces whose majority-protocol class is ``c``: a face whose
+        votes are split is not counted as any class). Classes not in ``extra`` are left as they are."""
+        unknown = [c for c in extra if c not in self.classes]
+        if unknown:
+            raise FerkitError(f"--oversample names {', '.join(unknown)}, which the training classes "
+                              f"({', '.join(self.classes)}) do not include")
+        hard = self.majority if self.majority is not None else self.labels
+        idx = [np.arange(len(self))]
+        for c, n in extra.items():
+            faces = np.flatnonzero(hard == self.classes.index(c))
+            if not len(faces):
+                raise FerkitError(f"--oversample {c}={n}: the training data has no face of class {c}"
+                                  + (" (by the majority protocol)" if self.majority is not None else ""))
+            idx += [faces] * n
+        idx = np.concatenate(idx)
+        pick = (lambda a: None if a is None else a[idx])
+        return ImageSet(self.images[idx], self.labels[idx], [self.paths[i] for i in idx], self.classes,
+                        list(self.skipped), pick(self.targets), self.protocol, pick(self.majority))
 
 
 def cache_dir() -> Path:
@@ -661,6 +685,11 @@ def _vote_set(src: Source, images: np.ndarray, ok: list[int], bad: list, classes
     log(f"{role} {src.root}: vote labels, {mode} protocol: {len(keep)} of {len(ok) + sum(src.dropped.values())} "
         "faces kept"
         + (f" (dropped: {note})" if note else ""))
+    majority = None
+    if mode == "soft":   # which faces the majority protocol would keep, and as what (for --oversample)
+        kept, hard, _ = vote_targets(src.votes[ok][keep], classes, "majority")
+        majority = np.full(len(keep), -1, np.int64)
+        majority[kept] = hard.argmax(1)
     return ImageSet(images=images[idx], labels=targets.argmax(1).astype(np.int64),
                     paths=[str(src.files[i]) for i in idx], classes=classes, skipped=list(bad),
-                    targets=targets if mode == "soft" else None, protocol=mode)
+                    targets=targets if mode == "soft" else None, protocol=mode, majority=majority)

@@ -47,6 +47,9 @@ TRAIN_OPTIONS = {
     "loss": {
         "label_smoothing": "label smoothing of the cross-entropy",
         "class_weights": "weight the loss by inverse class frequency (for rare classes such as disgust)",
+        "oversample": "CLASS=N[,CLASS=N...]: every training face of CLASS is seen N more times per epoch "
+                      "(e.g. disgusted=5,fearful=5,contempt=5); with --labels soft, the faces whose FER+ "
+                      "majority-protocol label is CLASS",
         "labels": "vote-label data (a FER+ folder with label.csv, or a manifest with one vote column per class): "
                   "majority = the FER+ protocol (single votes dropped, faces without a majority dropped, hard "
                   "labels); soft = train against the vote distribution (keeps the rare expressions' votes). "

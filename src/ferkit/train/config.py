@@ -114,6 +114,7 @@ class TrainConfig(ResumableConfig):
     # loss
     label_smoothing: float = 0.0
     class_weights: bool = False     # weight the loss by inverse class frequency
+    oversample: str | None = None   # "disgusted=5,fearful=5": that many more copies of each face of those classes
     labels: str = "majority"        # vote-label data (FER+): majority (the FER+ protocol) | soft (vote distributions)
     teacher: str | None = None      # distil from this classifier (comma-separated: an ensemble)
     distill_alpha: float = 0.5      # weight of the teacher's term in the loss
@@ -159,6 +160,8 @@ class TrainConfig(ResumableConfig):
         from .consistency import check_consistency
 
         check_consistency(self.consistency, self.consistency_shift)
+        if self.oversample is not None:
+            self.oversample = ",".join(f"{c}={n}" for c, n in parse_oversample(self.oversample).items())
         self.device = check_device_name(self.device)
         if self.patience < 0:
             raise FerkitError("patience must be 0 (off) or positive")
@@ -266,3 +269,21 @@ def _plain(value) -> str:
 def config_fields() -> list:
     """TrainConfig's fields (for building CLI options and study configs from one place)."""
     return list(fields(TrainConfig))
+
+
+def parse_oversample(spec: str) -> dict[str, int]:
+    """``"disgusted=5,fearful=5"`` -> {class: extra copies}: canonical class names (aliases such as
+    "fear" accepted), whole numbers >= 1. Raises FerkitError with the bad part named."""
+    from ..labels import canonical_class
+
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in str(spec).split(",")):
+        name, sep, count = part.partition("=")
+        canon = canonical_class(name) if sep else None
+        if canon is None or not count.strip().isdecimal() or int(count) < 1:
+            raise FerkitError(f"--oversample: expected CLASS=N pairs with N >= 1 extra copies, e.g. "
+                              f"disgusted=5,fearful=5 (got {part!r})")
+        if canon in out:
+            raise FerkitError(f"--oversample lists class {canon!r} twice")
+        out[canon] = int(count)
+    return out

@@ -28,7 +28,7 @@ from ..errors import FerkitError, Interrupted
 from ..models import CheckpointRecord, InputSpec, count_parameters, create_model, init_from_checkpoint
 from ..runtime import autocast, global_rng_state, predict_logits, resolve_precision, set_global_rng_state
 from . import augment as A
-from .config import MONITORS, TrainConfig
+from .config import MONITORS, TrainConfig, parse_oversample
 from .consistency import consistency_loss
 from .distill import Teacher, load_teacher
 from .distributed import Dist, check_world, launch
@@ -298,6 +298,12 @@ def load_train_val(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
     hint = f"with --init the classes default to those of {cfg.init}; --classes picks them" if cfg.init else ""
     train = load_dataset(cfg.train_dir, cfg.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
                          role="training data", hint=hint, labels=cfg.labels)
+    if cfg.oversample:
+        extra = parse_oversample(cfg.oversample)
+        before = len(train)
+        train = train.oversampled(extra)
+        log(f"training data: {len(train) - before} copies added by --oversample {cfg.oversample} "
+            f"({before} -> {len(train)} faces per epoch)")
     # validation (and so the selection of the best epoch) always uses the majority protocol
     val = load_dataset(cfg.val_dir, train.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
                        role="validation data")
