@@ -173,6 +173,33 @@ def test_mask_generator_keeps_the_input_where_the_mask_is_zero():
     assert plain.mask_head is None and not any(k.startswith("mask_head") for k in plain.state_dict())
 
 
+def test_the_mask_warmup_holds_the_mask_open_then_lets_it_go(lab, capsys):
+    x, y, t = _batch()
+    tr = _trainer(lab, mask=True, mask_warmup=4)
+    opened = []
+    for _ in range(6):
+        opened.append(tr.mask_open())
+        row = tr.step(x, y, t)
+        if tr.iteration == 1:
+            assert row["mask_mean"] == pytest.approx(1.0)     # fully open: the change branch alone
+    assert opened == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    assert row["mask_mean"] < 1.0                              # free now: the predicted mask
+    G = tr.G.eval()
+    G.mask_open = 1.0
+    with torch.no_grad():                                      # held open = output is the change itself
+        out, m = G(x, t, return_mask=True)
+        assert torch.equal(m, torch.ones_like(m))
+    G.mask_open = 0.0
+    assert _trainer(lab, mask=True).mask_open() == 0.0         # no warm-up: free from the start
+    with pytest.raises(FerkitError, match="mask-warmup weighs what --mask adds"):
+        GanConfig("d", "o", mask_warmup=100)
+    with pytest.raises(SystemExit) as info:                    # argparse: one usage line
+        run(["gan", "train", "--data", str(lab["faces"]), "--out", str(lab["root"] / "bad-warmup"), "--mask",
+             "--mask-warmup", "-3"])
+    assert info.value.code == 2
+    assert not (lab["root"] / "bad-warmup").exists()
+
+
 def test_identity_loss_is_the_l1_of_an_own_class_edit(lab):
     x, y, t = _batch()
     with_id, without = _trainer(lab, lambda_id=5.0), _trainer(lab)

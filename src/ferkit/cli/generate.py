@@ -125,6 +125,9 @@ GAN_OPTIONS = {
     "mask": "attention-mask generator (GANimation): output = mask * change + (1 - mask) * input",
     "lambda_mask": "weight of the mask's mean (sparsity: change little)",
     "lambda_tv": "weight of the mask's total variation (smoothness)",
+    "mask_warmup": "iterations N of a mask warm-up: the mask is held fully open at first (a plain generator, "
+                   "so the change branch learns to edit before the mask can shut it out), then released "
+                   "linearly until iteration N; 0 = off",
     "g_width": "generator base width",
     "g_res_blocks": "generator residual blocks",
     "d_width": "discriminator base width",

@@ -74,6 +74,9 @@ class Generator(nn.Module):
         # the attention head reads the features the change head reads (net[:-2]); a generator
         # without a mask keeps the state-dict names of the plain StarGAN generator
         self.mask_head = nn.Sequential(nn.Conv2d(w, 1, 7, padding=3), nn.Sigmoid()) if self.has_mask else None
+        #: training's mask warm-up: the mask used is m + open * (1 - m), so 1 = fully open (a plain
+        #: generator) and 0 = the mask as predicted (always 0 outside training; not saved)
+        self.mask_open = 0.0
 
     def forward(self, x: torch.Tensor, target: torch.Tensor, return_mask: bool = False):
         """x: (N, C, S, S) in [-1, 1]; target: (N,) class indices. Returns (N, C, S, S) in [-1, 1]
@@ -85,6 +88,8 @@ class Generator(nn.Module):
             return (out, torch.ones_like(out[:, :1])) if return_mask else out
         h = self.net[:-2](h)
         change, m = self.net[-2:](h), self.mask_head(h)
+        if self.mask_open > 0:
+            m = m + self.mask_open * (1 - m)
         out = m * change + (1 - m) * x.to(change.dtype)
         return (out, m) if return_mask else out
 

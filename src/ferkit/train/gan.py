@@ -108,6 +108,7 @@ class GanConfig(ResumableConfig):
     mask: bool = False              # attention-mask generator: mask * change + (1 - mask) * input
     lambda_mask: float = 0.1        # weight of the mask's mean (sparsity)
     lambda_tv: float = 1.0          # weight of the mask's total variation (smoothness)
+    mask_warmup: int = 0            # iterations over which the mask goes from held open (plain) to free
     g_width: int = 32
     g_res_blocks: int = 4
     d_width: int = 32
@@ -142,13 +143,16 @@ class GanConfig(ResumableConfig):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise FerkitError(f"{name.replace('_', '-')} must be 0 or positive (got {value})")
+        if int(self.mask_warmup) < 0:
+            raise FerkitError(f"mask-warmup must be 0 or positive (got {self.mask_warmup})")
         if int(self.guide_views) < 1:
             raise FerkitError(f"guide-views must be at least 1 (got {self.guide_views})")
         if self.guide is not None and not str(self.guide).strip():
             raise FerkitError("--guide is empty: give a classifier (run folder, checkpoint or bundled name)")
         for name, needs, on in (("lambda_guide", "--guide MODEL", self.guide is not None),
                                 ("guide_views", "--guide MODEL", self.guide is not None),
-                                ("lambda_mask", "--mask", self.mask), ("lambda_tv", "--mask", self.mask)):
+                                ("lambda_mask", "--mask", self.mask), ("lambda_tv", "--mask", self.mask),
+                                ("mask_warmup", "--mask", self.mask)):
             if not on and getattr(self, name) != getattr(type(self), name):
                 raise FerkitError(f"--{name.replace('_', '-')} weighs what {needs} adds: give {needs} too")
         if not (0 <= self.decay_from <= 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -319,6 +323,12 @@ class GanTrainer:
             return 1.0
         return max(0.0, 1 - (self.iteration - start) / max(1.0, self.cfg.iterations - start))
 
+    def mask_open(self) -> float:
+        """How far training holds the mask open at this iteration: 1 at the start of
+        ``--mask-warmup``, falling linearly to 0 at its end (0 without a warm-up)."""
+        w = self.cfg.mask_warmup
+        return max(0.0, 1.0 - self.iteration / w) if w > 0 else 0.0
+
     def _rows(self, n: int) -> tuple[slice, int]:
         """(this process's rows of the global batch, the global batch's size) for a local batch of n."""
         if not self.dist.active:
@@ -371,6 +381,8 @@ class GanTrainer:
         self.opt_d.step()
         # generator: fool D, be classified as the target (by D and the guide), give the input back
         # from the output, leave a face of the target's own class as it is; a sparse, smooth mask
+        if cfg.mask:   # the warm-up holds the mask open, then lets it go linearly
+            self.G.mask_open = self.mask_open()
         with autocast(self.device, self.amp):
             fake, mask = self.G(x, t, return_mask=True)
             src_fake, cls_fake = self.D(fake)
