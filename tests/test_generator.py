@@ -173,6 +173,29 @@ def test_mask_generator_keeps_the_input_where_the_mask_is_zero():
     assert plain.mask_head is None and not any(k.startswith("mask_head") for k in plain.state_dict())
 
 
+def test_a_residual_generator_adds_its_change_to_the_input(lab, tmp_path):
+    from ferkit.models.gan import create_generator
+    from ferkit.synth.gan import load_generator
+    torch.manual_seed(0)
+    G = create_generator(3, 48, width=8, res_blocks=1, residual=True).eval()
+    last = G.net[-2]                                   # the 7x7 conv before the tanh
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    x = torch.rand(2, 1, 48, 48) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(G(x, torch.tensor([0, 2])), x)           # no change: the input, bit for bit
+        last.bias.fill_(0.5)                                        # + 2 tanh(0.5) everywhere, clamped
+        assert torch.allclose(G(x, torch.tensor([1, 1])), (x + 2 * np.tanh(0.5)).clamp(-1, 1))
+    with pytest.raises(FerkitError, match="not both"):
+        create_generator(3, 48, mask=True, residual=True)
+    with pytest.raises(FerkitError, match="choose one"):
+        GanConfig("d", "o", mask=True, residual=True)
+    r = train_gan(GanConfig(str(lab["faces"]), str(tmp_path / "res"), iterations=5, residual=True,
+                            **{**TINY, "checkpoint_every": 5}))
+    G2, record = load_generator(r.run_dir)[:2]
+    assert G2.residual and record.model_args["residual"] is True
+
+
 def test_the_mask_warmup_holds_the_mask_open_then_lets_it_go(lab, capsys):
     x, y, t = _batch()
     tr = _trainer(lab, mask=True, mask_warmup=4)

@@ -128,6 +128,8 @@ GAN_OPTIONS = {
     "mask_warmup": "iterations N of a mask warm-up: the mask is held fully open at first (a plain generator, "
                    "so the change branch learns to edit before the mask can shut it out), then released "
                    "linearly until iteration N; 0 = off",
+    "residual": "residual generator: its output is a change added to the input, clamp(x + 2 tanh(.)), so the "
+                "face's detail passes through where nothing changes (not with --mask)",
     "g_width": "generator base width",
     "g_res_blocks": "generator residual blocks",
     "d_width": "discriminator base width",

@@ -12,6 +12,11 @@ features, and returns ``M * C + (1 - M) * x``: where the mask is 0 the input pas
 untouched (identity, background, hair), so an edit is local by construction. Training penalises
 the mask's mean (sparsity) and its total variation (smoothness).
 
+With ``residual=True`` the decoder's tanh output is a change added to the input,
+``clamp(x + 2 * tanh(.), -1, 1)`` (residual image learning, Shen & Liu 2017): the input's detail
+passes through wherever the change is 0, so the network spends itself on the edit, not on
+redrawing the face.
+
 Example::
 
     g = create_generator(num_classes=6, image_size=48, width=32, res_blocks=4)   # 1.5 M parameters
@@ -28,7 +33,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from ..errors import FerkitError
 
 #: The one GAN family: name -> (generator arguments, discriminator arguments) with defaults.
-GAN_ARCHS = {"stargan": ({"width": 32, "res_blocks": 4, "in_channels": 1, "mask": False},
+GAN_ARCHS = {"stargan": ({"width": 32, "res_blocks": 4, "in_channels": 1, "mask": False, "residual": False},
                          {"width": 32, "layers": 4, "in_channels": 1})}
 MIN_IMAGE_SIZE = 16
 
@@ -52,9 +57,13 @@ class _ResBlock(nn.Module):
 
 class Generator(nn.Module):
     def __init__(self, num_classes: int, image_size: int, width: int = 32, res_blocks: int = 4,
-                 in_channels: int = 1, mask: bool = False):
+                 in_channels: int = 1, mask: bool = False, residual: bool = False):
         super().__init__()
         _check_size(image_size)
+        if mask and residual:
+            raise FerkitError("a generator is either an attention-mask one (--mask) or a residual one "
+                              "(--residual), not both")
+        self.residual = bool(residual)
         if width < 1 or res_blocks < 0:
             raise FerkitError(f"generator width must be >= 1 and res_blocks >= 0 (got {width}, {res_blocks})")
         self.num_classes = num_classes
@@ -85,6 +94,8 @@ class Generator(nn.Module):
         h = torch.cat([x, planes.expand(-1, -1, *x.shape[-2:])], 1)
         if not self.has_mask:
             out = self.net(h)
+            if self.residual:   # the net's tanh output is a change of up to +-2 added to the input
+                out = (x.to(out.dtype) + 2 * out).clamp(-1, 1)
             return (out, torch.ones_like(out[:, :1])) if return_mask else out
         h = self.net[:-2](h)
         change, m = self.net[-2:](h), self.mask_head(h)

@@ -109,6 +109,7 @@ class GanConfig(ResumableConfig):
     lambda_mask: float = 0.1        # weight of the mask's mean (sparsity)
     lambda_tv: float = 1.0          # weight of the mask's total variation (smoothness)
     mask_warmup: int = 0            # iterations over which the mask goes from held open (plain) to free
+    residual: bool = False          # the generator outputs a change added to the input
     g_width: int = 32
     g_res_blocks: int = 4
     d_width: int = 32
@@ -143,6 +144,8 @@ class GanConfig(ResumableConfig):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise FerkitError(f"{name.replace('_', '-')} must be 0 or positive (got {value})")
+        if self.mask and self.residual:
+            raise FerkitError("--mask and --residual are two ways to keep the input: choose one")
         if int(self.mask_warmup) < 0:
             raise FerkitError(f"mask-warmup must be 0 or positive (got {self.mask_warmup})")
         if int(self.guide_views) < 1:
@@ -172,7 +175,7 @@ class GanConfig(ResumableConfig):
 
     def generator_args(self) -> dict:
         return resolve_gan_args("stargan", {"width": self.g_width, "res_blocks": self.g_res_blocks,
-                                            "mask": bool(self.mask)}, None)[0]
+                                            "mask": bool(self.mask), "residual": bool(self.residual)}, None)[0]
 
     def history_fields(self) -> tuple[str, ...]:
         extra = ((GUIDE_FIELDS if self.guide is not None else ()) + (ID_FIELDS if self.lambda_id > 0 else ())
