@@ -42,7 +42,7 @@ def test_gan_training_writes_its_run_folder(faces, tmp_path):
     from ferkit.models import read_checkpoint_record
     rec = read_checkpoint_record(run_dir / "generator.safetensors")
     assert rec.kind == "generator" and rec.arch == "stargan" and rec.epoch == 20
-    assert rec.model_args == {"width": 8, "res_blocks": 1, "in_channels": 1, "mask": False}
+    assert rec.model_args == {"width": 8, "res_blocks": 1, "in_channels": 1, "mask": False, "residual": False}
     assert rec.classes == tuple(CLASSES)
 
 
