@@ -496,9 +496,9 @@ class ImageSet:
                                   + (" (by the majority protocol)" if self.majority is not None else ""))
             idx += [faces] * n
         idx = np.concatenate(idx)
-        pick = (lambda a: None if a is None else a[idx])
+        targets, majority = (None if a is None else a[idx] for a in (self.targets, self.majority))
         return ImageSet(self.images[idx], self.labels[idx], [self.paths[i] for i in idx], self.classes,
-                        list(self.skipped), pick(self.targets), self.protocol, pick(self.majority))
+                        list(self.skipped), targets, self.protocol, majority)
 
 
 def cache_dir() -> Path:
