@@ -23,16 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=11, help="seed of the procedural faces (default 11)")
     a = ap.parse_args(argv)
 
-    import cv2
     import torch
 
     from ferkit.data import load_dataset
     from ferkit.errors import FerkitError
-    from ferkit.files import atomic_path
     from ferkit.models import InputSpec
     from ferkit.synth import generate_faces
     from ferkit.synth.gan import load_generator
-    from ferkit.train.gan import GAN_INPUT, sample_grid
+    from ferkit.train.gan import GAN_INPUT, sample_grid, write_png
 
     try:
         G, record, _ = load_generator(a.generator)
@@ -45,11 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         grid = sample_grid(G, faces.images, faces.labels, classes, spec, torch.device("cpu"))
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        ok, png = cv2.imencode(".png", grid)
-        if not ok:
-            raise FerkitError(f"could not encode the grid for {out}")
-        with atomic_path(out) as tmp_png:
-            tmp_png.write_bytes(png.tobytes())
+        write_png(out, grid)
     except FerkitError as exc:
         print(f"editor_grid: {exc}", file=sys.stderr)
         return 1

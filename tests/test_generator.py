@@ -196,7 +196,7 @@ def test_a_residual_generator_adds_its_change_to_the_input(lab, tmp_path):
     assert G2.residual and record.model_args["residual"] is True
 
 
-def test_the_mask_warmup_holds_the_mask_open_then_lets_it_go(lab, capsys):
+def test_the_mask_warmup_holds_the_mask_open_then_lets_it_go(lab):
     x, y, t = _batch()
     tr = _trainer(lab, mask=True, mask_warmup=4)
     opened = []
@@ -210,7 +210,7 @@ def test_the_mask_warmup_holds_the_mask_open_then_lets_it_go(lab, capsys):
     G = tr.G.eval()
     G.mask_open = 1.0
     with torch.no_grad():                                      # held open = output is the change itself
-        out, m = G(x, t, return_mask=True)
+        _, m = G(x, t, return_mask=True)
         assert torch.equal(m, torch.ones_like(m))
     G.mask_open = 0.0
     assert _trainer(lab, mask=True).mask_open() == 0.0         # no warm-up: free from the start

@@ -275,7 +275,6 @@ def test_training_killed_at_random_moments_resumes_to_the_same_result(tmp_path):
     _no_partial_files(out)
 
 
-
 def test_a_checkpoint_write_makes_no_temporary_file_but_ferkits_own(tmp_path):
     """safetensors' save_file writes through a hidden ``.tmpXXXXXX`` of its own (Rust's tempfile
     crate): a kill in between left it in the run folder as a "file ferkit did not write", and the

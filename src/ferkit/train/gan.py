@@ -500,7 +500,8 @@ def sample_grid(G, faces: np.ndarray, labels: np.ndarray, classes: tuple[str, ..
     return grid
 
 
-def _write_png(path: Path, img: np.ndarray) -> None:
+def write_png(path: Path, img: np.ndarray) -> None:
+    """Write a gray or BGR uint8 image as a PNG, atomically (a sample grid, for one)."""
     import cv2
 
     ok, data = cv2.imencode(".png", img)
@@ -636,7 +637,7 @@ def _train_gan_in(folder: RunFolder, cfg: GanConfig, overwrite: bool, data, dist
                         + "".join(f"  {k} {row[k]:.3f}" for k in GUIDE_FIELDS + ID_FIELDS + MASK_FIELDS if k in row)
                         + f"  {row['seconds']:.1f}s")
             if dist.main and (tr.iteration % cfg.sample_every == 0 or tr.iteration == cfg.iterations):
-                _write_png(folder.path / "samples" / f"iter_{tr.iteration:06d}.png",
+                write_png(folder.path / "samples" / f"iter_{tr.iteration:06d}.png",
                            sample_grid(tr.G, data.images[held], data.labels[held], cfg.classes, tr.spec, device))
             if tr.iteration % cfg.checkpoint_every == 0 or tr.iteration == cfg.iterations:
                 save()
