@@ -62,6 +62,8 @@ def test_interrupted_gan_run_resumes_to_the_same_weights(faces, tmp_path, monkey
         train_gan(GanConfig(str(faces), str(tmp_path / "cut"), iterations=20, **TINY))
     longer = train_gan(GanConfig(str(faces), str(tmp_path / "cut"), iterations=25, **TINY))
     assert longer.iterations == 25
+    config = json.loads((tmp_path / "cut" / "config.json").read_text())   # names the new length
+    assert config["iterations"] == 25 and config["continued"] == [{"after": 20, "from": 20, "to": 25}]
 
 
 def test_synth_edit_is_deterministic_and_writes_the_dataset_layout(faces, tmp_path):

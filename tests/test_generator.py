@@ -306,6 +306,7 @@ def test_a_bundled_generator_opens_by_name_and_edits_generated_faces(lab, tmp_pa
     card = read_checkpoint_record(path).extra["bundled"]
     assert card["name"] == "fer2013-editor" and card["iterations"] == 10 and card["mask"] is True
     assert "--guide guide" in card["command"] and "--mask" in card["command"] and "--lambda-id 1" in card["command"]
+    assert "--held-out 3" in card["command"] and "[" not in card["command"]   # a count, not the held-out files
     assert card["quality"]["judge"] == "judge/best.safetensors" and set(card["quality"]["per_class"]) == set(CLASSES)
     assert "guide cross-entropy" in card["losses"] and card["data"]["counts"] == {c: 14 for c in CLASSES}
 

@@ -107,6 +107,8 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_splits, tmp_path, monke
     longer = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "cut"), **{**cfg, "epochs": 5}))
     straight = train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / "five"), **{**cfg, "epochs": 5}))
     assert len(longer.history) == 5 and strip(longer.history) == strip(straight.history)
+    config = json.loads((tmp_path / "cut" / "config.json").read_text())
+    assert config["epochs"] == 5 and config["continued"][-1]["to"] == 5
 
 
 def test_early_stopping_and_limits(tiny_splits, tmp_path):

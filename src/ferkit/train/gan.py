@@ -36,7 +36,8 @@ Run folder (like ``ferkit train``'s)::
     state/                    generator, discriminator, optimisers, random generators: resume state
 
 Re-running the same command resumes from the last saved state and ends in the same weights as an
-uninterrupted run; a larger --iterations continues a finished run.
+uninterrupted run; a larger --iterations continues a finished run (its learning rates then decay to 0
+from --decay-from (half) of the new total; config.json names the new total, each change listed under "continued").
 """
 from __future__ import annotations
 

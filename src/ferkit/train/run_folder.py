@@ -155,7 +155,21 @@ class RunFolder:
                 (p / "summary.json").unlink(missing_ok=True)
         else:
             log(f"resuming {p} after {unit[:-1]} {done}")
+        self._note_total(unit, done, total)
         return saved
+
+    def _note_total(self, unit: str, done: int, total: int) -> None:
+        """config.json names the run's new length when a larger --epochs/--iterations continues it
+        (it is written when the run starts), with each change listed under "continued"."""
+        path = self.path / "config.json"
+        if not self.writer or not path.is_file():
+            return
+        record = read_json(path)
+        if record.get(unit) in (None, total):
+            return
+        record.setdefault("continued", []).append({"after": done, "from": record[unit], "to": total})
+        record[unit] = total
+        write_json(path, record)
 
     def _remove_temp_files(self) -> None:
         if self.writer:
