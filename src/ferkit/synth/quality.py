@@ -229,9 +229,13 @@ def _plot(r: dict, path: Path) -> None:
     ax.bar(x + 0.27, [(per.get(c) or {}).get("source_kept") or 0 for c in classes], 0.27,
            label=f"generated, still read as the source face's ({acc['generated_read_as_source']:.2f})")
     ax.set_xticks(x, classes)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel(f"read by the judge ({Path(r['classifier']).name})")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.set_ylim(0, 1.22)   # headroom for the legend above bars that reach 1
+    ax.set_yticks(np.linspace(0, 1, 6))
+    judge = Path(r["classifier"])
+    judge_name = f"{judge.parent.name}/{judge.name}" if judge.name in ("best.safetensors", "last.safetensors") \
+        else judge.name   # a run folder's checkpoint is named by its run
+    ax.set_ylabel(f"read by the judge ({judge_name})")
+    ax.legend(loc="upper center", ncol=3, fontsize=8)
     k, kh, ident = r["kid"], r["kid_real_halves"], r["identity"]
     ax.set_title(f"KID gen-real {k['mean']:.4f} +- {k['std']:.4f} (real-real {kh['mean']:.4f}); "
                  f"cycle L1 {ident['cycle_l1']:.3f}, edit L1 {ident['edit_l1']:.3f}", fontsize=9)
