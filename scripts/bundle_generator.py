@@ -44,7 +44,7 @@ def training_command(cfg: dict, run_name: str) -> str:
         if f.name in _NOT_OPTIONS or f.name not in cfg or f.default is MISSING:
             continue
         value, flag = cfg[f.name], "--" + f.name.replace("_", "-")
-        if f.name == "held_out" and isinstance(value, list):   # config.json keeps the held-out files
+        if f.name == "held_out" and isinstance(value, list):   # runs before 2026-12-07 kept the files here
             value = len(value)
         if value == f.default:
             continue

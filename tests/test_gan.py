@@ -38,7 +38,8 @@ def test_gan_training_writes_its_run_folder(faces, tmp_path):
     grid = np.asarray(Image.open(run_dir / "samples" / "iter_000020.png"))
     assert grid.shape == (22 + 3 * 64, 64 * (1 + len(CLASSES)))       # rows: held-out faces; input + 3 targets
     config = json.loads((run_dir / "config.json").read_text())
-    assert len(config["held_out"]) == 3 and config["counts"] == {c: 14 for c in CLASSES}
+    assert config["held_out"] == 3 and len(config["held_out_files"]) == 3   # the option's count; the files apart
+    assert config["counts"] == {c: 14 for c in CLASSES}
     from ferkit.models import read_checkpoint_record
     rec = read_checkpoint_record(run_dir / "generator.safetensors")
     assert rec.kind == "generator" and rec.arch == "stargan" and rec.epoch == 20

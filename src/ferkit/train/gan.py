@@ -24,7 +24,7 @@ iteration per layer (Miyato et al. 2018).
 
 Run folder (like ``ferkit train``'s)::
 
-    config.json               written first: the resolved config, classes, per-class counts
+    config.json               written first: the resolved config, classes, per-class counts, held-out files
     history.csv               every log_every iterations: mean losses, D's accuracy on real faces, seconds
     curves.png                the losses
     samples/iter_NNNNNN.png   every sample_every iterations: rows = held-out real faces; columns = the
@@ -583,7 +583,7 @@ def _train_gan_in(folder: RunFolder, cfg: GanConfig, overwrite: bool, data, dist
     tr = GanTrainer(cfg, len(cfg.classes), device, dist, guide)
     record = {**asdict(cfg), "classes": list(cfg.classes), "device": str(device),
               "precision_used": str(tr.amp or "float32"), "counts": data.class_counts(),
-              "held_out": [data.paths[i] for i in held], "skipped_files": data.skipped,
+              "held_out_files": [data.paths[i] for i in held], "skipped_files": data.skipped,
               "generator_parameters": count_parameters(tr.G), "discriminator_parameters": count_parameters(tr.D)}
     history: list[dict] = []
     if saved is not None:
