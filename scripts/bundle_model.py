@@ -37,6 +37,9 @@ def main() -> int:
                     help="the training command(s) to record instead of the one rebuilt from the run's config, "
                          "for a run made in steps (e.g. a finished run continued with a larger --epochs, whose "
                          "cosine schedule then restarted from a higher rate)")
+    ap.add_argument("--onnx", action="store_true",
+                    help="also write the ONNX export beside the weights (<name>.onnx), which Recognizer.load() "
+                         "and every command then run on onnxruntime when it is installed (ferkit[onnx])")
     a = ap.parse_args()
     ckpt = resolve_checkpoint(a.run)
     model, record = load_checkpoint(ckpt)
@@ -56,6 +59,16 @@ def main() -> int:
         print(f"error: {size:.2f} MB is over the {MAX_MB} MB limit for bundled weights", file=sys.stderr)
         target.unlink()
         return 1
+    if a.onnx:
+        from ferkit.export import export_beside, export_onnx
+
+        side = export_beside(target)
+        info = export_onnx(target, side)
+        print(f"wrote {side} ({side.stat().st_size / 1e6:.2f} MB; onnxruntime vs PyTorch max |diff| "
+              f"{info.get('max_abs_diff', float('nan')):.2e})")
+    elif (side := target.with_suffix(".onnx")).exists():
+        side.unlink()   # an export of the weights this replaced would no longer match them
+        print(f"removed {side} (it was exported from the weights just replaced)")
     return 0
 
 

