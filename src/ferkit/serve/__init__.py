@@ -18,6 +18,7 @@ from typing import Callable
 
 from .app import Problem, ServeConfig, Service, create_app, model_name_of
 from .batcher import MicroBatcher, QueueFull
+from .limits import LIMITS, Limits
 from .server import bind_socket, is_loopback, require_serve_dependencies, url_of, uvicorn_server
 
 
@@ -50,5 +51,6 @@ def serve(model=None, host: str = "127.0.0.1", port: int = 8000, config: ServeCo
         sock.close()
 
 
-__all__ = ["MicroBatcher", "Problem", "QueueFull", "ServeConfig", "Service", "bind_socket", "create_app",
+__all__ = ["LIMITS", "Limits", "MicroBatcher", "Problem", "QueueFull", "ServeConfig", "Service", "bind_socket",
+           "create_app",
            "is_loopback", "model_name_of", "require_serve_dependencies", "serve", "url_of", "uvicorn_server"]
