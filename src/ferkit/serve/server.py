@@ -129,7 +129,7 @@ def guarded_protocol(limits, metrics=None):
 
     class GuardedH11Protocol(H11Protocol):
         _deadline = None
-        _header_bytes = 0
+        _head = b""
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -145,7 +145,7 @@ def guarded_protocol(limits, metrics=None):
             return self.cycle is None or self.cycle.response_complete
 
         def _arm(self) -> None:
-            self._header_bytes = 0
+            self._head = b""
             self._deadline = self.loop.call_later(header_timeout, self._expire)
 
         def _disarm(self) -> None:
@@ -164,8 +164,13 @@ def guarded_protocol(limits, metrics=None):
         def data_received(self, data: bytes) -> None:
             if self._deadline is None and self._waiting():
                 self._arm()
-            if self._deadline is not None:
-                self._header_bytes += len(data)
+            if self._deadline is not None and len(self._head) <= max_header:
+                self._head += data[:max_header + 4 - len(self._head)]
+                if len(self._head) > max_header and b"\r\n\r\n" not in self._head:
+                    self._disarm()
+                    count("header_too_large")
+                    self._refuse(431, f"request line and headers above {max_header // 1024} KB (--max-header-kb)")
+                    return
             super().data_received(data)
             if self._deadline is not None and not self._waiting():
                 self._disarm()
@@ -186,10 +191,8 @@ def guarded_protocol(limits, metrics=None):
         def send_400_response(self, msg: str) -> None:
             """h11 refused the request (bad Content-Length, header too large, garbage): JSON, one log line."""
             self._disarm()
-            status = 431 if self._header_bytes > max_header else 400
-            why = (f"request line and headers above {max_header // 1024} KB (--max-header-kb)" if status == 431
-                   else "malformed HTTP request (bad request line, header or Content-Length)")
-            log.info("refused a malformed request from %s: %s", (self.client or ("?",))[0], why)
+            status, why = 400, "malformed HTTP request (bad request line, header or Content-Length)"
+            log.debug("refused a malformed request from %s: %s", (self.client or ("?",))[0], why)
             count("malformed")
             self._refuse(status, why)
 
