@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'ferkit[serve]'")
+import test_serve as _base  # noqa: E402 - its fixtures and helpers
 from starlette.websockets import WebSocketDisconnect  # noqa: E402
-from test_serve import _block, _jpeg, _wait, face_jpeg, make_client, recognizer  # noqa: E402,F401
+
+_block, _wait = _base._block, _base._wait
+face_jpeg, make_client, recognizer = _base.face_jpeg, _base.make_client, _base.recognizer   # the fixtures
 
 from ferkit.errors import FerkitError  # noqa: E402
 from ferkit.serve import LIMITS, Limits, ServeConfig  # noqa: E402
@@ -71,9 +74,9 @@ def test_pixel_cap_refuses_a_png_from_its_header_fast(make_client):
 
 def test_huge_png_is_refused_without_decoding():
     """A real 100-megapixel PNG (a few hundred KB): refused from its header in milliseconds."""
-    from PIL import Image
-
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("L", (10000, 10000)).save(buf, "PNG")

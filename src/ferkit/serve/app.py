@@ -478,11 +478,13 @@ def _add_api(app, service: Service, config: ServeConfig, authorise) -> None:
     @app.get("/v1/models", tags=["api"], summary="The model this server runs", response_model=ModelsResponse,
              responses=_errors(401, 429))
     async def models(request: Request):
+        """Its name, classes (in the order of `probabilities`), input size, architecture and backend."""
         authorise(request.headers)
         return {"models": service.models()}
 
     @app.get("/healthz", tags=["api"], summary="Liveness (no token needed)", response_model=Health)
     async def healthz():
+        """Answers while the server runs; `in_flight` and `queued` say how busy it is."""
         return {"status": "ok", "in_flight": service.in_flight, "queued": service.batcher.pending}
 
     @app.get("/metrics", tags=["api"], summary="Counters in Prometheus' text format",
@@ -634,6 +636,7 @@ def _add_jobs(app, service: Service, config: ServeConfig, authorise) -> None:
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], summary="A video job's state (and its files' URLs when done)",
              response_model=Job, responses=_errors(401, 404, 429))
     async def job_state(request: Request, job_id: str = PathParam(description="the id `POST /v1/jobs` gave")):
+        """`state` is queued, running, done or failed; when done, `files` has the download URLs."""
         authorise(request.headers)
         return service.jobs.describe(find(job_id))
 
@@ -643,6 +646,9 @@ def _add_jobs(app, service: Service, config: ServeConfig, authorise) -> None:
                  **_errors(401, 404, 429)})
     async def job_file(request: Request, job_id: str = PathParam(description="the job's id"),
                        name: str = PathParam(description=", ".join(JOB_FILES))):
+        """`predictions.csv` (one row per face and frame, as `ferkit predict` writes), `summary.json`
+        (per track: first and last time, share of each expression, mean probabilities) or
+        `timeline.png` (probabilities over time, one panel per track)."""
         authorise(request.headers)
         job = find(job_id)
         if name not in JOB_FILES:
@@ -721,7 +727,7 @@ def _add_page(app) -> None:
 
 def _clean_openapi(app):
     """``app.openapi`` without FastAPI's 422 (this server answers bad input with 400) and its
-    validation-error schemas."""
+    validation-error schemas; every error is the JSON ``Error`` (also of routes that answer text or files)."""
     from fastapi.openapi.utils import get_openapi
 
     def openapi() -> dict:
@@ -730,6 +736,9 @@ def _clean_openapi(app):
             for item in schema.get("paths", {}).values():
                 for op in item.values():
                     op.get("responses", {}).pop("422", None)
+                    for code, resp in op.get("responses", {}).items():
+                        if code.startswith(("4", "5")):
+                            resp["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
             app.openapi_schema = schema

@@ -1,9 +1,9 @@
-"""The API's answers as pydantic models: ``/openapi.json`` carries them, so a generated client gets
+"""The API's answers as pydantic models: `/openapi.json` carries them, so a generated client gets
 types, and the server's answers are checked against them.
 
 A face is one record (see DESIGN.md): box, label, confidence, probabilities and the eye-levelling
 roll, plus the detector's fields where the detector gives them (score, keypoints, landmarks,
-head pose); those are ``null`` otherwise.
+head pose); those are `null` otherwise.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 
 class Error(BaseModel):
-    """Every error: one line and the HTTP status (also on the WebSocket, with ``type``)."""
+    """Every error: one line and the HTTP status (also on the WebSocket, with `type`)."""
 
     error: str = Field(description="what went wrong, in one line")
     status: int = Field(description="the HTTP status code", examples=[413])
@@ -35,7 +35,7 @@ class Face(BaseModel):
 
 
 class StreamFace(Face):
-    """A face of a WebSocket frame: ``probabilities`` are smoothed over its track."""
+    """A face of a WebSocket frame: `probabilities` are smoothed over its track."""
 
     track: int = Field(description="the face's id across frames (IoU tracking)")
     raw: dict[str, float] = Field(description="this frame's own, unsmoothed probabilities")
@@ -64,7 +64,7 @@ class PredictResponse(BaseModel):
 
 
 class BatchItem(BaseModel):
-    """One image of a batch: its result (``status`` 200) or its own error."""
+    """One image of a batch: its result (`status` 200) or its own error."""
 
     index: int = Field(description="position of the image in the request")
     filename: str | None = None
@@ -74,7 +74,7 @@ class BatchItem(BaseModel):
 
 
 class BatchResponse(BaseModel):
-    """Several images (several ``file`` parts): one entry per image, in order."""
+    """Several images (several `file` parts): one entry per image, in order."""
 
     model: str
     images: int
@@ -108,7 +108,7 @@ class JobFiles(BaseModel):
 
 
 class Job(BaseModel):
-    """A video job: queued, running, done (files ready) or failed (``error``)."""
+    """A video job: queued, running, done (files ready) or failed (`error`)."""
 
     id: str
     state: Literal["queued", "running", "done", "failed"]
