@@ -13,7 +13,11 @@ one face are kept), then in the same run:
      per round (or --time-limit / --rounds seconds): throughput, p50/p95 latency, status codes.
      Rounds alternate 1 and 2, so that a machine shared with other work weighs on both alike;
   3. with --soak SECONDS: the same load for that long, the server's RSS and the error count every
-     --sample seconds.
+     --sample seconds;
+  4. with --limits: a fresh server (`--max-queue 2`) is tried with hostile clients: a 100-megapixel
+     PNG and JPEG (time, status, server RSS), --idle connections that send nothing (how many the
+     server closes within 75 s), and --ws-clients webcam streams for --ws-seconds (answers, 'busy'
+     messages, closes). --limits-only skips 1-3.
 Everything stays on 127.0.0.1 and ends within the limits given.
 """
 from __future__ import annotations
@@ -174,6 +178,125 @@ def load(server: Server, bodies: list[bytes], clients: int, requests: int | None
             "errors": state["errors"][:5], "latencies": state["lat"]}
 
 
+def huge_images() -> dict[str, bytes]:
+    """A 10000x10000 PNG and JPEG (100 megapixels; small files, as a decompression bomb is)."""
+    import io
+
+    from PIL import Image
+
+    out = {}
+    for fmt in ("PNG", "JPEG"):
+        buf = io.BytesIO()
+        Image.new("L", (10000, 10000), 90).save(buf, fmt)
+        out[fmt] = buf.getvalue()
+    return out
+
+
+def post_once(server: Server, body: bytes) -> tuple[int, float, str]:
+    t0 = time.perf_counter()
+    try:
+        c = http.client.HTTPConnection(server.host, server.port, timeout=120)
+        c.request("POST", "/v1/predict", body=body, headers={"Content-Type": "application/octet-stream"})
+        r = c.getresponse()
+        data = r.read()
+        return r.status, time.perf_counter() - t0, data[:120].decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException) as exc:
+        return 0, time.perf_counter() - t0, repr(exc)
+
+
+def idle_connections(server: Server, n: int, limit_s: float = 75.0) -> dict:
+    """``n`` connections that send nothing: when does the server close each?"""
+    import selectors
+    import socket
+
+    sel = selectors.DefaultSelector()
+    t0 = time.monotonic()
+    for _ in range(n):
+        s = socket.create_connection((server.host, server.port))
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    closed: list[float] = []
+    while len(closed) < n and time.monotonic() - t0 < limit_s:
+        for key, _ in sel.select(timeout=0.5):
+            try:
+                data = key.fileobj.recv(1024)
+            except OSError:
+                data = b""
+            if not data:
+                closed.append(time.monotonic() - t0)
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()
+    return {"connections": n, "closed_within_s": limit_s, "closed": len(closed),
+            "first_s": round(min(closed), 1) if closed else None, "last_s": round(max(closed), 1) if closed else None}
+
+
+def ws_clients(server: Server, bodies: list[bytes], clients: int, seconds: float) -> dict:
+    """``clients`` webcam streams, each sending its next frame when the last is answered (after a
+    'busy', after the Retry-After); counts answers by type and how the streams ended."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    lock = threading.Lock()
+    state = {"faces": 0, "busy": 0, "error": 0, "closed_by_server": [], "finished": 0}
+
+    def client(k: int) -> None:
+        stop = time.monotonic() + seconds
+        try:
+            with connect(f"ws://{server.host}:{server.port}/v1/stream", max_size=None, open_timeout=30) as ws:
+                i = k
+                while time.monotonic() < stop:
+                    ws.send(bodies[i % len(bodies)])
+                    i += 1
+                    m = json.loads(ws.recv(timeout=120))
+                    with lock:
+                        state[m["type"] if m["type"] in state else "error"] += 1
+                    if m["type"] == "busy":
+                        time.sleep(m.get("retry_after", 1))
+                with lock:
+                    state["finished"] += 1
+        except ConnectionClosed as exc:
+            with lock:
+                state["closed_by_server"].append(getattr(exc.rcvd, "code", None))
+        except (OSError, TimeoutError) as exc:
+            with lock:
+                state["closed_by_server"].append(repr(exc)[:80])
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 180)
+    return {"clients": clients, "seconds": seconds, **state}
+
+
+def check_limits(a, bodies: list[bytes]) -> dict:
+    server = Server(a.model, ["--max-queue", "2", *a.serve_arg])
+    out: dict = {"serve_args": ["--max-queue", "2", *a.serve_arg]}
+    try:
+        post_once(server, bodies[0])
+        out["rss_start_mb"] = round(rss_mb(server.proc.pid), 1)
+        for fmt, data in huge_images().items():
+            status, secs, text = post_once(server, data)
+            out[f"huge_{fmt.lower()}"] = {"bytes": len(data), "status": status, "seconds": round(secs, 2),
+                                          "answer": text, "rss_after_mb": round(rss_mb(server.proc.pid), 1)}
+            print(f"100-megapixel {fmt} ({len(data) / 1024:.0f} KB): {status} in {secs:.2f} s; server RSS "
+                  f"{out[f'huge_{fmt.lower()}']['rss_after_mb']} MB; {text[:90]}")
+        out["idle"] = idle_connections(server, a.idle)
+        print(f"idle connections: {out['idle']}")
+        out["ws"] = ws_clients(server, bodies, a.ws_clients, a.ws_seconds)
+        print(f"WebSocket streams on --max-queue 2: {out['ws']}")
+        out["rss_end_mb"] = round(rss_mb(server.proc.pid), 1)
+        stderr_tail = ""
+    finally:
+        server.stop()
+        stderr_tail = server.proc.stderr.read() if server.proc.stderr else ""
+    out["tracebacks_in_server_log"] = stderr_tail.count("Traceback")
+    print(f"server log: {len(stderr_tail.splitlines())} lines, {out['tracebacks_in_server_log']} tracebacks")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model for both (default: the bundled one)")
@@ -187,6 +310,11 @@ def main() -> None:
     ap.add_argument("--sample", type=float, default=10.0, help="soak: seconds between RSS samples (default 10)")
     ap.add_argument("--serve-arg", action="append", default=[], help="extra `ferkit serve` option, repeatable")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--limits", action="store_true", help="also try the limits with hostile clients (see above)")
+    ap.add_argument("--limits-only", action="store_true", help="only the limits")
+    ap.add_argument("--idle", type=int, default=50, help="--limits: idle connections (default 50)")
+    ap.add_argument("--ws-clients", type=int, default=6, help="--limits: WebSocket streams (default 6)")
+    ap.add_argument("--ws-seconds", type=float, default=30.0, help="--limits: seconds of streaming (default 30)")
     a = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)     # progress shows as it happens, also into a file
 
@@ -200,11 +328,17 @@ def main() -> None:
     print(f"{len(photos)} photos 640x480 with one face each ({np.mean([len(b) for b in bodies]) / 1024:.0f} KB JPEGs, "
           f"made in {time.perf_counter() - t0:.0f} s)")
 
+    results: dict = {"machine": machine(), "photos": len(photos), "clients": a.clients, "rounds": [],
+                     "loadavg_start": os.getloadavg()}
+    if a.limits or a.limits_only:
+        results["limits"] = check_limits(a, bodies)
+    if a.limits_only:
+        if a.json:
+            Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
+        return
     # predict and server passes alternate (A B A B ...), so a machine whose load drifts (shared cores)
     # weighs on both alike; the ratio is of the totals
     server = Server(a.model, a.serve_arg)
-    results: dict = {"machine": machine(), "photos": len(photos), "clients": a.clients, "rounds": [],
-                     "loadavg_start": os.getloadavg()}
     pred_n = pred_s = serve_n = serve_s = 0.0
     latencies: list[float] = []
     codes: dict[str, int] = {}
