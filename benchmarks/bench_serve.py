@@ -71,10 +71,11 @@ def predict_rate(model, folder: Path, out: Path) -> tuple[int, float]:
     return s.images, s.seconds
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """The resident memory of ``pid`` in MB (``field="VmHWM"``: its peak so far)."""
     try:
         for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -179,16 +180,18 @@ def load(server: Server, bodies: list[bytes], clients: int, requests: int | None
 
 
 def huge_images() -> dict[str, bytes]:
-    """A 10000x10000 PNG and JPEG (100 megapixels; small files, as a decompression bomb is)."""
+    """A 10000x10000 PNG and JPEG (100 megapixels; small files, as a decompression bomb is), and a
+    4800x4800 PNG (23 megapixels: within the default cap, decoded in full)."""
     import io
 
     from PIL import Image
 
     out = {}
-    for fmt in ("PNG", "JPEG"):
+    for name, fmt, side in (("100-megapixel PNG", "PNG", 10000), ("100-megapixel JPEG", "JPEG", 10000),
+                            ("23-megapixel PNG", "PNG", 4800)):
         buf = io.BytesIO()
-        Image.new("L", (10000, 10000), 90).save(buf, fmt)
-        out[fmt] = buf.getvalue()
+        Image.new("RGB", (side, side), (90, 120, 150)).save(buf, fmt)
+        out[name] = buf.getvalue()
     return out
 
 
@@ -277,12 +280,14 @@ def check_limits(a, bodies: list[bytes]) -> dict:
     try:
         post_once(server, bodies[0])
         out["rss_start_mb"] = round(rss_mb(server.proc.pid), 1)
-        for fmt, data in huge_images().items():
+        for name, data in huge_images().items():
             status, secs, text = post_once(server, data)
-            out[f"huge_{fmt.lower()}"] = {"bytes": len(data), "status": status, "seconds": round(secs, 2),
-                                          "answer": text, "rss_after_mb": round(rss_mb(server.proc.pid), 1)}
-            print(f"100-megapixel {fmt} ({len(data) / 1024:.0f} KB): {status} in {secs:.2f} s; server RSS "
-                  f"{out[f'huge_{fmt.lower()}']['rss_after_mb']} MB; {text[:90]}")
+            key = name.replace("-", "_").replace(" ", "_").lower()
+            out[key] = {"bytes": len(data), "status": status, "seconds": round(secs, 2), "answer": text,
+                        "rss_after_mb": round(rss_mb(server.proc.pid), 1),
+                        "rss_peak_so_far_mb": round(rss_mb(server.proc.pid, "VmHWM"), 1)}
+            print(f"{name} ({len(data) / 1024:.0f} KB): {status} in {secs:.2f} s; server RSS after "
+                  f"{out[key]['rss_after_mb']} MB (peak so far {out[key]['rss_peak_so_far_mb']} MB); {text[:90]}")
         out["idle"] = idle_connections(server, a.idle)
         print(f"idle connections: {out['idle']}")
         out["ws"] = ws_clients(server, bodies, a.ws_clients, a.ws_seconds)
