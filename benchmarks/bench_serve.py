@@ -85,14 +85,15 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 class Server:
     """`ferkit serve --port 0` in a subprocess; the URL comes from its first line."""
 
-    def __init__(self, model, extra: list[str]):
+    def __init__(self, model, extra: list[str], log_level: str = "warning"):
         cmd = [sys.executable, "-m", "ferkit", "serve", *([model] if model else []), "--port", "0",
-               "--log-level", "warning", *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               "--log-level", log_level, *extra]
+        self.log = tempfile.TemporaryFile("w+")       # a file, not a pipe: a chatty server never blocks on it
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()
         if "http://" not in line:
             self.proc.kill()
-            raise SystemExit(f"the server did not start: {line}{self.proc.stderr.read()[-2000:]}")
+            raise SystemExit(f"the server did not start: {line}{self.log_text()[-2000:]}")
         url = line.split("http://", 1)[1].split("/", 1)[0]
         self.host, port = url.rsplit(":", 1)
         self.port = int(port)
@@ -110,6 +111,10 @@ class Server:
             return r.status, r.read()
         except OSError:
             return 0, b""
+
+    def log_text(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -235,6 +240,21 @@ def idle_connections(server: Server, n: int, limit_s: float = 75.0) -> dict:
             "first_s": round(min(closed), 1) if closed else None, "last_s": round(max(closed), 1) if closed else None}
 
 
+def disconnects(server: Server, n: int) -> dict:
+    """``n`` clients that send half of an upload and leave (what the server logs is counted at the end)."""
+    import socket
+
+    t0 = time.monotonic()
+    for _ in range(n):
+        s = socket.create_connection((server.host, server.port))
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+                  + b"\xff" * 5000)
+        time.sleep(0.01)
+        s.close()
+    time.sleep(1.0)
+    return {"clients": n, "seconds": round(time.monotonic() - t0, 1)}
+
+
 def ws_clients(server: Server, bodies: list[bytes], clients: int, seconds: float) -> dict:
     """``clients`` webcam streams, each sending its next frame when the last is answered (after a
     'busy', after the Retry-After); counts answers by type and how the streams ended."""
@@ -275,12 +295,12 @@ def ws_clients(server: Server, bodies: list[bytes], clients: int, seconds: float
 
 
 def check_limits(a, bodies: list[bytes]) -> dict:
-    server = Server(a.model, ["--max-queue", "2", *a.serve_arg])
+    server = Server(a.model, ["--max-queue", "2", *a.serve_arg], log_level="info")
     out: dict = {"serve_args": ["--max-queue", "2", *a.serve_arg]}
     try:
         post_once(server, bodies[0])
         out["rss_start_mb"] = round(rss_mb(server.proc.pid), 1)
-        for name, data in huge_images().items():
+        for name, data in (huge_images() if a.huge else {}).items():
             status, secs, text = post_once(server, data)
             key = name.replace("-", "_").replace(" ", "_").lower()
             out[key] = {"bytes": len(data), "status": status, "seconds": round(secs, 2), "answer": text,
@@ -288,17 +308,21 @@ def check_limits(a, bodies: list[bytes]) -> dict:
                         "rss_peak_so_far_mb": round(rss_mb(server.proc.pid, "VmHWM"), 1)}
             print(f"{name} ({len(data) / 1024:.0f} KB): {status} in {secs:.2f} s; server RSS after "
                   f"{out[key]['rss_after_mb']} MB (peak so far {out[key]['rss_peak_so_far_mb']} MB); {text[:90]}")
+        out["disconnects"] = disconnects(server, a.disconnects)
+        print(f"clients leaving mid-upload: {out['disconnects']}")
         out["idle"] = idle_connections(server, a.idle)
         print(f"idle connections: {out['idle']}")
         out["ws"] = ws_clients(server, bodies, a.ws_clients, a.ws_seconds)
         print(f"WebSocket streams on --max-queue 2: {out['ws']}")
         out["rss_end_mb"] = round(rss_mb(server.proc.pid), 1)
-        stderr_tail = ""
     finally:
         server.stop()
-        stderr_tail = server.proc.stderr.read() if server.proc.stderr else ""
-    out["tracebacks_in_server_log"] = stderr_tail.count("Traceback")
-    print(f"server log: {len(stderr_tail.splitlines())} lines, {out['tracebacks_in_server_log']} tracebacks")
+    text = server.log_text()
+    out["server_log_lines"] = len(text.splitlines())
+    out["tracebacks_in_server_log"] = text.count("Traceback")
+    out["disconnect_log_lines"] = text.count("disconnected mid-request")
+    print(f"server log (--log-level info): {out['server_log_lines']} lines, {out['tracebacks_in_server_log']} "
+          f"tracebacks, {out['disconnect_log_lines']} 'disconnected mid-request' lines")
     return out
 
 
@@ -320,6 +344,9 @@ def main() -> None:
     ap.add_argument("--idle", type=int, default=50, help="--limits: idle connections (default 50)")
     ap.add_argument("--ws-clients", type=int, default=6, help="--limits: WebSocket streams (default 6)")
     ap.add_argument("--ws-seconds", type=float, default=30.0, help="--limits: seconds of streaming (default 30)")
+    ap.add_argument("--disconnects", type=int, default=100,
+                    help="--limits: clients that leave mid-upload (default 100)")
+    ap.add_argument("--no-huge", dest="huge", action="store_false", help="--limits: skip the 100-megapixel images")
     a = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)     # progress shows as it happens, also into a file
 
