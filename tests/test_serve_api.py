@@ -57,11 +57,28 @@ def test_openapi_has_real_schemas_and_only_real_error_codes(make_client):
 def test_answers_match_their_schemas(make_client, face_jpeg, recognizer):
     c = make_client()
     one = PredictResponse.model_validate(c.post("/v1/predict", content=face_jpeg).json())
-    assert one.faces and isinstance(one.faces[0], Face) and one.faces[0].detector_score is None or True
+    assert len(one.faces) == 1 and isinstance(one.faces[0], Face)
+    assert one.faces[0].detector_score is None and one.scale == 1.0         # the Haar cascade gives no score
     ModelsResponse.model_validate(c.get("/v1/models").json())
     face = c.post("/v1/predict", content=face_jpeg).json()["faces"][0]
     for key in ("detector_score", "keypoints", "landmarks", "yaw", "pitch"):   # the record's fields, null here
         assert key in face
+
+
+def test_detector_fields_are_read_from_the_record_when_present():
+    from types import SimpleNamespace
+
+    from ferkit.serve.app import _detector_fields
+
+    none = _detector_fields(SimpleNamespace(boxes=[(0, 0, 4, 4)]), 0, 1.0)
+    assert none == {"detector_score": None, "keypoints": None, "landmarks": None, "yaw": None, "pitch": None}
+    rich = SimpleNamespace(scores=[0.91234, 0.5], keypoints=[[(10, 20), (30, 40)], None], yaws=[12.34, None],
+                           pitches=[-3.21, 1.0])
+    got = _detector_fields(rich, 0, 2.0)                       # points in the original's pixels (scale 2)
+    assert got == {"detector_score": 0.9123, "keypoints": [[20.0, 40.0], [60.0, 80.0]], "landmarks": None,
+                   "yaw": 12.3, "pitch": -3.2}
+    assert _detector_fields(rich, 1, 1.0)["keypoints"] is None
+    Face.model_validate({"box": [0, 0, 1, 1], "label": "a", "confidence": 1.0, "probabilities": {"a": 1.0}, **got})
 
 
 # ----------------------------------------------------------------------------- several images

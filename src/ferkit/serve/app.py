@@ -330,24 +330,28 @@ class Service:
         })
 
 
-def _detector_fields(prepared, i: int, scale: float) -> dict:
-    """The face record's optional detector fields (score, keypoints, landmarks, pose), where the
-    prepared faces carry them (``getattr`` default None: detectors without them give null)."""
-    def pick(name):
-        values = getattr(prepared, name, None)
-        if values is None or i >= len(values) or values[i] is None:
-            return None
-        return values[i]
+#: The face record's optional fields -> the per-face lists of :class:`~ferkit.predict.recognizer.PreparedFaces`
+#: that may carry them (the first present wins); points are scaled like the boxes.
+RECORD_FIELDS = {"detector_score": ("detector_scores", "scores"), "keypoints": ("keypoints",),
+                 "landmarks": ("landmarks",), "yaw": ("yaws", "yaw"), "pitch": ("pitches", "pitch")}
 
+
+def _detector_fields(prepared, i: int, scale: float) -> dict:
+    """The face record's optional detector fields (score, keypoints, landmarks, pose) where the
+    prepared faces carry them (``getattr``, default None: detectors without them give null)."""
     out = {}
-    score = pick("scores") if pick("detector_scores") is None else pick("detector_scores")
-    out["detector_score"] = None if score is None else round(float(score), 4)
-    for name in ("keypoints", "landmarks"):
-        pts = pick(name)
-        out[name] = None if pts is None else [[round(float(v) * scale, 1) for v in pt[:2]] for pt in pts]
-    for name in ("yaw", "pitch"):
-        v = pick(name + "s")
-        out[name] = None if v is None else round(float(v), 1)
+    for name, sources in RECORD_FIELDS.items():
+        value = None
+        for attr in sources:
+            values = getattr(prepared, attr, None)
+            if values is not None and i < len(values) and values[i] is not None:
+                value = values[i]
+                break
+        if value is not None and name in ("keypoints", "landmarks"):
+            value = [[round(float(v) * scale, 1) for v in pt[:2]] for pt in value]
+        elif value is not None:
+            value = round(float(value), 4 if name == "detector_score" else 1)
+        out[name] = value
     return out
 
 
