@@ -57,8 +57,9 @@ def add_limit_options(p) -> None:
     group = p.add_argument_group("limits (docs/serve.md lists them with their defaults)")
     for lim in LIMITS:
         default = getattr(Limits, lim.field)
-        group.add_argument(lim.flag, dest=lim.field, type=positive_int if lim.kind is int else finite_float,
-                           default=default, help=f"{lim.help} (default {default:g})")
+        kind = positive_int if lim.kind is int else finite_float
+        group.add_argument(lim.flag, dest=lim.field, metavar="N", type=kind, default=default,
+                           help=f"{lim.help} (default {default:g})")
 
 
 def _cmd_serve(a) -> int:

@@ -630,6 +630,9 @@ def _add_jobs(app, service: Service, config: ServeConfig, authorise) -> None:
             await run_in_threadpool(service.jobs.submit, job)
         except VideoTooLong as exc:
             raise Problem(413, str(exc)) from None
+        except OSError as exc:                 # this machine's disk, not the client's fault; said in one line
+            service.jobs.discard(job)
+            raise Problem(503, f"cannot store the video: {exc.strerror or exc}", {"Retry-After": "60"}) from None
         except FerkitError as exc:
             raise Problem(415, str(exc)) from None
         except BaseException:

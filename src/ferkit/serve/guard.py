@@ -59,11 +59,10 @@ class Guard:
                               {"retry-after": str(math.ceil(wait))})
             else:
                 await self.app(scope, receive, tagged)
-        except (ClientGone, OSError) as exc:
+        except ClientGone as exc:
             status[0] = DISCONNECTED
             self.metrics.count("disconnected")
-            log.info('%s "%s %s" client disconnected mid-request (%s) id=%s', client, method, path,
-                     type(exc).__name__, rid)
+            log.info('%s "%s %s" client disconnected mid-request (%s) id=%s', client, method, path, exc, rid)
             return
         finally:
             seconds = time.perf_counter() - t0

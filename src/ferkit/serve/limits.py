@@ -52,7 +52,7 @@ LIMITS: tuple[Limit, ...] = (
     Limit("keep_alive_s", "--keep-alive", float, "seconds an idle kept-alive connection stays open"),
     Limit("max_header_kb", "--max-header-kb", int, "largest request line + headers in KB; larger get 431"),
     Limit("max_connections", "--max-connections", int,
-          "open connections at most; requests beyond get 503, connections far beyond are closed at once"),
+          "open connections at most: at the cap requests get 503, a connection above it is closed at once"),
     Limit("rate", "--rate", float, "requests per second per client address, on average (0: no limit); "
                                    "more get 429 with Retry-After"),
     Limit("burst", "--burst", int, "requests a client may send at once above --rate"),
