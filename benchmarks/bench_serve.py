@@ -13,7 +13,11 @@ one face are kept), then in the same run:
      per round (or --time-limit / --rounds seconds): throughput, p50/p95 latency, status codes.
      Rounds alternate 1 and 2, so that a machine shared with other work weighs on both alike;
   3. with --soak SECONDS: the same load for that long, the server's RSS and the error count every
-     --sample seconds.
+     --sample seconds;
+  4. with --limits: a fresh server (`--max-queue 2`) is tried with hostile clients: a 100-megapixel
+     PNG and JPEG (time, status, server RSS), --idle connections that send nothing (how many the
+     server closes within 75 s), and --ws-clients webcam streams for --ws-seconds (answers, 'busy'
+     messages, closes). --limits-only skips 1-3.
 Everything stays on 127.0.0.1 and ends within the limits given.
 """
 from __future__ import annotations
@@ -67,10 +71,11 @@ def predict_rate(model, folder: Path, out: Path) -> tuple[int, float]:
     return s.images, s.seconds
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """The resident memory of ``pid`` in MB (``field="VmHWM"``: its peak so far)."""
     try:
         for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -80,14 +85,15 @@ def rss_mb(pid: int) -> float:
 class Server:
     """`ferkit serve --port 0` in a subprocess; the URL comes from its first line."""
 
-    def __init__(self, model, extra: list[str]):
+    def __init__(self, model, extra: list[str], log_level: str = "warning"):
         cmd = [sys.executable, "-m", "ferkit", "serve", *([model] if model else []), "--port", "0",
-               "--log-level", "warning", *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               "--log-level", log_level, *extra]
+        self.log = tempfile.TemporaryFile("w+")       # a file, not a pipe: a chatty server never blocks on it
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()
         if "http://" not in line:
             self.proc.kill()
-            raise SystemExit(f"the server did not start: {line}{self.proc.stderr.read()[-2000:]}")
+            raise SystemExit(f"the server did not start: {line}{self.log_text()[-2000:]}")
         url = line.split("http://", 1)[1].split("/", 1)[0]
         self.host, port = url.rsplit(":", 1)
         self.port = int(port)
@@ -105,6 +111,10 @@ class Server:
             return r.status, r.read()
         except OSError:
             return 0, b""
+
+    def log_text(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -174,6 +184,148 @@ def load(server: Server, bodies: list[bytes], clients: int, requests: int | None
             "errors": state["errors"][:5], "latencies": state["lat"]}
 
 
+def huge_images() -> dict[str, bytes]:
+    """A 10000x10000 PNG and JPEG (100 megapixels; small files, as a decompression bomb is), and a
+    4800x4800 PNG (23 megapixels: within the default cap, decoded in full)."""
+    import io
+
+    from PIL import Image
+
+    out = {}
+    for name, fmt, side in (("100-megapixel PNG", "PNG", 10000), ("100-megapixel JPEG", "JPEG", 10000),
+                            ("23-megapixel PNG", "PNG", 4800)):
+        buf = io.BytesIO()
+        Image.new("RGB", (side, side), (90, 120, 150)).save(buf, fmt)
+        out[name] = buf.getvalue()
+    return out
+
+
+def post_once(server: Server, body: bytes) -> tuple[int, float, str]:
+    t0 = time.perf_counter()
+    try:
+        c = http.client.HTTPConnection(server.host, server.port, timeout=120)
+        c.request("POST", "/v1/predict", body=body, headers={"Content-Type": "application/octet-stream"})
+        r = c.getresponse()
+        data = r.read()
+        return r.status, time.perf_counter() - t0, data[:120].decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException) as exc:
+        return 0, time.perf_counter() - t0, repr(exc)
+
+
+def idle_connections(server: Server, n: int, limit_s: float = 75.0) -> dict:
+    """``n`` connections that send nothing: when does the server close each?"""
+    import selectors
+    import socket
+
+    sel = selectors.DefaultSelector()
+    t0 = time.monotonic()
+    for _ in range(n):
+        s = socket.create_connection((server.host, server.port))
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    closed: list[float] = []
+    while len(closed) < n and time.monotonic() - t0 < limit_s:
+        for key, _ in sel.select(timeout=0.5):
+            try:
+                data = key.fileobj.recv(1024)
+            except OSError:
+                data = b""
+            if not data:
+                closed.append(time.monotonic() - t0)
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()
+    return {"connections": n, "closed_within_s": limit_s, "closed": len(closed),
+            "first_s": round(min(closed), 1) if closed else None, "last_s": round(max(closed), 1) if closed else None}
+
+
+def disconnects(server: Server, n: int) -> dict:
+    """``n`` clients that send half of an upload and leave (what the server logs is counted at the end)."""
+    import socket
+
+    t0 = time.monotonic()
+    for _ in range(n):
+        s = socket.create_connection((server.host, server.port))
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+                  + b"\xff" * 5000)
+        time.sleep(0.01)
+        s.close()
+    time.sleep(1.0)
+    return {"clients": n, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def ws_clients(server: Server, bodies: list[bytes], clients: int, seconds: float) -> dict:
+    """``clients`` webcam streams, each sending its next frame when the last is answered (after a
+    'busy', after the Retry-After); counts answers by type and how the streams ended."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    lock = threading.Lock()
+    state = {"faces": 0, "busy": 0, "error": 0, "closed_by_server": [], "finished": 0}
+
+    def client(k: int) -> None:
+        stop = time.monotonic() + seconds
+        try:
+            with connect(f"ws://{server.host}:{server.port}/v1/stream", max_size=None, open_timeout=30) as ws:
+                i = k
+                while time.monotonic() < stop:
+                    ws.send(bodies[i % len(bodies)])
+                    i += 1
+                    m = json.loads(ws.recv(timeout=120))
+                    with lock:
+                        state[m["type"] if m["type"] in state else "error"] += 1
+                    if m["type"] == "busy":
+                        time.sleep(m.get("retry_after", 1))
+                with lock:
+                    state["finished"] += 1
+        except ConnectionClosed as exc:
+            with lock:
+                state["closed_by_server"].append(getattr(exc.rcvd, "code", None))
+        except (OSError, TimeoutError) as exc:
+            with lock:
+                state["closed_by_server"].append(repr(exc)[:80])
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 180)
+    return {"clients": clients, "seconds": seconds, **state}
+
+
+def check_limits(a, bodies: list[bytes]) -> dict:
+    server = Server(a.model, ["--max-queue", "2", *a.serve_arg], log_level="info")
+    out: dict = {"serve_args": ["--max-queue", "2", *a.serve_arg]}
+    try:
+        post_once(server, bodies[0])
+        out["rss_start_mb"] = round(rss_mb(server.proc.pid), 1)
+        for name, data in (huge_images() if a.huge else {}).items():
+            status, secs, text = post_once(server, data)
+            key = name.replace("-", "_").replace(" ", "_").lower()
+            out[key] = {"bytes": len(data), "status": status, "seconds": round(secs, 2), "answer": text,
+                        "rss_after_mb": round(rss_mb(server.proc.pid), 1),
+                        "rss_peak_so_far_mb": round(rss_mb(server.proc.pid, "VmHWM"), 1)}
+            print(f"{name} ({len(data) / 1024:.0f} KB): {status} in {secs:.2f} s; server RSS after "
+                  f"{out[key]['rss_after_mb']} MB (peak so far {out[key]['rss_peak_so_far_mb']} MB); {text[:90]}")
+        out["disconnects"] = disconnects(server, a.disconnects)
+        print(f"clients leaving mid-upload: {out['disconnects']}")
+        out["idle"] = idle_connections(server, a.idle)
+        print(f"idle connections: {out['idle']}")
+        out["ws"] = ws_clients(server, bodies, a.ws_clients, a.ws_seconds)
+        print(f"WebSocket streams on --max-queue 2: {out['ws']}")
+        out["rss_end_mb"] = round(rss_mb(server.proc.pid), 1)
+    finally:
+        server.stop()
+    text = server.log_text()
+    out["server_log_lines"] = len(text.splitlines())
+    out["tracebacks_in_server_log"] = text.count("Traceback")
+    out["disconnect_log_lines"] = text.count("disconnected mid-request")
+    print(f"server log (--log-level info): {out['server_log_lines']} lines, {out['tracebacks_in_server_log']} "
+          f"tracebacks, {out['disconnect_log_lines']} 'disconnected mid-request' lines")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model for both (default: the bundled one)")
@@ -187,6 +339,14 @@ def main() -> None:
     ap.add_argument("--sample", type=float, default=10.0, help="soak: seconds between RSS samples (default 10)")
     ap.add_argument("--serve-arg", action="append", default=[], help="extra `ferkit serve` option, repeatable")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--limits", action="store_true", help="also try the limits with hostile clients (see above)")
+    ap.add_argument("--limits-only", action="store_true", help="only the limits")
+    ap.add_argument("--idle", type=int, default=50, help="--limits: idle connections (default 50)")
+    ap.add_argument("--ws-clients", type=int, default=6, help="--limits: WebSocket streams (default 6)")
+    ap.add_argument("--ws-seconds", type=float, default=30.0, help="--limits: seconds of streaming (default 30)")
+    ap.add_argument("--disconnects", type=int, default=100,
+                    help="--limits: clients that leave mid-upload (default 100)")
+    ap.add_argument("--no-huge", dest="huge", action="store_false", help="--limits: skip the 100-megapixel images")
     a = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)     # progress shows as it happens, also into a file
 
@@ -200,11 +360,17 @@ def main() -> None:
     print(f"{len(photos)} photos 640x480 with one face each ({np.mean([len(b) for b in bodies]) / 1024:.0f} KB JPEGs, "
           f"made in {time.perf_counter() - t0:.0f} s)")
 
+    results: dict = {"machine": machine(), "photos": len(photos), "clients": a.clients, "rounds": [],
+                     "loadavg_start": os.getloadavg()}
+    if a.limits or a.limits_only:
+        results["limits"] = check_limits(a, bodies)
+    if a.limits_only:
+        if a.json:
+            Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
+        return
     # predict and server passes alternate (A B A B ...), so a machine whose load drifts (shared cores)
     # weighs on both alike; the ratio is of the totals
     server = Server(a.model, a.serve_arg)
-    results: dict = {"machine": machine(), "photos": len(photos), "clients": a.clients, "rounds": [],
-                     "loadavg_start": os.getloadavg()}
     pred_n = pred_s = serve_n = serve_s = 0.0
     latencies: list[float] = []
     codes: dict[str, int] = {}

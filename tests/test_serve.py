@@ -169,9 +169,9 @@ def test_models_healthz_openapi_docs_and_page(make_client, recognizer):
     assert c.get("/healthz").json()["status"] == "ok"
     spec = c.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/models", "/healthz"} <= set(spec["paths"])
-    # no endpoint takes a path or URL from the client: the only parameters are the three options
+    # no endpoint takes a path or URL from the client: the parameters are options and a job's id and file name
     params = {p["name"] for op in spec["paths"].values() for o in op.values() for p in o.get("parameters", [])}
-    assert params == {"tta", "detect", "min_face"}
+    assert params == {"tta", "detect", "min_face", "smooth", "every", "job_id", "name"}
     page = c.get("/")
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
     docs = c.get("/docs")

@@ -3,7 +3,8 @@
 A server runs on a free localhost port in a thread. The photo test uploads a photo through the
 page's file input and checks the face card (label, probability bars) and the box drawn on the
 canvas; the webcam test feeds chromium's fake camera from a small .y4m clip the test writes and
-checks that live faces with labels appear over the WebSocket. scripts/test.sh installs chromium
+checks that live faces with labels appear over the WebSocket; the video test uploads a small clip as
+a job and saves its three files with the download buttons. scripts/test.sh installs chromium
 and chromium-driver with apt when missing; without them this module is skipped, saying so.
 """
 from __future__ import annotations
@@ -63,7 +64,14 @@ def media(tmp_path_factory):
     photo = folder / "photo.jpg"
     cv2.imwrite(str(photo), scene)
     frames = [np.roll(scene, dx, axis=1) for dx in (0, 4, 8, 4)]      # a face that moves a little
-    return {"photo": photo, "y4m": write_y4m(folder / "camera.y4m", frames)}
+    clip = folder / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    for f in frames * 2:
+        writer.write(f)
+    writer.release()
+    downloads = folder / "downloads"
+    downloads.mkdir()
+    return {"photo": photo, "y4m": write_y4m(folder / "camera.y4m", frames), "clip": clip, "downloads": downloads}
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +106,8 @@ def browser(media):
                 "--window-size=1280,1000", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                 f"--use-file-for-fake-video-capture={media['y4m']}", "--no-first-run", "--disable-extensions"):
         opts.add_argument(arg)
+    opts.add_experimental_option("prefs", {"download.default_directory": str(media["downloads"]),
+                                           "download.prompt_for_download": False})
     try:
         driver = webdriver.Chrome(options=opts, service=Service(executable_path=DRIVER))
     except Exception as exc:  # noqa: BLE001 - selenium wraps every start failure in its own types
@@ -164,3 +174,34 @@ def test_page_webcam_mode_shows_live_labels(browser, server):
     assert drawn >= 1                                                 # the timeline has points
     browser.find_element(By.ID, "cam-stop").click()
     assert browser.execute_script("return cam.running;") is False
+
+
+def test_page_video_job_downloads_its_files(browser, server, media):
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    _until(browser, lambda d: DEFAULT_MODEL in d.find_element(By.ID, "model").text, what="model line")
+    browser.find_element(By.ID, "tab-video").click()
+    assert browser.find_element(By.ID, "video-downloads").get_attribute("hidden") is not None   # nothing yet
+    browser.find_element(By.ID, "video-file").send_keys(str(media["clip"]))
+    _until(browser, lambda d: d.find_element(By.ID, "video-status").get_attribute("data-state") == "done",
+           seconds=120, what="the video job done")
+    assert "8 frames" in browser.find_element(By.ID, "video-status").text
+    _until(browser, lambda d: d.execute_script("const i = document.getElementById('video-timeline');"
+                                               "return !i.hidden && i.naturalWidth > 0;"), what="timeline shown")
+    for button in browser.find_elements(By.CSS_SELECTOR, "#video-downloads button"):
+        button.click()
+    got = _until(browser, lambda d: d.execute_script("return jobs.downloads.length === 3 ? jobs.downloads : null;"),
+                 what="three downloads")
+    assert [g["name"] for g in got] == ["predictions.csv", "summary.json", "timeline.png"]
+    assert all(g["size"] > 0 for g in got)
+    folder = media["downloads"]
+    _until(browser, lambda d: {p.name for p in folder.iterdir()} >= {"predictions.csv", "summary.json", "timeline.png"},
+           what="the files saved by the browser")
+    rows = (folder / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("source,frame") and len(rows) == 1 + 8
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["frames"] == 8 and summary["tracks"]
+    assert (folder / "timeline.png").read_bytes()[:4] == b"\x89PNG"

@@ -13,15 +13,16 @@ def add_serve(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Serve a model over HTTP on this machine: a page at / (drop a photo, or use the "
                                    "webcam), POST /v1/predict (an image -> faces as JSON), GET /v1/models, GET "
-                                   "/healthz, WebSocket /v1/stream, API docs at /docs. Needs "
+                                   "/healthz, GET /metrics, POST /v1/jobs (a video), WebSocket /v1/stream, API docs "
+                                   "at /docs. Needs "
                                    "pip install 'ferkit[serve]'.\n\n"
                                    "  ferkit serve                       # the bundled model on http://127.0.0.1:8000\n"
                                    "  ferkit serve runs/exp1 --port 9000\n"
                                    "  ferkit serve --host 0.0.0.0 --token \"$(openssl rand -hex 16)\"",
                        epilog="Safe by default: it listens on 127.0.0.1 only; --host 0.0.0.0 opens it to the "
                               "network (then\nuse --token). Requests above --max-mb get 413, non-images 415, "
-                              "broken images 400, a full\nqueue 503 (Retry-After), a slow request 504. No "
-                              "request can make the server read a file or URL.")
+                              "broken images 400, a full\nqueue 503 (Retry-After), a slow request 504, a client "
+                              "above --rate 429. No request\ncan make the server read a file or URL.")
     p.add_argument("model", nargs="?", default=None,
                    help="run folder, .safetensors, .onnx, or a bundled model's name (default: the bundled model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -31,10 +32,7 @@ def add_serve(sub):
     p.add_argument("--cors", action="append", default=None, metavar="ORIGIN",
                    help="allow this web origin (e.g. http://localhost:3000) to call the API from a browser; "
                         "repeatable; default none")
-    p.add_argument("--max-mb", type=finite_float, default=10.0, help="largest request in MB (default 10)")
-    p.add_argument("--max-queue", type=positive_int, default=64,
-                   help="requests in progress at once; more get 503 (default 64)")
-    p.add_argument("--timeout", type=finite_float, default=30.0, help="seconds per request before 504 (default 30)")
+    add_limit_options(p)
     p.add_argument("--max-batch", type=positive_int, default=64, help="faces per model call (default 64)")
     p.add_argument("--batch-wait-ms", type=finite_float, default=5.0,
                    help="how long a request waits for others to share its model call (default 5)")
@@ -52,14 +50,25 @@ def add_serve(sub):
     p.set_defaults(func=_cmd_serve)
 
 
+def add_limit_options(p) -> None:
+    """One option per server limit, from :data:`ferkit.serve.limits.LIMITS` (help and default written once)."""
+    from ..serve.limits import LIMITS, Limits
+
+    group = p.add_argument_group("limits (docs/serve.md lists them with their defaults)")
+    for lim in LIMITS:
+        default = getattr(Limits, lim.field)
+        kind = positive_int if lim.kind is int else finite_float
+        group.add_argument(lim.flag, dest=lim.field, metavar="N", type=kind, default=default,
+                           help=f"{lim.help} (default {default:g})")
+
+
 def _cmd_serve(a) -> int:
     from ..serve.server import announce, require_serve_dependencies
 
     require_serve_dependencies()
     from ..serve import ServeConfig, serve
 
-    config = config_from_args(ServeConfig, a, cors=tuple(a.cors or ()), timeout_s=a.timeout,
-                              max_wait_ms=a.batch_wait_ms)
+    config = config_from_args(ServeConfig, a, cors=tuple(a.cors or ()), max_wait_ms=a.batch_wait_ms)
     serve(a.model, a.host, a.port, config, backend=a.backend, device=a.device, cascade=a.cascade,
           log_level=a.log_level, on_ready=lambda url: announce(url, a.host, a.token), detector=a.detector,
           align=not a.no_align, fallback=a.fallback)

@@ -257,14 +257,16 @@ class Predictor:
         self.w.flush()
 
     # -- video files and cameras
-    def run_video(self, path: Path) -> None:
+    def run_video(self, path: Path, max_frames: int | None = None) -> None:
+        """One video file; ``max_frames``: stop after that many frames (the server's video jobs)."""
         with cv2_silenced() as cv2:
             cap = cv2.VideoCapture(str(path))
             if not cap.isOpened():
                 self.summary.bad.append((str(path), "cannot open video (unsupported codec or not a video)"))
                 return
             n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        self._stream(_VideoStream(self, cap, str(path), path.stem, live=False), n if n > 0 else None)
+        self._stream(_VideoStream(self, cap, str(path), path.stem, live=False), n if n > 0 else None,
+                     max_frames=max_frames)
 
     @staticmethod
     def open_camera(index: int):

@@ -14,14 +14,27 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+from typing import TYPE_CHECKING, Callable
 
-from .app import Problem, ServeConfig, Service, create_app, model_name_of
-from .batcher import MicroBatcher, QueueFull
-from .server import bind_socket, is_loopback, require_serve_dependencies, url_of, uvicorn_server
+if TYPE_CHECKING:
+    from .app import ServeConfig
+
+#: Names loaded on first use (``from ferkit.serve import ServeConfig`` works as before), so that
+#: ``ferkit.serve.schemas`` and ``ferkit.serve.limits`` import without torch (``ferkit.client``).
+_LAZY = {"Problem": "app", "ServeConfig": "app", "Service": "app", "create_app": "app", "model_name_of": "app",
+         "MicroBatcher": "batcher", "QueueFull": "batcher", "LIMITS": "limits", "Limits": "limits",
+         "bind_socket": "server", "is_loopback": "server", "require_serve_dependencies": "server",
+         "url_of": "server", "uvicorn_server": "server"}
 
 
-def serve(model=None, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def serve(model=None, host: str = "127.0.0.1", port: int = 8000, config: "ServeConfig | None" = None,
           backend: str = "auto", device: str = "auto", cascade: str = "alt2", log_level: str = "info",
           on_ready: Callable[[str], None] | None = None, detector: str = "haar", align: bool = True,
           fallback: str = "none") -> None:
@@ -32,6 +45,8 @@ def serve(model=None, host: str = "127.0.0.1", port: int = 8000, config: ServeCo
     :class:`ferkit.errors.FerkitError` with one line. ``on_ready(url)`` is called once listening.
     """
     from ..predict import Recognizer
+    from .app import ServeConfig, create_app
+    from .server import bind_socket, require_serve_dependencies, url_of, uvicorn_server
 
     require_serve_dependencies()
     config = config or ServeConfig()
@@ -50,5 +65,6 @@ def serve(model=None, host: str = "127.0.0.1", port: int = 8000, config: ServeCo
         sock.close()
 
 
-__all__ = ["MicroBatcher", "Problem", "QueueFull", "ServeConfig", "Service", "bind_socket", "create_app",
+__all__ = ["LIMITS", "Limits", "MicroBatcher", "Problem", "QueueFull", "ServeConfig", "Service", "bind_socket",
+           "create_app",
            "is_loopback", "model_name_of", "require_serve_dependencies", "serve", "url_of", "uvicorn_server"]

@@ -39,14 +39,16 @@ class MicroBatcher:
         max_batch: faces per model call (a single request larger than this is still one call).
         max_wait_ms: how long the first waiting request waits for others to join its batch.
         max_pending: requests allowed to wait; more raise :class:`QueueFull`.
+        on_batch: called with the number of faces of each model call (the server's metrics).
     """
 
     def __init__(self, classify: Callable[[np.ndarray, str], np.ndarray], max_batch: int = 64,
-                 max_wait_ms: float = 5.0, max_pending: int = 256):
+                 max_wait_ms: float = 5.0, max_pending: int = 256, on_batch: Callable[[int], None] | None = None):
         self.classify = classify
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.max_pending = max(1, int(max_pending))
+        self.on_batch = on_batch
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
@@ -126,6 +128,8 @@ class MicroBatcher:
         self.calls += 1
         self.faces += len(probs)
         self.requests += len(items)
+        if self.on_batch is not None:
+            self.on_batch(len(probs))
         start = 0
         for it in items:
             it.future.set_result(probs[start:start + len(it.faces)])

@@ -1,7 +1,9 @@
 // ferkit serve's page: plain JavaScript, no build step, no CDN.
 // Photo mode: POST /v1/predict, draw boxes, labels and probability bars.
 // Webcam mode: frames over the WebSocket /v1/stream, one in flight at a time; the server tracks the faces
-// and smooths their probabilities; boxes, labels and the largest face's timeline are drawn here.
+// and smooths their probabilities; boxes, labels and the largest face's timeline are drawn here. A busy
+// server answers a frame with {"type": "busy"}: the page waits and sends the next one.
+// Video mode: POST /v1/jobs, poll the job, then download its CSV, per-track summary and timeline.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -297,6 +299,11 @@ async function startCam() {
       $("cam-status").textContent = `${cam.got} frames, ${fps.toFixed(1)} fps, ${cam.latency.toFixed(0)} ms per frame`;
       $("cam-status").dataset.frames = String(cam.got);
       sendFrame();
+    } else if (m.type === "busy") {
+      cam.busy = (cam.busy || 0) + 1;
+      $("cam-status").dataset.busy = String(cam.busy);
+      $("cam-status").textContent = `the server is busy; retrying (${cam.busy})`;
+      setTimeout(sendFrame, 1000 * (m.retry_after || 1));
     } else if (m.type === "error") {
       if (m.status === 401) $("token-box").hidden = false;
       showError(m.error);
@@ -321,18 +328,93 @@ function stopCam() {
   $("cam-stop").disabled = true;
 }
 
+// ------------------------------------------------------------------ video mode
+const jobs = { job: null, downloads: [] };
+
+async function uploadVideo(file) {
+  showError("");
+  $("video-downloads").hidden = true;
+  $("video-timeline").hidden = true;
+  $("video-status").textContent = `uploading ${file.name} ...`;
+  let job;
+  try {
+    job = await api("/v1/jobs", { method: "POST", body: file,
+                                  headers: { "Content-Type": file.type || "application/octet-stream" } });
+  } catch (e) {
+    $("video-status").textContent = "";
+    showError(e.message);
+    return;
+  }
+  jobs.job = job;
+  while (job.state === "queued" || job.state === "running") {
+    $("video-status").textContent = `job ${job.id}: ${job.state} ...`;
+    await new Promise((ok) => setTimeout(ok, 500));
+    try {
+      job = await api(`/v1/jobs/${job.id}`);
+    } catch (e) {
+      showError(e.message);
+      return;
+    }
+    jobs.job = job;
+  }
+  const status = $("video-status");
+  status.dataset.state = job.state;
+  if (job.state !== "done") {
+    status.textContent = `job ${job.id} failed: ${job.error}`;
+    return;
+  }
+  status.textContent = `${file.name}: ${job.frames} frames, ${job.faces} face rows, ${job.tracks} track(s); ` +
+    `the files are kept until ${new Date(job.expires * 1000).toLocaleTimeString()}`;
+  $("video-downloads").hidden = false;
+  const blob = await fetchBlob(job.files.timeline_png);
+  if (blob) {
+    $("video-timeline").src = URL.createObjectURL(blob);
+    $("video-timeline").hidden = false;
+  }
+}
+
+async function fetchBlob(url) {
+  const res = await fetch(url, { headers: authHeaders() });
+  if (!res.ok) {
+    let body = {};
+    try { body = await res.json(); } catch (e) { /* not JSON */ }
+    showError(body.error || `HTTP ${res.status}`);
+    return null;
+  }
+  return res.blob();
+}
+
+// the files need the token when the server has one, so they are fetched and saved from a blob
+async function download(button) {
+  if (!jobs.job || jobs.job.state !== "done") return;
+  const name = button.dataset.file;
+  const blob = await fetchBlob(`/v1/jobs/${jobs.job.id}/${name}`);
+  if (!blob) return;
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  jobs.downloads.push({ name, size: blob.size, type: blob.type });
+  button.dataset.bytes = String(blob.size);
+}
+
 // ------------------------------------------------------------------ wiring
 function mode(name) {
-  const photo = name === "photo";
-  $("photo-mode").hidden = !photo;
-  $("cam-mode").hidden = photo;
-  $("tab-photo").classList.toggle("active", photo);
-  $("tab-cam").classList.toggle("active", !photo);
-  if (photo) stopCam();
+  for (const m of ["photo", "cam", "video"]) {
+    $(`${m}-mode`).hidden = m !== name;
+    $(`tab-${m}`).classList.toggle("active", m === name);
+  }
+  if (name !== "cam") stopCam();
 }
 
 $("tab-photo").addEventListener("click", () => mode("photo"));
 $("tab-cam").addEventListener("click", () => mode("cam"));
+$("tab-video").addEventListener("click", () => mode("video"));
+$("video-file").addEventListener("change", (e) => { if (e.target.files[0]) uploadVideo(e.target.files[0]); });
+for (const b of document.querySelectorAll("#video-downloads button")) b.addEventListener("click", () => download(b));
 $("cam-start").addEventListener("click", startCam);
 $("cam-stop").addEventListener("click", stopCam);
 function smoothSeconds() {
