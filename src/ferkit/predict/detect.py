@@ -7,8 +7,10 @@ cascade also yields occasional false positives on textured background.
 """
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -139,19 +141,30 @@ class DlibDetector:
         return sorted(out, key=lambda b: (b[0], b[1]))
 
 
-DETECTORS = {"haar": FaceDetector, "dlib": DlibDetector}
+def _blazeface(**args):
+    from .blazeface import BlazeFaceDetector
+
+    return BlazeFaceDetector(**args)
 
 
-def create_detector(kind: str = "haar", **args):
-    """A face detector by name: ``haar`` (OpenCV's cascade, the default) or ``dlib`` (HOG). Haar takes
-    ``cascade``, ``scale_factor`` and ``min_neighbors`` as well; both take ``min_face`` and ``max_side``."""
+DETECTORS = {"haar": FaceDetector, "dlib": DlibDetector, "blazeface": _blazeface}
+DEFAULT_DETECTOR = "haar"
+_OWN_ARGS = {"dlib": ("min_face", "max_side"), "blazeface": ("min_face", "max_side", "model", "min_score")}
+
+
+def create_detector(kind: str | None = None, **args):
+    """A face detector by name: ``haar`` (OpenCV's cascade), ``dlib`` (HOG) or ``blazeface``
+    (MediaPipe's detectors, bundled: boxes, scores and six keypoints); None: :data:`DEFAULT_DETECTOR`.
+    Haar takes ``cascade``, ``scale_factor`` and ``min_neighbors`` as well; BlazeFace ``model`` (auto,
+    short, full) and ``min_score``; all take ``min_face`` and ``max_side``."""
+    kind = kind or DEFAULT_DETECTOR
     if kind not in DETECTORS:
         raise FerkitError(f"unknown detector {kind!r}; accepted: {', '.join(DETECTORS)}")
-    if kind == "dlib":
-        extra = [k for k in args if k not in ("min_face", "max_side")]
+    if kind in _OWN_ARGS:
+        extra = [k for k in args if k not in _OWN_ARGS[kind]]
         if extra and not (extra == ["cascade"] and args["cascade"] in (None, "alt2")):
-            raise FerkitError(f"the dlib detector does not take {', '.join(extra)} (Haar options)")
-        args = {k: v for k, v in args.items() if k in ("min_face", "max_side")}
+            raise FerkitError(f"the {kind} detector does not take {', '.join(extra)} (Haar options)")
+        args = {k: v for k, v in args.items() if k in _OWN_ARGS[kind]}
     return DETECTORS[kind](**args)
 
 
@@ -203,10 +216,74 @@ def find_faces(detector, gray: np.ndarray, retry: bool = True) -> list[tuple[tup
     return []
 
 
+@dataclass
+class FoundFace:
+    """A face as a detector found it: ``box`` (x, y, w, h; Haar's framing), ``angle`` (degrees) the
+    image was turned by when it was found (0: upright), and from detectors that give them the
+    ``score`` and six ``keypoints`` (6, 2; image pixels; eyes, nose, mouth, ears as in
+    :data:`ferkit.predict.blazeface.KEYPOINT_NAMES`)."""
+
+    box: tuple[int, int, int, int]
+    angle: float = 0.0
+    score: float | None = None
+    keypoints: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def roll(self) -> float:
+        """The head's roll (degrees, image coordinates): the eye line's angle when there are
+        keypoints, else the angle the face was found at."""
+        if self.keypoints is None:
+            return self.angle
+        (rx, ry), (lx, ly) = self.keypoints[0], self.keypoints[1]
+        return math.degrees(math.atan2(ly - ry, lx - rx))
+
+
+#: Retries of a keypoint detector (BlazeFace) where nothing is found: padded, then turned by these
+BLAZE_RETRY_ANGLES = (35.0, -35.0, 65.0, -65.0)
+
+
+def locate_faces(detector, gray: np.ndarray, retry: bool = True) -> list[FoundFace]:
+    """The faces in ``gray`` as :class:`FoundFace` records. Detectors with keypoints (``detect_faces``)
+    retry, when nothing is found, on a padded copy searched thoroughly (short range and tiles down to
+    the smallest face asked for), then that copy turned by :data:`BLAZE_RETRY_ANGLES`; keypoints are
+    mapped back to ``gray``. Others: :func:`find_faces`."""
+    if not hasattr(detector, "detect_faces"):
+        return [FoundFace(b, a) for b, a in find_faces(detector, gray, retry)]
+    found = [FoundFace(d.box, 0.0, d.score, d.keypoints) for d in detector.detect_faces(gray)]
+    if found or not retry or gray.size == 0:
+        return found
+    from .align import rotate_points
+
+    cv2 = _cv2()
+    h, w = gray.shape[:2]
+    min_size = max(24, round(getattr(detector, "min_face", 0.1) * min(h, w)))
+    pad = int(round(0.25 * max(h, w)))
+    work = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    H, W = work.shape[:2]
+    centre = (W / 2.0, H / 2.0)
+    for angle in (0.0, *BLAZE_RETRY_ANGLES):
+        turned = work if not angle else cv2.warpAffine(work, cv2.getRotationMatrix2D(centre, angle, 1.0), (W, H),
+                                                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out = []
+        for d in detector.detect_faces(turned, min_size=min_size, thorough=True):
+            x, y, bw, bh = d.box
+            (cx, cy), = rotate_points([(x + bw / 2, y + bh / 2)], centre, angle)
+            kps = rotate_points(d.keypoints, centre, angle) - pad
+            cx, cy = cx - pad, cy - pad
+            if 0 <= cx < w and 0 <= cy < h:   # else a "face" in the replicated border
+                box = (int(round(cx - bw / 2)), int(round(cy - bh / 2)), int(bw), int(bh))
+                out.append(FoundFace(box, angle, d.score, kps.astype(np.float32)))
+        if out:
+            return sorted(out, key=lambda f: (f.box[0], f.box[1]))
+    return []
+
+
 def largest(faces: list) -> list:
-    """The largest face of a list of boxes or (box, ...) tuples, as a list of at most one."""
+    """The largest face of a list of boxes, (box, ...) tuples or :class:`FoundFace`, as a list of at most one."""
     if not faces:
         return []
+    if isinstance(faces[0], FoundFace):
+        return [max(faces, key=lambda f: f.box[2] * f.box[3])]
     area = (lambda f: f[2] * f[3]) if isinstance(faces[0][0], (int, np.integer)) else (lambda f: f[0][2] * f[0][3])
     return [max(faces, key=area)]
 

@@ -79,10 +79,14 @@ class TFLiteGraph(torch.nn.Module):
             if name == "CONV_2D" or name == "DEPTHWISE_CONV_2D":
                 w = get(ins[1])
                 bias = get(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
+                pad = 0
                 if op["padding"] == "SAME":
-                    a = _same_pad(a, w.shape[2:], op["stride"], op["dilation"])
+                    if op["stride"] == [1, 1] and all(k % 2 for k in w.shape[2:]):   # symmetric: inside the conv
+                        pad = tuple((k - 1) * d // 2 for k, d in zip(w.shape[2:], op["dilation"]))
+                    else:
+                        a = _same_pad(a, w.shape[2:], op["stride"], op["dilation"])
                 groups = a.shape[1] if name == "DEPTHWISE_CONV_2D" else 1
-                y = F.conv2d(a, w, bias, stride=op["stride"], dilation=op["dilation"], groups=groups)
+                y = F.conv2d(a, w, bias, stride=op["stride"], padding=pad, dilation=op["dilation"], groups=groups)
                 y = _ACT[op["act"]](y)
             elif name == "MAX_POOL_2D":
                 if op["padding"] == "SAME":
