@@ -35,15 +35,16 @@ MODELS = {
     "short": {"file": "blazeface-short.safetensors", "size": 128, "strides": (8, 16, 16, 16), "repeats": 2},
     "full": {"file": "blazeface-full.safetensors", "size": 192, "strides": (4,), "repeats": 1},
 }
-RAW_SCORE_LIMIT = 100.0
+RAW_SCORE_LIMIT = 80.0   # MediaPipe clips at 100; exp(100) overflows float32
 MIN_SCORE = 0.5
 NMS_IOU = 0.3
 
-# BlazeFace boxes are tighter than Haar's (brows to chin): scaled and moved to Haar's framing, which
-# the crop margin and the classifiers were tuned on. Measured as the median over SFEW train crops that
-# both detectors found (benchmarks/bench_detect.py --calibrate): Haar side = k x BlazeFace side, Haar
-# centre = BlazeFace centre + dy x side (downwards).
-TO_HAAR = (1.17, -0.05)
+# The crop is framed from the keypoints, as Haar frames a face (the crop margin and the classifiers
+# were tuned on Haar's boxes) and whatever the roll: with d = eye distance + eyes-to-mouth distance
+# (measured across the eye line), the side is KP_SIDE x d and the centre lies KP_DOWN x d below the
+# eyes' midpoint. Medians over the 152 SFEW train crops (every 4th file) where Haar and BlazeFace each
+# found one face (interquartile range of the side: 1.17-1.27).
+KP_SIDE, KP_DOWN = 1.218, 0.123
 
 
 def ssd_anchors(size: int, strides, repeats: int, offset: float = 0.5) -> np.ndarray:
@@ -127,7 +128,7 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, float, f
 
 @dataclass
 class Detection:
-    """One face found: ``box`` (x, y, w, h) in Haar's framing (what the crop margin expects),
+    """One face found: ``box`` (x, y, w, h) in Haar's framing from the keypoints (:func:`keypoint_box`),
     ``score`` in [0, 1], ``keypoints`` (6, 2) image pixels (see :data:`KEYPOINT_NAMES`), ``tight``
     the detector's own box (x0, y0, x1, y1) and ``roll`` (degrees) the eye line's angle."""
 
@@ -142,12 +143,20 @@ class Detection:
         return math.degrees(math.atan2(ly - ry, lx - rx))
 
 
-def _to_haar(x0: float, y0: float, x1: float, y1: float) -> tuple[int, int, int, int]:
-    k, dy = TO_HAAR
-    side = max(x1 - x0, y1 - y0)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 + dy * side
-    s = side * k
-    return int(round(cx - s / 2)), int(round(cy - s / 2)), int(round(s)), int(round(s))
+def keypoint_box(keypoints: np.ndarray) -> tuple[int, int, int, int]:
+    """A square (x, y, w, h) framed as a Haar box from six keypoints (see :data:`KEYPOINT_NAMES`): the
+    box of the face turned upright about its centre, so a rolled face keeps its size."""
+    kp = np.asarray(keypoints, np.float64)
+    eyes = (kp[0] + kp[1]) / 2
+    across = kp[1] - kp[0]
+    de = float(np.hypot(*across))
+    u = across / de if de > 0 else np.array([1.0, 0.0])
+    down = np.array([-u[1], u[0]])
+    dm = abs(float(np.dot(kp[3] - eyes, down)))
+    d = de + dm
+    cx, cy = eyes + KP_DOWN * d * down
+    side = KP_SIDE * d
+    return int(round(cx - side / 2)), int(round(cy - side / 2)), int(round(side)), int(round(side))
 
 
 _GRAPHS: dict[str, object] = {}
@@ -227,13 +236,14 @@ class BlazeFaceDetector:
         found: list[tuple[np.ndarray, np.ndarray, float]] = []
         if self.model in ("auto", "full"):
             found += self._run("full", [rgb])[0]
-        if self.model == "short" or (self.model == "auto" and (thorough or want >= 0.3 * min(h, w))):
-            found += self._run("short", [rgb])[0]
         # full range sees faces down to about 1/14 of the longer side (14 px of its 192): smaller ones
         # asked for are looked for on overlapping tiles, each tile seen at 192 px
         tile = int(math.ceil(want * 10))
         if self.model != "short" and tile < max(h, w) / 1.5:
             found += self._tiles(rgb, tile)
+        # short range: faces that fill much of the image (tight crops), which full range misses more often
+        if self.model == "short" or (self.model == "auto" and (thorough or not found or want >= 0.3 * min(h, w))):
+            found += self._run("short", [rgb])[0]
         dets = self._merge(found)
         out = []
         for box, kps, score in dets:
@@ -241,7 +251,7 @@ class BlazeFaceDetector:
             side = max(x1 - x0, y1 - y0)
             if side < 0.6 * want:
                 continue
-            out.append(Detection(_to_haar(*box), score, kps.astype(np.float32), tuple(map(float, box))))
+            out.append(Detection(keypoint_box(kps), score, kps.astype(np.float32), tuple(map(float, box))))
         return sorted(out, key=lambda d: (d.box[0], d.box[1]))
 
     def _tiles(self, rgb: np.ndarray, tile: int) -> list:

@@ -253,6 +253,7 @@ def locate_faces(detector, gray: np.ndarray, retry: bool = True) -> list[FoundFa
     if found or not retry or gray.size == 0:
         return found
     from .align import rotate_points
+    from .blazeface import keypoint_box
 
     cv2 = _cv2()
     h, w = gray.shape[:2]
@@ -266,12 +267,10 @@ def locate_faces(detector, gray: np.ndarray, retry: bool = True) -> list[FoundFa
                                                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         out = []
         for d in detector.detect_faces(turned, min_size=min_size, thorough=True):
-            x, y, bw, bh = d.box
-            (cx, cy), = rotate_points([(x + bw / 2, y + bh / 2)], centre, angle)
             kps = rotate_points(d.keypoints, centre, angle) - pad
-            cx, cy = cx - pad, cy - pad
+            box = keypoint_box(kps)
+            cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
             if 0 <= cx < w and 0 <= cy < h:   # else a "face" in the replicated border
-                box = (int(round(cx - bw / 2)), int(round(cy - bh / 2)), int(bw), int(bh))
                 out.append(FoundFace(box, angle, d.score, kps.astype(np.float32)))
         if out:
             return sorted(out, key=lambda f: (f.box[0], f.box[1]))
@@ -308,8 +307,8 @@ def crop_face(gray: np.ndarray, box, margin: float = 0.1) -> np.ndarray:
 
 
 def draw_faces(image_bgr: np.ndarray, faces: list[FacePrediction]) -> np.ndarray:
-    """Boxes and "label 0.87" tags ("#3 label 0.87" for a tracked face) drawn on a BGR (or gray) image;
-    returns a BGR copy."""
+    """Boxes and "label 0.87" tags ("#3 label 0.87" for a tracked face) drawn on a BGR (or gray) image,
+    with the keypoints (eyes red) and the face mesh where the faces have them; returns a BGR copy."""
     cv2 = _cv2()
     img = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR) if image_bgr.ndim == 2 else image_bgr.copy()
     thick = max(1, round(min(img.shape[:2]) / 300))
@@ -317,6 +316,11 @@ def draw_faces(image_bgr: np.ndarray, faces: list[FacePrediction]) -> np.ndarray
     for f in faces:
         x, y, w, h = f.box
         cv2.rectangle(img, (x, y), (x + w, y + h), (0, 255, 0), thick)
+        mesh = getattr(f, "landmarks", None)
+        for px, py, *_ in (mesh or ()):          # the face mesh (--landmarks): small dots
+            cv2.circle(img, (int(round(px)), int(round(py))), max(1, thick // 2), (255, 200, 0), -1)
+        for k, (px, py) in enumerate(getattr(f, "keypoints", None) or ()):   # eyes red, the others yellow
+            cv2.circle(img, (int(round(px)), int(round(py))), 2 * thick, (0, 0, 255) if k < 2 else (0, 220, 255), -1)
         track = getattr(f, "track", None)
         text = f"{'' if track is None else f'#{track} '}{f.label} {f.confidence:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)

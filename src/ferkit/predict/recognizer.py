@@ -63,10 +63,12 @@ class PreparedFaces:
 
     def extras(self, i: int) -> dict:
         """The face record's detector and pose fields of face ``i`` (for :class:`FacePrediction`)."""
+        if self.scores is None or self.whole:   # no detection ran (cropped faces, or the whole image)
+            return dict.fromkeys(("detector_score", "keypoints", "yaw", "pitch", "roll", "landmarks"))
         get = lambda lst: None if lst is None or i >= len(lst) else lst[i]  # noqa: E731
         pose, kps, mesh = get(self.poses), get(self.keypoints), get(self.landmarks)
         score = get(self.scores)
-        roll = pose[2] if pose is not None else (None if self.whole or i >= len(self.rolls) else self.rolls[i])
+        roll = pose[2] if pose is not None else (None if i >= len(self.rolls) else self.rolls[i])
         return {"detector_score": None if score is None else round(float(score), 4),
                 "keypoints": None if kps is None else np.round(np.asarray(kps, float), 1).tolist(),
                 "yaw": None if pose is None else round(float(pose[0]), 1),

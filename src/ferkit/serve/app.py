@@ -257,6 +257,10 @@ class Service:
             face.update({"label": classes[k], "confidence": round(float(p[k]), 6),
                          "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)},
                          "roll": round(float(prepared.rolls[i]), 1)})
+            extras = prepared.extras(i)   # the face record's detector and pose fields (FACE_FIELDS)
+            if extras["roll"] is None:
+                extras["roll"] = face["roll"]
+            face.update(extras)
             out.append(face)
         self.served += 1
         return {"model": self.model_name, "width": int(w), "height": int(h), "tta": tta, "detect": detect,
