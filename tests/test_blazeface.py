@@ -155,3 +155,98 @@ def test_blazeface_refuses_haar_options():
         create_detector("blazeface", scale_factor=1.2)
     with pytest.raises(FerkitError, match="unknown BlazeFace model"):
         create_detector("blazeface", model="huge")
+
+
+# ----------------------------------------------------------------------------- mesh and head pose
+def test_pose_solver_recovers_known_turns_of_the_canonical_mesh():
+    from ferkit.predict.mesh import canonical, euler, head_pose, rotation
+
+    rng = np.random.default_rng(0)
+    c = canonical()
+    assert c.shape == (468, 3) and abs(c.mean(0)).max() < 1e-5
+    for yaw, pitch, roll in [(0, 0, 0), (30, 0, 0), (-55, 10, 5), (20, -25, -40), (0, 15, 60)]:
+        assert euler(rotation(yaw, pitch, roll)) == pytest.approx((yaw, pitch, roll), abs=1e-6)
+        seen = 80 * c @ rotation(yaw, pitch, roll).T + [300, 200, 0] + rng.normal(0, 0.5, c.shape)
+        assert head_pose(seen) == pytest.approx((yaw, pitch, roll), abs=1.5)
+
+
+def test_yaw_sign_nose_to_the_images_left_is_positive():
+    from ferkit.predict.mesh import canonical, head_pose, rotation
+
+    c = canonical()
+    turned = c @ rotation(30, 0, 0).T
+    nose = int(np.argmin(c[:, 2]))            # the point nearest the camera
+    assert turned[nose, 0] < c[nose, 0] and head_pose(turned)[0] > 0
+
+
+def test_mesh_on_a_real_face_follows_its_roll_and_mirror():
+    from ferkit.predict.mesh import face_mesh_and_pose
+
+    det = BlazeFaceDetector()
+    poses = {}
+    for name, angle, flip in (("upright", 0, False), ("turned", 25, False), ("mirror", 0, True)):
+        g = _gray(300, angle)
+        g = g[:, ::-1].copy() if flip else g
+        found = locate_faces(det, g)
+        (mesh,), (pose,) = face_mesh_and_pose(g, found)
+        x, y, w, h = found[0].box
+        inside = (mesh[:, 0] > x - 0.2 * w) & (mesh[:, 0] < x + 1.2 * w) & (mesh[:, 1] > y - 0.2 * h) & \
+                 (mesh[:, 1] < y + 1.2 * h)
+        assert mesh.shape == (468, 3) and inside.mean() > 0.98
+        poses[name] = pose
+    assert abs(poses["upright"][0]) < 10 and abs(poses["upright"][2]) < 8          # a frontal photo
+    assert poses["turned"][2] - poses["upright"][2] == pytest.approx(-25, abs=5)   # cv2's +25 turns it anticlockwise
+    assert poses["mirror"][0] == pytest.approx(-poses["upright"][0], abs=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    import torch
+
+    from ferkit.models import CheckpointRecord, InputSpec, create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    record = CheckpointRecord("tiny", ("angry", "happy", "sad"), InputSpec(32))
+    save_checkpoint(create_model("tiny", 3, 32), path, record)
+    return path
+
+
+def test_predict_blazeface_landmarks_fills_the_new_columns(tiny_model, tmp_path, capsys):
+    import json
+
+    from conftest import read_rows
+
+    from ferkit.cli import run
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "hopper.jpg").write_bytes(face_photo().read_bytes())
+    assert run(["predict", str(tiny_model), str(photos), "--out", str(tmp_path / "c"), "--detector", "blazeface",
+                "--landmarks", "--no-progress", "--annotate"]) == 0
+    (row,) = read_rows(tmp_path / "c" / "predictions.csv")
+    assert 0.5 < float(row["detector_score"]) <= 1 and abs(float(row["yaw"])) < 15 and abs(float(row["roll"])) < 10
+    assert row["pitch"] != "" and 150 < float(row["kp_right_eye_x"]) < float(row["kp_left_eye_x"]) < 400
+    assert json.loads((tmp_path / "c" / "summary.json").read_text())["detector"] == "blazeface"
+    assert run(["predict", str(tiny_model), str(photos), "--out", str(tmp_path / "j"), "--detector", "blazeface",
+                "--landmarks", "--format", "json", "--no-progress"]) == 0
+    (face,) = json.loads((tmp_path / "j" / "predictions.json").read_text())
+    assert len(face["landmarks"]) == 468 and len(face["keypoints"]) == 6 and face["yaw"] is not None
+    assert run(["predict", str(tiny_model), str(photos), "--out", str(tmp_path / "h"), "--detector", "haar",
+                "--no-progress"]) == 0
+    (row,) = read_rows(tmp_path / "h" / "predictions.csv")
+    assert row["detector_score"] == row["yaw"] == row["pitch"] == "" and "kp_nose_x" not in row
+    capsys.readouterr()
+
+
+def test_video_summary_has_each_tracks_mean_pose():
+    from ferkit.predict.track import FrameFaces, TrackedFace, VideoSummary
+
+    s = VideoSummary(("a", "b"))
+    probs = {"a": 0.7, "b": 0.3}
+    for i, (yaw, roll) in enumerate([(10.0, 2.0), (20.0, 4.0), (None, 6.0)]):
+        s.add(FrameFaces(i, i / 25, [TrackedFace((0, 0, 10, 10), "a", 0.7, probs, yaw=yaw, pitch=yaw, roll=roll,
+                                                 track=1)]))
+    s.add(FrameFaces(3, 3 / 25, [TrackedFace((50, 0, 10, 10), "a", 0.7, probs, track=2)]))
+    t1, t2 = s.to_dict()["tracks"]
+    assert t1["mean_pose"] == {"yaw": 15.0, "pitch": 15.0, "roll": 4.0} and t2["mean_pose"] is None
