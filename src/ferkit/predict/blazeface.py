@@ -38,6 +38,10 @@ MODELS = {
 RAW_SCORE_LIMIT = 80.0   # MediaPipe clips at 100; exp(100) overflows float32
 MIN_SCORE = 0.5
 NMS_IOU = 0.3
+# Each extra look is another chance of a false positive: tiles and short range on the whole image ask
+# for a higher score than full range's one look, the retries (padded, turned copies) higher still.
+# Chosen on pasted FER+/SFEW faces and face-free scenes of benchmarks/bench_detect.py (another seed).
+TILE_SCORE_LIFT, SHORT_SCORE_LIFT, RETRY_SCORE = 0.05, 0.1, 0.65
 
 # The crop is framed from the keypoints, as Haar frames a face (the crop margin and the classifiers
 # were tuned on Haar's boxes) and whatever the roll: with d = eye distance + eyes-to-mouth distance
@@ -202,7 +206,8 @@ class BlazeFaceDetector:
         for k in (("short", "full") if model == "auto" else (model,)):
             _graph(k)
 
-    def _run(self, name: str, images: list[np.ndarray]) -> list[list[tuple[np.ndarray, np.ndarray, float]]]:
+    def _run(self, name: str, images: list[np.ndarray],
+             min_score: float) -> list[list[tuple[np.ndarray, np.ndarray, float]]]:
         """Letterboxed runs of model ``name`` on RGB uint8 ``images``, batched; detections in each
         image's pixels (x0, y0, x1, y1), keypoints (6, 2), score."""
         size = MODELS[name]["size"]
@@ -217,33 +222,40 @@ class BlazeFaceDetector:
         for k, (scale, px, py) in enumerate(boxes):
             b, kp, s = decode(raw_boxes[k], raw_scores[k], self._anchors[name], size)
             found = []
-            for box, kps, score in weighted_nms(b, kp, s, self.min_score):
+            for box, kps, score in weighted_nms(b, kp, s, min_score):
                 box = box * size / scale - np.array([px, py, px, py])
                 found.append((box, kps * size / scale - np.array([px, py]), score))
             out.append(found)
         return out
 
-    def detect_faces(self, image: np.ndarray, min_size: int | None = None,
-                     thorough: bool = False) -> list[Detection]:
+    def detect_faces(self, image: np.ndarray, min_size: int | None = None, thorough: bool = False,
+                     quick: bool = False) -> list[Detection]:
         """Faces in a gray or BGR uint8 image, left to right. ``min_size``: smallest face side in
-        ``image``'s pixels (default ``min_face`` of its shorter side); ``thorough``: also the short-range
-        model on the whole image and tiles down to ``min_size``."""
+        ``image``'s pixels (default ``min_face`` of its shorter side).
+
+        Full range on the whole image; overlapping tiles (each seen at 192 px) where faces smaller
+        than it sees are asked for; short range on the whole image where nothing else was found or
+        the faces asked for are large (tight crops). ``quick`` (video frames): no tiles.
+        ``thorough`` (the retries on padded, turned copies): full and short range on the whole image
+        (no tiles: their cost times five retries) with a higher score threshold (:data:`RETRY_SCORE`),
+        as each retry is another chance of a false positive."""
         import cv2
 
         rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         h, w = rgb.shape[:2]
         want = max(24.0, self.min_face * min(h, w) if min_size is None else float(min_size))
+        lift = RETRY_SCORE - MIN_SCORE if thorough else 0.0
         found: list[tuple[np.ndarray, np.ndarray, float]] = []
         if self.model in ("auto", "full"):
-            found += self._run("full", [rgb])[0]
-        # full range sees faces down to about 1/14 of the longer side (14 px of its 192): smaller ones
-        # asked for are looked for on overlapping tiles, each tile seen at 192 px
-        tile = int(math.ceil(want * 10))
-        if self.model != "short" and tile < max(h, w) / 1.5:
-            found += self._tiles(rgb, tile)
-        # short range: faces that fill much of the image (tight crops), which full range misses more often
+            found += self._run("full", [rgb], self.min_score + lift)[0]
+        # full range sees faces down to about a tenth of its input: smaller ones are looked for on
+        # tiles (at most 320 px, so that pasted and context-free faces, which it finds less surely
+        # at a small scale, are seen large enough)
+        tile = min(int(math.ceil(want * 10)), 320)
+        if self.model != "short" and not (quick or thorough) and tile < max(h, w) / 1.5:
+            found += self._tiles(rgb, tile, self.min_score + TILE_SCORE_LIFT + lift)
         if self.model == "short" or (self.model == "auto" and (thorough or not found or want >= 0.3 * min(h, w))):
-            found += self._run("short", [rgb])[0]
+            found += self._run("short", [rgb], self.min_score + SHORT_SCORE_LIFT + lift)[0]
         dets = self._merge(found)
         out = []
         for box, kps, score in dets:
@@ -254,7 +266,7 @@ class BlazeFaceDetector:
             out.append(Detection(keypoint_box(kps), score, kps.astype(np.float32), tuple(map(float, box))))
         return sorted(out, key=lambda d: (d.box[0], d.box[1]))
 
-    def _tiles(self, rgb: np.ndarray, tile: int) -> list:
+    def _tiles(self, rgb: np.ndarray, tile: int, min_score: float) -> list:
         h, w = rgb.shape[:2]
         tile = min(tile, h, w)
         step = max(1, int(tile * 0.75))
@@ -265,15 +277,15 @@ class BlazeFaceDetector:
                 crops.append(rgb[y:y + tile, x:x + tile])
                 offsets.append((x, y))
         out = []
-        for (x, y), dets in zip(offsets, self._run_batched("full", crops)):
+        for (x, y), dets in zip(offsets, self._run_batched("full", crops, min_score)):
             for box, kps, score in dets:
                 out.append((box + np.array([x, y, x, y]), kps + np.array([x, y]), score))
         return out
 
-    def _run_batched(self, name: str, crops: list[np.ndarray], batch: int = 16) -> list:
+    def _run_batched(self, name: str, crops: list[np.ndarray], min_score: float, batch: int = 16) -> list:
         out = []
         for i in range(0, len(crops), batch):
-            out += self._run(name, crops[i:i + batch])
+            out += self._run(name, crops[i:i + batch], min_score)
         return out
 
     @staticmethod

@@ -244,12 +244,13 @@ BLAZE_RETRY_ANGLES = (35.0, -35.0, 65.0, -65.0)
 
 def locate_faces(detector, gray: np.ndarray, retry: bool = True) -> list[FoundFace]:
     """The faces in ``gray`` as :class:`FoundFace` records. Detectors with keypoints (``detect_faces``)
-    retry, when nothing is found, on a padded copy searched thoroughly (short range and tiles down to
-    the smallest face asked for), then that copy turned by :data:`BLAZE_RETRY_ANGLES`; keypoints are
-    mapped back to ``gray``. Others: :func:`find_faces`."""
+    retry, when nothing is found, on a padded copy searched thoroughly (full and short range, a higher
+    score asked for), then that copy turned by :data:`BLAZE_RETRY_ANGLES`; keypoints are
+    mapped back to ``gray``. Without ``retry`` (video frames) they take their quick look (no tiles).
+    Others: :func:`find_faces`."""
     if not hasattr(detector, "detect_faces"):
         return [FoundFace(b, a) for b, a in find_faces(detector, gray, retry)]
-    found = [FoundFace(d.box, 0.0, d.score, d.keypoints) for d in detector.detect_faces(gray)]
+    found = [FoundFace(d.box, 0.0, d.score, d.keypoints) for d in detector.detect_faces(gray, quick=not retry)]
     if found or not retry or gray.size == 0:
         return found
     from .align import rotate_points
