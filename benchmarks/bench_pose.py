@@ -71,7 +71,7 @@ def main() -> None:
     paths = [sample_photo()] + [sfew[i] for i in rng.choice(len(sfew), min(a.faces, len(sfew)), replace=False)]
 
     def pose(gray):
-        found = locate_faces(det, gray)
+        found = locate_faces(det, gray, retry=False)
         if len(found) != 1:
             return None, None
         meshes, poses = face_mesh_and_pose(gray, found)
