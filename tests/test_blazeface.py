@@ -250,3 +250,16 @@ def test_video_summary_has_each_tracks_mean_pose():
     s.add(FrameFaces(3, 3 / 25, [TrackedFace((50, 0, 10, 10), "a", 0.7, probs, track=2)]))
     t1, t2 = s.to_dict()["tracks"]
     assert t1["mean_pose"] == {"yaw": 15.0, "pitch": 15.0, "roll": 4.0} and t2["mean_pose"] is None
+
+
+def test_tiles_stay_few_whatever_the_photo_and_tiny_images_find_nothing(monkeypatch):
+    det = BlazeFaceDetector(min_face=0.02)
+    seen = []
+    monkeypatch.setattr(det, "_run", lambda name, images, min_score: [[] for _ in images])
+    monkeypatch.setattr(det, "_run_batched", lambda name, crops, min_score: seen.append(len(crops)) or
+                        [[] for _ in crops])
+    for shape in ((480, 640), (3000, 4000), (30, 4000)):
+        seen.clear()
+        assert det.detect_faces(np.zeros(shape, np.uint8)) == []
+        assert 0 < sum(seen) <= 25, (shape, seen)
+    assert det.detect_faces(np.zeros((0, 0), np.uint8)) == [] and det.detect_faces(np.zeros((4, 900), np.uint8)) == []

@@ -241,6 +241,8 @@ class BlazeFaceDetector:
         as each retry is another chance of a false positive."""
         import cv2
 
+        if image.size == 0 or min(image.shape[:2]) < 8:
+            return []
         rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         h, w = rgb.shape[:2]
         want = max(24.0, self.min_face * min(h, w) if min_size is None else float(min_size))
@@ -248,10 +250,10 @@ class BlazeFaceDetector:
         found: list[tuple[np.ndarray, np.ndarray, float]] = []
         if self.model in ("auto", "full"):
             found += self._run("full", [rgb], self.min_score + lift)[0]
-        # full range sees faces down to about a tenth of its input: smaller ones are looked for on
-        # tiles (at most 320 px, so that pasted and context-free faces, which it finds less surely
-        # at a small scale, are seen large enough)
-        tile = min(int(math.ceil(want * 10)), 320)
+        # full range sees faces down to about a tenth of its input: smaller ones asked for are looked
+        # for on overlapping tiles ten times their size (at least a quarter of the longer side: at
+        # most 5 x 5 tiles, whatever the photo's size)
+        tile = max(int(math.ceil(want * 10)), int(math.ceil(max(h, w) / 4)))
         if self.model != "short" and not (quick or thorough) and tile < max(h, w) / 1.5:
             found += self._tiles(rgb, tile, self.min_score + TILE_SCORE_LIFT + lift)
         if self.model == "short" or (self.model == "auto" and (thorough or not found or want >= 0.3 * min(h, w))):
@@ -267,8 +269,7 @@ class BlazeFaceDetector:
         return sorted(out, key=lambda d: (d.box[0], d.box[1]))
 
     def _tiles(self, rgb: np.ndarray, tile: int, min_score: float) -> list:
-        h, w = rgb.shape[:2]
-        tile = min(tile, h, w)
+        h, w = rgb.shape[:2]        # tiles are squares; along a side shorter than one, a single strip
         step = max(1, int(tile * 0.75))
         starts = lambda n: sorted({*range(0, max(1, n - tile + 1), step), max(0, n - tile)})  # noqa: E731
         crops, offsets = [], []
