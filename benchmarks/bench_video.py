@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smooth", default="0.25,0.5,1.0")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-flicker", action="store_true")
+    ap.add_argument("--detectors", default="haar", help="speed: detectors to time, comma-separated (haar,blazeface)")
     a = ap.parse_args()
 
     import torch
@@ -84,7 +86,8 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         Recognizer.load()
         load, load_cpu = time.perf_counter() - t0, time.process_time() - c0
-        for name, kwargs in (("default (align on)", {}), ("--no-align", {"align": False})):
+        runs = [(f"{d}, align on", {"detector": d}) for d in a.detectors.split(",")]
+        for name, kwargs in runs + [("haar --no-align", {"align": False, "detector": "haar"})]:
             t0, c0 = time.perf_counter(), time.process_time()
             s = predict_inputs(None, [str(clip)], tmp / "out", progress=False, **kwargs)
             dt, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -94,6 +97,8 @@ def main() -> None:
                   f"CPU clock {n / cpu:.1f} frames/s incl. load ({n / max(cpu - load_cpu, 1e-9):.1f} without)",
                   flush=True)
 
+    if a.skip_flicker:
+        return
     files = sorted(publictest_dir().glob("*/*.jpg"))
     random.Random(0).shuffle(files)
     faces = [("grace_hopper", hopper)] + [(f.stem, cv2.resize(cv2.imread(str(f)), (200, 200))) for f in files[:a.faces]]

@@ -165,7 +165,7 @@ def test_csv_json_schema_summary_and_annotated_images(trained, tmp_path, capsys)
     assert "1 face(s)" in out and "1 image(s) with no face" in out
     rows = read_rows(tmp_path / "c" / "predictions.csv")
     assert list(rows[0]) == ["source", "frame", "time_s", "track", "x", "y", "w", "h", "label", "confidence",
-                             "p_angry", "p_happy", "p_sad"]
+                             "p_angry", "p_happy", "p_sad", "detector_score", "yaw", "pitch", "roll"]
     assert len(rows) == 1 and rows[0]["source"].endswith("hopper.jpg") and rows[0]["frame"] == rows[0]["track"] == ""
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert summary["faces"] == 1 and summary["images"] == 2 and summary["no_face"][0].endswith("blank.png")
@@ -177,7 +177,8 @@ def test_csv_json_schema_summary_and_annotated_images(trained, tmp_path, capsys)
                 "--no-progress"]) == 0
     data = json.loads((tmp_path / "j" / "predictions.json").read_text())
     assert isinstance(data, list) and len(data) == 1
-    assert set(data[0]) == {"source", "frame", "time_s", "track", "box", "label", "confidence", "probabilities"}
+    assert set(data[0]) == {"source", "frame", "time_s", "track", "box", "label", "confidence", "probabilities",
+                            "detector_score", "keypoints", "yaw", "pitch", "roll", "landmarks"}
     assert data[0]["frame"] is None and len(data[0]["box"]) == 4 and list(data[0]["probabilities"]) == list(CLASSES)
     assert [p.name for p in (tmp_path / "j").glob(".*")] == [".ferkit.lock"]  # the partial JSON-lines file is gone
     capsys.readouterr()

@@ -63,11 +63,18 @@ def finite_float(text: str) -> float:
     return value
 
 
+def _default_detector() -> str:
+    from ..predict.detect import DEFAULT_DETECTOR
+
+    return DEFAULT_DETECTOR
+
+
 def add_face_options(p) -> None:
     """Face finding and cropping options shared by `predict` and `evaluate --detect`."""
-    p.add_argument("--detector", choices=("haar", "dlib"), default="haar",
-                   help="face detector: haar (OpenCV's bundled cascade, default) or dlib (HOG; needs "
-                        "pip install 'ferkit[dlib]')")
+    p.add_argument("--detector", choices=("blazeface", "haar", "dlib"), default=None,
+                   help="face detector: blazeface (MediaPipe's, bundled: scores and six keypoints; the crop is "
+                        "levelled by its eyes), haar (OpenCV's bundled cascade) or dlib (HOG; needs "
+                        "pip install 'ferkit[dlib]'); default: " + _default_detector())
     p.add_argument("--no-align", action="store_true",
                    help="do not turn face crops so the eyes are level (OpenCV's bundled eye cascades)")
     p.add_argument("--fallback", choices=("none", "whole"), default="none",

@@ -63,6 +63,9 @@ def add_predict(sub):
                    help="OpenCV Haar cascade: alt2, default, alt, or a path to a cascade XML (default: alt2)")
     add_face_options(p)
     p.add_argument("--largest", action="store_true", help="keep only the largest face of each image or frame")
+    p.add_argument("--landmarks", action="store_true",
+                   help="the 468-point face mesh and head pose (yaw, pitch, roll in degrees) of each face "
+                        "(the bundled MediaPipe face mesh; adds the mesh to JSON and keypoint columns to the CSV)")
     p.add_argument("--smooth", type=nonneg_seconds, default=None, metavar="SECONDS",
                    help="video and webcam: smooth each track's probabilities over this many seconds "
                         "(exponential; default 0.5; 0 = raw per-frame values). Photos are never smoothed")
@@ -83,7 +86,8 @@ def _cmd_predict(a) -> int:
                        detect=not a.no_detect, every=a.every, camera=a.camera, backend=a.backend,
                        batch_size=a.batch_size, device=a.device, progress=not a.no_progress,
                        max_frames=a.max_frames, min_face=a.min_face, cascade=a.cascade, smooth=a.smooth,
-                       align=not a.no_align, fallback=a.fallback, largest=a.largest, detector=a.detector)
+                       align=not a.no_align, fallback=a.fallback, largest=a.largest, detector=a.detector,
+                       landmarks=a.landmarks)
     print(s.text(), file=sys.stderr if to_stdout else sys.stdout)
     return 0
 

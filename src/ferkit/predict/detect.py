@@ -7,8 +7,10 @@ cascade also yields occasional false positives on textured background.
 """
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -139,19 +141,30 @@ class DlibDetector:
         return sorted(out, key=lambda b: (b[0], b[1]))
 
 
-DETECTORS = {"haar": FaceDetector, "dlib": DlibDetector}
+def _blazeface(**args):
+    from .blazeface import BlazeFaceDetector
+
+    return BlazeFaceDetector(**args)
 
 
-def create_detector(kind: str = "haar", **args):
-    """A face detector by name: ``haar`` (OpenCV's cascade, the default) or ``dlib`` (HOG). Haar takes
-    ``cascade``, ``scale_factor`` and ``min_neighbors`` as well; both take ``min_face`` and ``max_side``."""
+DETECTORS = {"haar": FaceDetector, "dlib": DlibDetector, "blazeface": _blazeface}
+DEFAULT_DETECTOR = "haar"
+_OWN_ARGS = {"dlib": ("min_face", "max_side"), "blazeface": ("min_face", "max_side", "model", "min_score")}
+
+
+def create_detector(kind: str | None = None, **args):
+    """A face detector by name: ``haar`` (OpenCV's cascade), ``dlib`` (HOG) or ``blazeface``
+    (MediaPipe's detectors, bundled: boxes, scores and six keypoints); None: :data:`DEFAULT_DETECTOR`.
+    Haar takes ``cascade``, ``scale_factor`` and ``min_neighbors`` as well; BlazeFace ``model`` (auto,
+    short, full) and ``min_score``; all take ``min_face`` and ``max_side``."""
+    kind = kind or DEFAULT_DETECTOR
     if kind not in DETECTORS:
         raise FerkitError(f"unknown detector {kind!r}; accepted: {', '.join(DETECTORS)}")
-    if kind == "dlib":
-        extra = [k for k in args if k not in ("min_face", "max_side")]
+    if kind in _OWN_ARGS:
+        extra = [k for k in args if k not in _OWN_ARGS[kind]]
         if extra and not (extra == ["cascade"] and args["cascade"] in (None, "alt2")):
-            raise FerkitError(f"the dlib detector does not take {', '.join(extra)} (Haar options)")
-        args = {k: v for k, v in args.items() if k in ("min_face", "max_side")}
+            raise FerkitError(f"the {kind} detector does not take {', '.join(extra)} (Haar options)")
+        args = {k: v for k, v in args.items() if k in _OWN_ARGS[kind]}
     return DETECTORS[kind](**args)
 
 
@@ -203,10 +216,74 @@ def find_faces(detector, gray: np.ndarray, retry: bool = True) -> list[tuple[tup
     return []
 
 
+@dataclass
+class FoundFace:
+    """A face as a detector found it: ``box`` (x, y, w, h; Haar's framing), ``angle`` (degrees) the
+    image was turned by when it was found (0: upright), and from detectors that give them the
+    ``score`` and six ``keypoints`` (6, 2; image pixels; eyes, nose, mouth, ears as in
+    :data:`ferkit.predict.blazeface.KEYPOINT_NAMES`)."""
+
+    box: tuple[int, int, int, int]
+    angle: float = 0.0
+    score: float | None = None
+    keypoints: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def roll(self) -> float:
+        """The head's roll (degrees, image coordinates): the eye line's angle when there are
+        keypoints, else the angle the face was found at."""
+        if self.keypoints is None:
+            return self.angle
+        (rx, ry), (lx, ly) = self.keypoints[0], self.keypoints[1]
+        return math.degrees(math.atan2(ly - ry, lx - rx))
+
+
+#: Retries of a keypoint detector (BlazeFace) where nothing is found: padded, then turned by these
+BLAZE_RETRY_ANGLES = (35.0, -35.0, 65.0, -65.0)
+
+
+def locate_faces(detector, gray: np.ndarray, retry: bool = True) -> list[FoundFace]:
+    """The faces in ``gray`` as :class:`FoundFace` records. Detectors with keypoints (``detect_faces``)
+    retry, when nothing is found, on a padded copy searched thoroughly (full and short range, a higher
+    score asked for), then that copy turned by :data:`BLAZE_RETRY_ANGLES`; keypoints are
+    mapped back to ``gray``. Without ``retry`` (video frames) they take their quick look (no tiles).
+    Others: :func:`find_faces`."""
+    if not hasattr(detector, "detect_faces"):
+        return [FoundFace(b, a) for b, a in find_faces(detector, gray, retry)]
+    found = [FoundFace(d.box, 0.0, d.score, d.keypoints) for d in detector.detect_faces(gray, quick=not retry)]
+    if found or not retry or gray.size == 0:
+        return found
+    from .align import rotate_points
+    from .blazeface import keypoint_box
+
+    cv2 = _cv2()
+    h, w = gray.shape[:2]
+    min_size = max(24, round(getattr(detector, "min_face", 0.1) * min(h, w)))
+    pad = int(round(0.25 * max(h, w)))
+    work = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    H, W = work.shape[:2]
+    centre = (W / 2.0, H / 2.0)
+    for angle in (0.0, *BLAZE_RETRY_ANGLES):
+        turned = work if not angle else cv2.warpAffine(work, cv2.getRotationMatrix2D(centre, angle, 1.0), (W, H),
+                                                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out = []
+        for d in detector.detect_faces(turned, min_size=min_size, thorough=True):
+            kps = rotate_points(d.keypoints, centre, angle) - pad
+            box = keypoint_box(kps)
+            cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+            if 0 <= cx < w and 0 <= cy < h:   # else a "face" in the replicated border
+                out.append(FoundFace(box, angle, d.score, kps.astype(np.float32)))
+        if out:
+            return sorted(out, key=lambda f: (f.box[0], f.box[1]))
+    return []
+
+
 def largest(faces: list) -> list:
-    """The largest face of a list of boxes or (box, ...) tuples, as a list of at most one."""
+    """The largest face of a list of boxes, (box, ...) tuples or :class:`FoundFace`, as a list of at most one."""
     if not faces:
         return []
+    if isinstance(faces[0], FoundFace):
+        return [max(faces, key=lambda f: f.box[2] * f.box[3])]
     area = (lambda f: f[2] * f[3]) if isinstance(faces[0][0], (int, np.integer)) else (lambda f: f[0][2] * f[0][3])
     return [max(faces, key=area)]
 
@@ -231,8 +308,8 @@ def crop_face(gray: np.ndarray, box, margin: float = 0.1) -> np.ndarray:
 
 
 def draw_faces(image_bgr: np.ndarray, faces: list[FacePrediction]) -> np.ndarray:
-    """Boxes and "label 0.87" tags ("#3 label 0.87" for a tracked face) drawn on a BGR (or gray) image;
-    returns a BGR copy."""
+    """Boxes and "label 0.87" tags ("#3 label 0.87" for a tracked face) drawn on a BGR (or gray) image,
+    with the keypoints (eyes red) and the face mesh where the faces have them; returns a BGR copy."""
     cv2 = _cv2()
     img = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR) if image_bgr.ndim == 2 else image_bgr.copy()
     thick = max(1, round(min(img.shape[:2]) / 300))
@@ -240,6 +317,11 @@ def draw_faces(image_bgr: np.ndarray, faces: list[FacePrediction]) -> np.ndarray
     for f in faces:
         x, y, w, h = f.box
         cv2.rectangle(img, (x, y), (x + w, y + h), (0, 255, 0), thick)
+        mesh = getattr(f, "landmarks", None)
+        for px, py, *_ in (mesh or ()):          # the face mesh (--landmarks): small dots
+            cv2.circle(img, (int(round(px)), int(round(py))), max(1, thick // 2), (255, 200, 0), -1)
+        for k, (px, py) in enumerate(getattr(f, "keypoints", None) or ()):   # eyes red, the others yellow
+            cv2.circle(img, (int(round(px)), int(round(py))), 2 * thick, (0, 0, 255) if k < 2 else (0, 220, 255), -1)
         track = getattr(f, "track", None)
         text = f"{'' if track is None else f'#{track} '}{f.label} {f.confidence:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)

@@ -28,6 +28,7 @@ import numpy as np
 from ..console import log, progress_bar
 from ..errors import FerkitError
 from ..files import atomic_path, csv_writer, make_dir, write_json, write_text
+from .detect import DEFAULT_DETECTOR
 
 
 @dataclass
@@ -135,7 +136,7 @@ def evaluate_pipeline(model, test_dir, out_dir=None, shared_only: bool = False, 
     default = (Path(f"eval-detect-{path.stem}-{Path(test_dir).stem}") if path.parent == WEIGHTS_DIR
                else (path if path.is_dir() else path.parent) / f"eval-detect-{Path(test_dir).stem}")
     out = make_dir(Path(out_dir) if out_dir else default)
-    settings = {"detector": detector_args.get("detector") or "haar", "align": align, "fallback": fallback,
+    settings = {"detector": detector_args.get("detector") or DEFAULT_DETECTOR, "align": align, "fallback": fallback,
                 "tta": tta, "largest_face": True}
     write_json(out / "metrics.json", {
         "accuracy": result.accuracy, "macro_f1": result.macro_f1, "detection_rate": result.detection_rate,

@@ -21,7 +21,7 @@ from ..errors import FerkitError
 from ..models.opened import OnnxModel as OnnxBackend  # noqa: F401  (the name earlier versions had)
 from ..models.opened import TorchModel as TorchBackend  # noqa: F401  (the name earlier versions had)
 from .align import face_crop
-from .detect import FaceDetector, create_detector, find_faces, largest
+from .detect import FaceDetector, FoundFace, create_detector, largest, locate_faces
 
 
 @dataclass
@@ -33,6 +33,17 @@ class FacePrediction:
     label: str
     confidence: float
     probabilities: dict[str, float]
+    #: the detector's score (BlazeFace; None for Haar/dlib and undetected faces)
+    detector_score: float | None = None
+    #: six keypoints [[x, y], ...] in image pixels: eyes, nose, mouth, ears (BlazeFace), else None
+    keypoints: list | None = None
+    #: head pose in degrees: yaw and pitch from the face mesh (``landmarks=True``), roll from the mesh,
+    #: else the eye line (keypoints or eye cascades); None where not computed
+    yaw: float | None = None
+    pitch: float | None = None
+    roll: float | None = None
+    #: the 468-point face mesh [[x, y, z], ...] in image pixels (``landmarks=True``), else None
+    landmarks: list | None = None
 
 
 @dataclass
@@ -45,6 +56,25 @@ class PreparedFaces:
     faces: np.ndarray
     rolls: list[float]
     whole: bool = False
+    scores: list | None = None         # detector score per face (None entries for Haar/dlib)
+    keypoints: list | None = None      # (6, 2) float arrays per face, or None entries
+    poses: list | None = None          # (yaw, pitch, roll) per face from the mesh, or None entries
+    landmarks: list | None = None      # (468, 3) float arrays per face (landmarks=True), or None entries
+
+    def extras(self, i: int) -> dict:
+        """The face record's detector and pose fields of face ``i`` (for :class:`FacePrediction`)."""
+        if self.scores is None or self.whole:   # no detection ran (cropped faces, or the whole image)
+            return dict.fromkeys(("detector_score", "keypoints", "yaw", "pitch", "roll", "landmarks"))
+        get = lambda lst: None if lst is None or i >= len(lst) else lst[i]  # noqa: E731
+        pose, kps, mesh = get(self.poses), get(self.keypoints), get(self.landmarks)
+        score = get(self.scores)
+        roll = pose[2] if pose is not None else (None if i >= len(self.rolls) else self.rolls[i])
+        return {"detector_score": None if score is None else round(float(score), 4),
+                "keypoints": None if kps is None else np.round(np.asarray(kps, float), 1).tolist(),
+                "yaw": None if pose is None else round(float(pose[0]), 1),
+                "pitch": None if pose is None else round(float(pose[1]), 1),
+                "roll": None if roll is None else round(float(roll), 1),
+                "landmarks": None if mesh is None else np.round(np.asarray(mesh, float), 1).tolist()}
 
 
 # ----------------------------------------------------------------------------- images
@@ -139,9 +169,10 @@ FALLBACKS = ("none", "whole")
 
 
 def _make_detector(detector_args: dict):
-    """The face detector named by ``detector_args["detector"]`` (default "haar") with the other arguments."""
+    """The face detector named by ``detector_args["detector"]`` (default: detect.DEFAULT_DETECTOR) with
+    the other arguments."""
     args = dict(detector_args)
-    return create_detector(args.pop("detector", None) or "haar", **args)
+    return create_detector(args.pop("detector", None), **args)
 
 
 # ----------------------------------------------------------------------------- recognizer
@@ -154,7 +185,7 @@ class Recognizer:
 
     def __init__(self, backend, detector: FaceDetector | None = None, margin: float = 0.1, batch_size: int = 64,
                  detector_args: dict | None = None, align: bool = True, fallback: str = "none",
-                 largest: bool = False, tta: str = "none"):
+                 largest: bool = False, tta: str = "none", landmarks: bool = False):
         from ..runtime import check_tta
 
         if fallback not in FALLBACKS:
@@ -166,12 +197,13 @@ class Recognizer:
         self.margin = margin
         self.batch_size = batch_size
         self.align, self.fallback, self.largest = align, fallback, largest
+        self.landmarks = landmarks                  # the 468-point mesh and head pose of each face
         self._aligner = None                        # made on first use (one per recognizer: OpenCV cascades)
 
     @classmethod
     def load(cls, path=None, backend: str = "auto", device: str = "auto", precision: str = "fp32",
              tta: str = "none", margin: float = 0.1, batch_size: int = 64, detect: bool = True,
-             align: bool = True, fallback: str = "none", largest: bool = False,
+             align: bool = True, fallback: str = "none", largest: bool = False, landmarks: bool = False,
              **detector_args) -> "Recognizer":
         """Load a model: None (the default bundled model), a bundled model's name, a run folder or
         ``.safetensors`` checkpoint, or an ``.onnx`` file from ``ferkit export`` (backend "auto"
@@ -182,14 +214,17 @@ class Recognizer:
         It is loaded now, so a bad cascade fails before any work; ``detect=False`` (cropped faces
         only) loads it on first use instead. ``align``: turn each face crop so its eyes are level
         (:mod:`ferkit.predict.align`); ``fallback="whole"``: an image without a detected face is
-        classified whole; ``largest``: keep only the largest face of each image or frame."""
+        classified whole; ``largest``: keep only the largest face of each image or frame;
+        ``landmarks``: the 468-point face mesh and head pose (yaw, pitch, roll) of each face
+        (:mod:`ferkit.predict.mesh`)."""
         from ..models.opened import open_model
         from ..runtime import check_tta
 
         check_tta(tta)
         model = open_model(path, device=device, precision=precision, backend=backend)
         return cls(model, _make_detector(detector_args) if detect else None, margin=margin, batch_size=batch_size,
-                   detector_args=detector_args, align=align, fallback=fallback, largest=largest, tta=tta)
+                   detector_args=detector_args, align=align, fallback=fallback, largest=largest, tta=tta,
+                   landmarks=landmarks)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -220,9 +255,13 @@ class Recognizer:
     def locate(self, gray: np.ndarray, retry: bool = True) -> list[tuple[tuple[int, int, int, int], float]]:
         """(box, roll) of each face: :func:`ferkit.predict.detect.find_faces` (padded, upscaled and
         turned retries when ``retry`` and nothing is found), only the largest with ``largest``."""
+        return [(f.box, f.roll if f.keypoints is not None else f.angle) for f in self.locate_faces(gray, retry)]
+
+    def locate_faces(self, gray: np.ndarray, retry: bool = True) -> list[FoundFace]:
+        """:meth:`locate` as :class:`ferkit.predict.detect.FoundFace` records (score, keypoints)."""
         if self.detector is None:
             self.detector = _make_detector(self._detector_args)
-        found = find_faces(self.detector, gray, retry)
+        found = locate_faces(self.detector, gray, retry)
         return largest(found) if self.largest else found
 
     def prepare(self, gray: np.ndarray, detect: bool = True, retry: bool = True) -> PreparedFaces:
@@ -232,23 +271,33 @@ class Recognizer:
         h, w = gray.shape[:2]
         if not detect:
             return PreparedFaces([(0, 0, int(w), int(h))], preprocess_gray(gray, S)[None], [0.0])
-        found = self.locate(gray, retry)
+        found = self.locate_faces(gray, retry)
         if not found and self.fallback == "whole":
             return PreparedFaces([(0, 0, int(w), int(h))], preprocess_gray(gray, S)[None], [0.0], whole=True)
         faces = np.zeros((len(found), S, S), np.uint8)
         rolls = []
-        if self.align and found and self._aligner is None:
+        if self.align and found and self._aligner is None and any(f.keypoints is None for f in found):
             from .align import EyeAligner
 
             self._aligner = EyeAligner()
-        for i, (b, roll) in enumerate(found):
-            if self.align:
-                crop, roll = self._aligner.crop(gray, b, self.margin, roll)
+        for i, f in enumerate(found):
+            if f.keypoints is not None:   # the eyes are known: level them (no eye cascades)
+                roll = f.roll if self.align else f.angle
+                crop = face_crop(gray, f.box, self.margin, roll)
+            elif self.align:
+                crop, roll = self._aligner.crop(gray, f.box, self.margin, f.angle)
             else:
-                crop = face_crop(gray, b, self.margin, roll)
+                roll = f.angle
+                crop = face_crop(gray, f.box, self.margin, roll)
             faces[i] = preprocess_gray(crop, S)
             rolls.append(float(roll))
-        return PreparedFaces([b for b, _ in found], faces, rolls)
+        prepared = PreparedFaces([f.box for f in found], faces, rolls, scores=[f.score for f in found],
+                                 keypoints=[f.keypoints for f in found])
+        if self.landmarks and found:
+            from .mesh import face_mesh_and_pose
+
+            prepared.landmarks, prepared.poses = face_mesh_and_pose(gray, found)
+        return prepared
 
     def faces_in(self, gray: np.ndarray, detect: bool = True,
                  retry: bool = True) -> tuple[list[tuple[int, int, int, int]], np.ndarray]:
@@ -271,7 +320,7 @@ class Recognizer:
                             self.batch_size)
         return softmax_probabilities(logits.numpy(), f"model {getattr(self.backend, 'path', '')}".strip())
 
-    def _results(self, boxes, probs) -> list[FacePrediction]:
+    def _results(self, boxes, probs, prepared: PreparedFaces | None = None) -> list[FacePrediction]:
         # numpy does the per-face arithmetic for the whole batch; the loop only builds the objects
         probs = np.asarray(probs)
         if not len(probs):
@@ -280,8 +329,9 @@ class Recognizer:
         labels = [self.classes[k] for k in top.tolist()]
         confidence = probs[np.arange(len(probs)), top].tolist()
         classes = self.classes
-        return [FacePrediction(tuple(map(int, b)), label, c, dict(zip(classes, row)))
-                for b, label, c, row in zip(boxes, labels, confidence, probs.tolist())]
+        return [FacePrediction(tuple(map(int, b)), label, c, dict(zip(classes, row)),
+                               **(prepared.extras(i) if prepared is not None else {}))
+                for i, (b, label, c, row) in enumerate(zip(boxes, labels, confidence, probs.tolist()))]
 
     # -- public API
     def predict(self, image, detect: bool = True) -> list[FacePrediction]:
@@ -290,8 +340,9 @@ class Recognizer:
         ``detect=False`` treats the whole image as one already-cropped face. An image without a
         detectable face gives an empty list.
         """
-        boxes, faces = self.faces_in(to_gray(image), detect)
-        return self._results(boxes, self.probabilities(faces))
+        prepared = self.prepare(to_gray(image), detect)
+        return self._results(prepared.boxes, self.probabilities(prepared.faces),
+                             prepared if detect else None)
 
     def track(self, video, smooth: float = 0.5, every: int = 1, max_frames: int | None = None,
               detect: bool = True):

@@ -21,11 +21,16 @@ from ..console import log, progress_bar
 from ..data import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, find_files
 from ..errors import FerkitError, Interrupted
 from ..files import atomic_path, csv_writer, make_dir, output_lock, refuse_output_over_input, write_json
-from .detect import cv2_silenced, draw_faces
+from .blazeface import KEYPOINT_NAMES
+from .detect import DEFAULT_DETECTOR, cv2_silenced, draw_faces
 from .recognizer import FacePrediction, Recognizer, read_color, read_gray
 from .track import DEFAULT_SMOOTH_S, FrameSizeError, FrameTracker, VideoSummary, read_frames
 
 FORMATS = ("csv", "json")
+#: columns of predictions.csv after the probabilities (empty where not computed)
+POSE_COLUMNS = ("detector_score", "yaw", "pitch", "roll")
+#: the face record's detector and pose fields, in the JSON predictions and the server's answers
+FACE_FIELDS = ("detector_score", "keypoints", "yaw", "pitch", "roll", "landmarks")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -56,8 +61,9 @@ class PredictionWriter:
     :meth:`finish` turns it into ``predictions.csv`` / ``predictions.json`` atomically. ``out=None``
     writes to stdout."""
 
-    def __init__(self, out: Path | None, fmt: str, classes):
+    def __init__(self, out: Path | None, fmt: str, classes, keypoints: bool = False):
         self.fmt, self.classes, self.out = fmt, tuple(classes), out
+        self.keypoints = keypoints    # CSV: the six keypoints' columns too (``--landmarks``)
         self.count = 0
         self.path = None if out is None else out / f"predictions.{fmt}"
         self.partial = None if out is None else out / f"predictions.partial.{'csv' if fmt == 'csv' else 'jsonl'}"
@@ -70,8 +76,10 @@ class PredictionWriter:
                 raise FerkitError(f"cannot write {self.partial}: {exc.strerror or exc}") from None
         if fmt == "csv":
             self.csv = csv_writer(self.fh)
+            kp = [f"kp_{n}_{a}" for n in KEYPOINT_NAMES for a in "xy"] if keypoints else []
             self._guard(lambda: self.csv.writerow(["source", "frame", "time_s", "track", "x", "y", "w", "h", "label",
-                                                   "confidence", *[f"p_{c}" for c in self.classes]]))
+                                                   "confidence", *[f"p_{c}" for c in self.classes], *POSE_COLUMNS,
+                                                   *kp]))
         elif out is None:
             self.fh.write("[")
 
@@ -88,11 +96,17 @@ class PredictionWriter:
         if self.fmt == "csv":
             row = [source, "" if frame is None else frame, "" if time_s is None else f"{time_s:.3f}",
                    "" if track is None else track]
+            n_kp = 2 * len(KEYPOINT_NAMES) if self.keypoints else 0
             if face is None:
-                row += [""] * (6 + len(self.classes))
+                row += [""] * (6 + len(self.classes) + len(POSE_COLUMNS) + n_kp)
             else:
+                blank = lambda v: "" if v is None else v  # noqa: E731
                 row += [*face.box, face.label, f"{face.confidence:.6f}",
-                        *[f"{face.probabilities[c]:.6f}" for c in self.classes]]
+                        *[f"{face.probabilities[c]:.6f}" for c in self.classes],
+                        *[blank(getattr(face, c, None)) for c in POSE_COLUMNS]]
+                if n_kp:
+                    kps = getattr(face, "keypoints", None)
+                    row += [v for pt in kps for v in pt] if kps is not None else [""] * n_kp
             self._guard(lambda: self.csv.writerow(row))
         else:
             obj = json.dumps({"source": source, "frame": frame,
@@ -101,7 +115,8 @@ class PredictionWriter:
                               "label": None if face is None else face.label,
                               "confidence": None if face is None else round(face.confidence, 6),
                               "probabilities": None if face is None else
-                              {c: round(face.probabilities[c], 6) for c in self.classes}})
+                              {c: round(face.probabilities[c], 6) for c in self.classes},
+                              **{k: None if face is None else getattr(face, k, None) for k in FACE_FIELDS}})
             text = (("\n" if self.count == 0 else ",\n") + obj) if self.out is None else obj + "\n"
             self._guard(lambda: self.fh.write(text))
         self.count += 1
@@ -228,7 +243,7 @@ class Predictor:
                 self.summary.bad.append((str(path), f"not a readable image ({why})"))
                 continue
             prepared = self.r.prepare(gray, self.detect)
-            pending.append((path, prepared.boxes, color, prepared.whole))
+            pending.append((path, prepared, color, prepared.whole))
             faces.append(prepared.faces)
             n_faces += len(prepared.boxes)
             if n_faces >= self.r.batch_size or len(pending) >= self.max_pending_images:
@@ -240,8 +255,9 @@ class Predictor:
     def _flush_images(self, pending, faces) -> None:
         probs = self.r.probabilities(np.concatenate(faces))
         k = 0
-        for path, boxes, color, whole in pending:
-            results = self.r._results(boxes, probs[k:k + len(boxes)])
+        for path, prepared, color, whole in pending:
+            boxes = prepared.boxes
+            results = self.r._results(boxes, probs[k:k + len(boxes)], prepared)
             k += len(boxes)
             for f in results:
                 self.w.write(str(path), None, None, f)
@@ -392,14 +408,15 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
                    annotate: bool = False, detect: bool = True, every: int = 1, camera: int | None = None,
                    backend: str = "auto", batch_size: int = 64, device: str = "auto", progress: bool = True,
                    max_frames: int | None = None, tta: str = "none", smooth: float | None = None,
-                   align: bool = True, fallback: str = "none", largest: bool = False,
+                   align: bool = True, fallback: str = "none", largest: bool = False, landmarks: bool = False,
                    **detector_args) -> RunSummary:
     """The ``ferkit predict`` command as a function (see its --help). ``out=None`` streams to stdout.
 
     Args:
         model: None (the bundled model), a bundled model's name, a run folder, ``.safetensors`` or ``.onnx``.
         smooth: seconds of per-track smoothing of video and camera probabilities (None: 0.5; 0: raw).
-        align, fallback, largest, detector_args: see :meth:`Recognizer.load` (``detector="dlib"``, ...).
+        align, fallback, largest, landmarks, detector_args: see :meth:`Recognizer.load` (``detector="dlib"``,
+            ...).
     Raises FerkitError when the model or output cannot be used, or nothing could be processed;
     :class:`ferkit.errors.Interrupted` on Ctrl-C, after writing what was done and a summary saying so.
     """
@@ -419,12 +436,12 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
     if not (smooth >= 0 and smooth < float("inf")):
         raise FerkitError(f"--smooth must be a number of seconds >= 0, got {smooth}")
     rec = Recognizer.load(model, backend=backend, device=device, batch_size=batch_size, tta=tta, detect=detect,
-                          align=align, fallback=fallback, largest=largest, **detector_args)
+                          align=align, fallback=fallback, largest=largest, landmarks=landmarks, **detector_args)
     camera_opened = Predictor.open_camera(camera) if camera is not None else None  # fail before any work
     out_dir = None if out is None else make_dir(out)   # only once the model and inputs are good
     # one writer per output folder: a second predict on the same --out stops in one line
     lock = None if out_dir is None else output_lock(out_dir, "output folder").acquire()
-    writer = PredictionWriter(out_dir, fmt, rec.classes)
+    writer = PredictionWriter(out_dir, fmt, rec.classes, keypoints=landmarks)
     pred = Predictor(rec, writer, (out_dir / "annotated") if annotate else None, detect=detect, every=every,
                      progress=progress, smooth=smooth, summaries_dir=None if out_dir is None else out_dir / "videos")
     pred.summary.bad += bad
@@ -452,8 +469,9 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
             write_json(out_dir / "summary.json", {**asdict(s), "model": str(rec.backend.path),
                                                   "backend": rec.backend.name, "tta": tta,
                                                   "classes": list(rec.classes), "inputs": len(items),
-                                                  "detector": detector_args.get("detector") or "haar",
+                                                  "detector": detector_args.get("detector") or DEFAULT_DETECTOR,
                                                   "align": align, "fallback": fallback, "largest": largest,
+                                                  "landmarks": landmarks,
                                                   "smooth_s": smooth})
         if lock is not None:
             lock.release()

