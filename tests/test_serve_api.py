@@ -65,19 +65,17 @@ def test_answers_match_their_schemas(make_client, face_jpeg, recognizer):
         assert key in face
 
 
-def test_detector_fields_are_read_from_the_record_when_present():
-    from types import SimpleNamespace
-
+def test_detector_fields_come_from_the_face_record_in_the_answers_pixels():
     from ferkit.serve.app import _detector_fields
 
-    none = _detector_fields(SimpleNamespace(boxes=[(0, 0, 4, 4)]), 0, 1.0)
-    assert none == {"detector_score": None, "keypoints": None, "landmarks": None, "yaw": None, "pitch": None}
-    rich = SimpleNamespace(scores=[0.91234, 0.5], keypoints=[[(10, 20), (30, 40)], None], yaws=[12.34, None],
-                           pitches=[-3.21, 1.0])
-    got = _detector_fields(rich, 0, 2.0)                       # points in the original's pixels (scale 2)
-    assert got == {"detector_score": 0.9123, "keypoints": [[20.0, 40.0], [60.0, 80.0]], "landmarks": None,
-                   "yaw": 12.3, "pitch": -3.2}
-    assert _detector_fields(rich, 1, 1.0)["keypoints"] is None
+    empty = dict.fromkeys(("detector_score", "keypoints", "yaw", "pitch", "roll", "landmarks"))
+    none = _detector_fields(empty, 12.0, 1.0)
+    assert none == {**empty, "roll": 12.0}                     # no pose: the roll the crop was levelled by
+    rich = {"detector_score": 0.9123, "keypoints": [[10.0, 20.0], [30.0, 40.0]], "yaw": 12.3, "pitch": -3.2,
+            "roll": 4.0, "landmarks": [[1.0, 2.0, 0.5]]}
+    got = _detector_fields(rich, 12.0, 2.0)                    # points in the original's pixels (scale 2)
+    assert got == {**rich, "keypoints": [[20.0, 40.0], [60.0, 80.0]], "landmarks": [[2.0, 4.0, 0.5]]}
+    assert rich["keypoints"] == [[10.0, 20.0], [30.0, 40.0]]   # the record itself is not changed
     Face.model_validate({"box": [0, 0, 1, 1], "label": "a", "confidence": 1.0, "probabilities": {"a": 1.0}, **got})
 
 

@@ -127,7 +127,7 @@ def model_name_of(recognizer: Recognizer) -> str:
 
     path = Path(str(getattr(recognizer.backend, "path", "model")))
     for m in BUNDLED.values():
-        if m.path == path:
+        if path in (m.path, m.path.with_suffix(".onnx")):   # its ONNX export runs it when onnxruntime is there
             return m.name
     return path.parent.name if path.name in ("best.safetensors", "last.safetensors") else path.name
 
