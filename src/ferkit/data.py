@@ -31,6 +31,8 @@ import numpy as np
 from .choices import LABEL_MODES
 from .console import log, progress_bar
 from .errors import FerkitError
+from .failures import check_fits
+from .files import atomic_path, cache_dir, write_json
 from .labels import EXPRESSIONS, REFERENCE_CLASSES, canonical_class
 
 __all__ = ["IMAGE_EXTENSIONS", "LABEL_MODES", "VOTE_CLASSES", "ImageSet", "Source", "bgr_to_gray", "cache_dir",
@@ -501,14 +503,6 @@ class ImageSet:
                         list(self.skipped), targets, self.protocol, majority)
 
 
-def cache_dir() -> Path:
-    """Where decoded datasets are cached: $FERKIT_CACHE, else $XDG_CACHE_HOME/ferkit, else ~/.cache/ferkit."""
-    env = os.environ.get("FERKIT_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ferkit"
-
-
 def _cache_key(files: list[Path], image_size: int) -> str:
     h = hashlib.sha256(f"v{_CACHE_VERSION}|{image_size}".encode())
     for f in files:
@@ -529,8 +523,6 @@ def _decode_all(files: list[Path], image_size: int,
             return None, str(exc)
         except OSError as exc:
             return None, exc.strerror or str(exc)
-
-    from .failures import check_fits
 
     check_fits(len(files) * image_size * image_size, f"decoding {len(files):,} images at {image_size}x{image_size} px",
                "use a smaller --image-size or fewer images")
@@ -606,8 +598,6 @@ def _load_cached(key: str, n: int, image_size: int | None = None):
 
 
 def _store_cached(key: str, images: np.ndarray, ok: list[int], bad: list) -> None:
-    from .files import atomic_path, write_json
-
     base = cache_dir() / "datasets" / key
     ok, bad = [int(i) for i in ok], [[str(p), str(w)] for p, w in bad]
     meta = {"version": _CACHE_VERSION, "n": len(ok) + len(bad), "dtype": "uint8", "shape": list(images.shape),

@@ -58,8 +58,9 @@ from ..errors import FerkitError, Interrupted
 from ..files import atomic_path, make_dir
 from ..labels import parse_classes
 from ..models import CheckpointRecord, InputSpec, count_parameters
-from ..models.gan import MIN_IMAGE_SIZE, create_discriminator, create_generator, resolve_gan_args
+from ..models.gan import MIN_IMAGE_SIZE, create_discriminator, create_generator, resolve_gan_args, to_uint8
 from ..runtime import autocast, global_rng_state, resolve_precision, set_global_rng_state
+from ..synth.gan import open_classifier
 from .config import ResumableConfig
 from .distributed import Dist, check_world, launch
 from .run_folder import RunFolder
@@ -457,11 +458,6 @@ class GanTrainer:
 
 
 # ----------------------------------------------------------------------------- outputs
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Generator output in [-1, 1] (N, 1, S, S) -> uint8 faces (N, S, S)."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].cpu().numpy()
-
-
 @torch.no_grad()
 def sample_grid(G, faces: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], spec: InputSpec,
                 device: torch.device) -> np.ndarray:
@@ -555,8 +551,6 @@ def _train_gan(cfg: GanConfig, overwrite: bool, dist: Dist, device: torch.device
     cfg.classes = data.classes
     guide = None
     if cfg.guide is not None:   # before the run folder exists: a bad guide leaves nothing behind
-        from ..synth.gan import open_classifier
-
         model, grec, gpath, columns, cfg.guide_sha256 = open_classifier(cfg.guide, cfg.classes, "--guide", device)
         guide = (model, grec, columns)
         log(f"guide: {gpath} ({grec.arch}, {grec.image_size} px, classes {', '.join(grec.classes)}), "
