@@ -298,16 +298,22 @@ def load_train_val(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
     hint = f"with --init the classes default to those of {cfg.init}; --classes picks them" if cfg.init else ""
     train = load_dataset(cfg.train_dir, cfg.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
                          role="training data", hint=hint, labels=cfg.labels)
-    if cfg.oversample:
-        extra = parse_oversample(cfg.oversample)
-        before = len(train)
-        train = train.oversampled(extra)
-        log(f"training data: {len(train) - before} copies added by --oversample {cfg.oversample} "
-            f"({before} -> {len(train)} faces per epoch)")
+    train = oversampled(cfg, train)
     # validation (and so the selection of the best epoch) always uses the majority protocol
     val = load_dataset(cfg.val_dir, train.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
                        role="validation data")
     return train, val
+
+
+def oversampled(cfg: TrainConfig, train: ImageSet) -> ImageSet:
+    """The training set with ``cfg.oversample``'s extra copies (itself when there are none)."""
+    if not cfg.oversample:
+        return train
+    before = len(train)
+    train = train.oversampled(parse_oversample(cfg.oversample))
+    log(f"training data: {len(train) - before} copies added by --oversample {cfg.oversample} "
+        f"({before} -> {len(train)} faces per epoch)")
+    return train
 
 
 def _val_subset(cfg: TrainConfig, val_set: ImageSet) -> tuple[np.ndarray, np.ndarray]:
@@ -365,7 +371,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, Image
         cfg: the run's configuration (see :func:`ferkit.train.resolve_config` for recipes).
         overwrite: replace what ``cfg.out`` holds (an interrupted run is otherwise resumed, and a
             finished one continued when ``cfg.epochs`` is larger).
-        data: already-decoded (train, val) sets, to skip decoding (used by ``ferkit study``).
+        data: already-decoded (train, val) sets, to skip decoding (used by ``ferkit study``); the
+            training set as ``cfg.labels`` reads it, before ``cfg.oversample`` (applied here).
         keep_state: keep ``state/`` after the run finishes, so a larger ``epochs`` can continue it
             (``ferkit study`` drops it: many small runs, never extended).
         figures: draw curves.png at the end (False: history.csv only; ``plot_curves`` draws it later).
@@ -403,7 +410,9 @@ def _fit(cfg: TrainConfig, overwrite: bool, data, keep_state: bool, dist: Dist, 
 def _fit_in(folder: RunFolder, cfg: TrainConfig, overwrite: bool, data, keep_state: bool, dist: Dist,
             device: torch.device, figures: bool = True, state_every: float = 0.0) -> RunResult:
     t0 = time.time()
-    train_set, val_set = data if data is not None else load_train_val(cfg)
+    if data is not None and cfg.labels == "soft" and data[0].targets is None:
+        raise FerkitError("labels soft: the training set given has no vote distributions (load it with labels='soft')")
+    train_set, val_set = (oversampled(cfg, data[0]), data[1]) if data is not None else load_train_val(cfg)
     cfg.classes = train_set.classes
     saved = folder.prepare(cfg, overwrite)
     dist.barrier()                      # rank 0 has prepared the folder (cleared it, or kept a state)
