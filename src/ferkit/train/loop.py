@@ -150,9 +150,14 @@ class Trainer:
             x = A.random_erase(x, self.aug_gen, cfg.erase)
         return x.contiguous(memory_format=torch.channels_last)
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy against class indices or, for vote labels, class distributions (N, C)."""
-        return F.cross_entropy(logits.float(), y, weight=self.class_weight, label_smoothing=self.cfg.label_smoothing)
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against label distributions (N, C): hard labels one-hot, vote labels their
+        distribution, a mixed batch the mix (:mod:`ferkit.votes`). With class weights the mean is
+        weighted by each target's weight, which for one-hot targets is exactly the class-index form."""
+        loss = F.cross_entropy(logits.float(), targets, weight=self.class_weight,
+                               label_smoothing=self.cfg.label_smoothing, reduction="sum")
+        norm = targets.shape[0] if self.class_weight is None else (targets @ self.class_weight).sum()
+        return loss / norm
 
     def train_one_epoch(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> dict:
         """One pass over (a random subset of) the training set. Returns its loss and accuracy.
@@ -177,6 +182,8 @@ class Trainer:
             y = labels[idx]
             x = self.batch_input(images[idx])
             x, y_a, y_b, lam = A.mix(x, y, self.aug_gen, cfg.mixup, cfg.cutmix)
+            if lam != 1.0:   # one target: the mix of the two distributions (linear in the loss, as torchvision's)
+                y = lam * y_a + (1 - lam) * y_b
             for g in self.opt.param_groups:
                 g["lr"] = cfg.lr * self.schedule.factor(self.step)
             consistent = cfg.consistency > 0
@@ -187,9 +194,7 @@ class Trainer:
                 logits = model(x_in if consistent else x)
             if consistent:
                 logits, logits2 = logits[:len(x)], logits[len(x):]
-            loss = self.loss(logits, y_a)
-            if lam != 1.0:
-                loss = lam * loss + (1 - lam) * self.loss(logits, y_b)
+            loss = self.loss(logits, y)
             if self.teacher is not None:   # the teacher sees the batch as mixed: its output is the target
                 a = self.teacher.alpha
                 with autocast(self.device, self.amp_dtype):
@@ -213,7 +218,7 @@ class Trainer:
                 self.ema.update_parameters(self.model)
             self.step += 1
             total_loss += value * len(idx)
-            correct += (logits.argmax(1) == (y_a if y_a.dim() == 1 else y_a.argmax(1))).sum().item()
+            correct += (logits.argmax(1) == y_a.argmax(1)).sum().item()
             seen += len(idx)
             bar.update(len(idx) * dist.world)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
@@ -324,7 +329,7 @@ def _val_subset(cfg: TrainConfig, val_set: ImageSet) -> tuple[np.ndarray, np.nda
     return images, labels
 
 
-def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, dist: Dist | None = None,
+def build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, dist: Dist | None = None,
                    fresh: bool = True) -> Trainer:
     """The model, optimiser, schedule and augmentation of a run; ``fresh``: a new run (not resumed),
     which starts from ``cfg.init``'s weights when given."""
@@ -342,9 +347,7 @@ def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, 
     n = len(train_set) if cfg.train_limit is None else min(cfg.train_limit, len(train_set))
     weight = None
     if cfg.class_weights:
-        counts = np.bincount(train_set.labels, minlength=len(cfg.classes)) if train_set.targets is None \
-            else train_set.targets.sum(0)
-        counts = np.maximum(counts, 1)
+        counts = np.maximum(train_set.label_distributions().sum(0, dtype=np.float64), 1)
         weight = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32, device=device)
     ema = None
     if cfg.ema > 0:
@@ -417,10 +420,10 @@ def _fit_in(folder: RunFolder, cfg: TrainConfig, overwrite: bool, data, keep_sta
     saved = folder.prepare(cfg, overwrite)
     dist.barrier()                      # rank 0 has prepared the folder (cleared it, or kept a state)
     check_world(saved, dist, folder.path)
-    tr = _build_trainer(cfg, train_set, device, dist, fresh=saved is None)
+    tr = build_trainer(cfg, train_set, device, dist, fresh=saved is None)
     val_images, val_labels = _val_subset(cfg, val_set)
     images = torch.from_numpy(train_set.images).to(device)   # uint8, resident on the training device
-    labels = torch.from_numpy(train_set.labels if train_set.targets is None else train_set.targets).to(device)
+    labels = torch.from_numpy(train_set.label_distributions()).to(device)   # one label path: distributions
     config_record = {**asdict(cfg), "classes": list(cfg.classes), "device": str(device), "world_size": dist.world,
                      "precision_used": str(tr.amp_dtype or "float32"), "parameters": count_parameters(tr.model),
                      "train_counts": train_set.class_counts(), "val_counts": val_set.class_counts(),
