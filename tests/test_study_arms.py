@@ -58,6 +58,7 @@ SAMPLES = {
     "aspect": ("aspect=0.1", 0.1),
     "erase": ("erase=0.25", 0.25),
     "mixup": ("mixup=0.2", 0.2),
+    "photo": ("photo=0.15", 0.15),
     "cutmix": ("cutmix=1", 1.0),
     "precision": ("precision=fp32", "fp32"),
     "device": ("device=cpu", "cpu"),

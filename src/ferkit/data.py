@@ -415,6 +415,10 @@ class ImageSet:
     #: vote-label data in ``soft`` mode: each face's majority-protocol class (index into ``classes``),
     #: -1 where that protocol drops the face; else None (``labels`` are then the hard labels)
     majority: np.ndarray | None = None
+    #: several training sources (:mod:`ferkit.train.domains`): each face's source index, and each
+    #: source's sampling weight; else None and ()
+    domain: np.ndarray | None = None
+    domain_weights: tuple[float, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -445,9 +449,9 @@ class ImageSet:
                                   + (" (by the majority protocol)" if self.majority is not None else ""))
             idx += [faces] * n
         idx = np.concatenate(idx)
-        targets, majority = (None if a is None else a[idx] for a in (self.targets, self.majority))
+        targets, majority, domain = (None if a is None else a[idx] for a in (self.targets, self.majority, self.domain))
         return ImageSet(self.images[idx], self.labels[idx], [self.paths[i] for i in idx], self.classes,
-                        list(self.skipped), targets, self.protocol, majority)
+                        list(self.skipped), targets, self.protocol, majority, domain, self.domain_weights)
 
 
 def _cache_key(files: list[Path], image_size: int) -> str:

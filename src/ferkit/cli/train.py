@@ -19,7 +19,7 @@ TRAIN_OPTIONS = {
     "loss": ("label_smoothing", "class_weights", "oversample", "labels", "teacher", "distill_alpha",
              "distill_temperature", "consistency", "consistency_shift"),
     "augmentation (in torch, on whole batches)": ("augment", "rotate", "shift", "zoom", "aspect", "erase", "mixup",
-                                                  "cutmix"),
+                                                  "cutmix", "photo"),
     "machine": ("precision", "device", "num_threads", "strict"),
 }
 
@@ -74,7 +74,12 @@ def add_train(sub):
                               "  state/             resume state\n"
                               "Re-running the same command resumes an interrupted run; a larger --epochs\n"
                               "continues a finished one. Progress bars show only on a terminal.")
-    p.add_argument("--train-dir", required=True, help="training data: class folders or manifest CSV")
+    p.add_argument("--train-dir", required=True, action="append", metavar="PATH[:W]",
+                   help="training data: class folders, a FER+ folder or a manifest CSV. Repeat it to train on "
+                        "several sources (domains) at once; ':W' after a path is its sampling weight, how often "
+                        "each of its faces is drawn per epoch on average (default 1; e.g. --train-dir "
+                        "ferplus/train:0.25 --train-dir sfew/train:6). The classes are --classes or the first "
+                        "source's; other sources give the faces of those classes they have")
     p.add_argument("--val-dir", required=True, help="validation data (same classes)")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.add_argument("--recipe", choices=tuple(RECIPES), default="reference",
@@ -99,7 +104,11 @@ def train_config_from_args(a, **fixed):
         given["model_args"] = parse_model_args(a.model_arg)
         base = {} if given.get("arch") or given.get("init") else _recipe_model_args(a.recipe)
         given["model_args"] = {**base, **given["model_args"]}
-    return resolve_config(a.recipe, train_dir=a.train_dir, val_dir=a.val_dir, out=a.out,
+    from ..train.domains import parse_source
+
+    first = parse_source(a.train_dir[0])
+    given.update(train_weight=first.weight, extra_train_dirs=tuple(a.train_dir[1:]) or None)
+    return resolve_config(a.recipe, train_dir=first.path, val_dir=a.val_dir, out=a.out,
                           progress=not a.no_progress, **given, **fixed)
 
 
@@ -134,8 +143,11 @@ def add_calibrate(sub):
                               "default <name>.calibrated.safetensors beside it (for a bundled model, in the\n"
                               "current folder). Use validation data the model was not trained on.")
     p.add_argument("model", help="run folder (uses best.safetensors), checkpoint file, or a bundled model's name")
-    p.add_argument("--val-dir", default=None, help="labelled validation data (class folders or manifest CSV) with "
-                                                   "the model's classes")
+    p.add_argument("--val-dir", default=None, action="append",
+                   help="labelled validation data (class folders, FER+ folder or manifest CSV); repeat it for "
+                        "several domains (e.g. FER+ valid, your film faces, your lab faces): one temperature is "
+                        "fitted with every domain weighing the same, and ECE is reported per domain. A set with "
+                        "fewer classes than the model is scored among the classes it has")
     p.add_argument("--out", default=None, help="calibrated checkpoint to write (default: <name>.calibrated."
                                                "safetensors beside the input)")
     p.add_argument("--temperature", type=float, default=None,

@@ -125,8 +125,10 @@ def parse_sources(specs: list[str]) -> dict[str, list[str]]:
 
 
 # ----------------------------------------------------------------------------- arms
-#: TrainConfig fields the study sets for each run: not a base setting, not an arm override.
-PER_RUN_FIELDS = ("train_dir", "val_dir", "out", "seed", "classes", "progress", "num_threads")
+#: TrainConfig fields the study sets for each run: not a base setting, not an arm override (its data
+#: plan decides the training faces, so the training sources and their weights too).
+PER_RUN_FIELDS = ("train_dir", "val_dir", "out", "seed", "classes", "progress", "num_threads", "train_weight",
+                  "extra_train_dirs")
 #: The keys of an arm's data mix; every other key is a TrainConfig field (an override).
 MIX_KEYS = ("source", "k", "only")
 _KEY_ALIASES = {"synthetic": "source"}

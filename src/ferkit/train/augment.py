@@ -121,3 +121,110 @@ def small_change(x: torch.Tensor, gen: torch.Generator, shift_px: float = 4.0, z
     frac = shift_px / 48.0
     return affine_view(x, (r[:, 0] - 0.5) * (2 * frac), (r[:, 1] - 0.5) * (2 * frac),
                        1 + (r[:, 2] - 0.5) * (2 * zoom), r[:, 3] < 0.5)
+
+
+# ----------------------------------------------------------------------------- real-photo conditions
+#: JPEG's standard luminance quantisation table (ITU T.81, Annex K), scaled by quality as libjpeg does.
+_JPEG_LUMA = torch.tensor([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
+    [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], dtype=torch.float32)
+
+
+def _dct8() -> torch.Tensor:
+    k, i = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    c = torch.cos(math.pi * (2 * i + 1) * k / 16) * math.sqrt(2 / 8)
+    c[0] /= math.sqrt(2)
+    return c
+
+
+def jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """JPEG's lossy step on a [0, 1] gray batch (N, 1, H, W): 8x8 block DCT, quantisation by the
+    luminance table at each image's ``quality`` (N,) in 1..100, and back (no chroma, no entropy
+    coding: those lose nothing more in gray). Blocking and ringing come out as a real encoder's do."""
+    n, c, h, w = x.shape
+    ph, pw = -h % 8, -w % 8
+    y = F.pad(x, (0, pw, 0, ph), mode="replicate") * 255 - 128 if ph or pw else x * 255 - 128
+    dct = _dct8().to(x.device, x.dtype)
+    blocks = y.unflatten(2, (-1, 8)).unflatten(4, (-1, 8)).transpose(3, 4)      # N, C, H/8, W/8, 8, 8
+    q = quality.to(x.device, x.dtype).clamp(1, 100)
+    scale = torch.where(q < 50, 5000 / q, 200 - 2 * q) / 100
+    table = (_JPEG_LUMA.to(x.device, x.dtype) * scale.view(-1, 1, 1, 1, 1, 1) + 0.5).floor().clamp(1, 255)
+    coef = torch.round(dct @ blocks @ dct.T / table) * table
+    back = (dct.T @ coef @ dct).transpose(3, 4).reshape(n, c, h + ph, w + pw)
+    return ((back + 128) / 255)[..., :h, :w].clamp(0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image of (N, 1, H, W) with its own Gaussian ``sigma`` (N,) in pixels (separable,
+    one grouped convolution per axis; borders replicated)."""
+    n, c, h, w = x.shape
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t.view(1, -1) / sigma.to(x.device, x.dtype).clamp_min(1e-3).view(-1, 1)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)                    # N*C, 2r+1
+    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="replicate")
+    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def photo_conditions(x: torch.Tensor, gen: torch.Generator, p: float) -> torch.Tensor:
+    """Conditions of real photos and video frames, each applied to an image with probability ``p``
+    (independently), in the order a camera meets them:
+
+    - an occluder: a flat patch (a hand, a microphone: 8-25% of the face, any place, any gray) or a
+      dark band across the eyes (sunglasses);
+    - light: gamma in [0.5, 2] and gain in [0.35, 1.1] (low light, over-exposure);
+    - blur: Gaussian, sigma 0.4-1.6 px at 48 px (focus, motion);
+    - low resolution: down to 20-60% of the side and back up (small faces, far from the camera);
+    - sensor noise: Gaussian, sigma 1-8% of full scale;
+    - JPEG compression at quality 8-60.
+
+    ``x`` holds pixels in [0, 1], (N, 1, H, W); so does the result. Every draw comes from ``gen``.
+    """
+    if p <= 0:
+        return x
+    n, _, h, w = x.shape
+    dev = x.device
+    r = _rand(gen, n, 16, device=dev)
+    on = r[:, :6] < p                                                  # which conditions, per image
+    size = h / 48.0
+    # occluder
+    if on[:, 0].any():
+        band = r[:, 6] < 0.35
+        area = 0.08 + r[:, 7] * 0.17
+        ratio = torch.exp((r[:, 8] - 0.5) * 1.6)
+        ph = torch.where(band, (0.12 + 0.08 * r[:, 9]) * h, torch.sqrt(area * h * w * ratio)).clamp(2, h)
+        pw = torch.where(band, (0.65 + 0.3 * r[:, 10]) * w, torch.sqrt(area * h * w / ratio)).clamp(2, w)
+        top = torch.where(band, (0.28 + 0.14 * r[:, 11]) * h, r[:, 11] * (h - ph))
+        left = torch.where(band, (w - pw) / 2, r[:, 12] * (w - pw))
+        value = torch.where(band, 0.02 + 0.2 * r[:, 13], r[:, 13])
+        rows = torch.arange(h, device=dev).view(1, h, 1)
+        cols = torch.arange(w, device=dev).view(1, 1, w)
+        inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + ph).view(-1, 1, 1))
+                  & (cols >= left.view(-1, 1, 1)) & (cols < (left + pw).view(-1, 1, 1)))
+        mask = (inside & on[:, 0].view(-1, 1, 1)).unsqueeze(1)
+        x = torch.where(mask, value.view(-1, 1, 1, 1).to(x.dtype), x)
+    # light
+    if on[:, 1].any():
+        gamma = torch.exp((r[:, 14] - 0.5) * 2 * math.log(2))
+        gain = 0.35 + 0.75 * r[:, 15]
+        lit = x.clamp_min(0).pow(gamma.view(-1, 1, 1, 1)) * gain.view(-1, 1, 1, 1)
+        x = torch.where(on[:, 1].view(-1, 1, 1, 1), lit.clamp(0, 1), x)
+    r2 = _rand(gen, n, 4, device=dev)
+    if on[:, 2].any():
+        sigma = (0.4 + 1.2 * r2[:, 0]) * size
+        x = torch.where(on[:, 2].view(-1, 1, 1, 1), gaussian_blur(x, sigma), x)
+    if on[:, 3].any():   # one factor per batch, so the batch stays one interpolation
+        f = 0.2 + 0.4 * float(r2[0, 1])
+        small = F.interpolate(x, size=(max(2, round(h * f)), max(2, round(w * f))), mode="area")
+        x = torch.where(on[:, 3].view(-1, 1, 1, 1), F.interpolate(small, size=(h, w), mode="bilinear",
+                                                                   align_corners=False), x)
+    if on[:, 4].any():
+        sigma = 0.01 + 0.07 * r2[:, 2]
+        noise = torch.randn(x.shape, generator=gen).to(dev, x.dtype) * sigma.view(-1, 1, 1, 1)
+        x = torch.where(on[:, 4].view(-1, 1, 1, 1), (x + noise).clamp(0, 1), x)
+    if on[:, 5].any():
+        x = torch.where(on[:, 5].view(-1, 1, 1, 1), jpeg(x, 8 + 52 * r2[:, 3]), x)
+    return x

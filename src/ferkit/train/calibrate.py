@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -144,10 +145,12 @@ def plot_reliability(probs, labels, path, title: str = "", bins: int = ECE_BINS)
 
 
 # ----------------------------------------------------------------------------- fitting
-def fit_temperature(logits, targets, bounds: tuple[float, float] = TEMPERATURE_RANGE) -> float:
+def fit_temperature(logits, targets, bounds: tuple[float, float] = TEMPERATURE_RANGE, weights=None) -> float:
     """The T in ``bounds`` minimising NLL of softmax(logits / T) against labels (N,) or vote
     distributions (N, C). Deterministic: NLL is convex in b = 1/T with derivative
-    mean(E_softmax(b z)[z] - E_target[z]), bisected on log b."""
+    mean(E_softmax(b z)[z] - E_target[z]), bisected on log b. ``weights`` (N,): each face's weight in
+    that mean (e.g. 1/size of its domain, so that every domain counts the same; see
+    :func:`domain_weights`)."""
     z = _as_logits(logits)
     if not len(z):
         raise FerkitError("cannot fit a temperature on no faces")
@@ -159,7 +162,7 @@ def fit_temperature(logits, targets, bounds: tuple[float, float] = TEMPERATURE_R
         s = z * math.exp(log_b)
         p = np.exp(s - s.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
-        return float(((p * z).sum(1) - target_z).mean())
+        return float(np.average((p * z).sum(1) - target_z, weights=weights))
 
     lo, hi = -math.log(bounds[1]), -math.log(bounds[0])     # log b; b = 1/T
     s_lo, s_hi = slope(lo), slope(hi)
@@ -184,6 +187,14 @@ def fit_temperature(logits, targets, bounds: tuple[float, float] = TEMPERATURE_R
     return float(math.exp(-(lo + hi) / 2))
 
 
+def domain_weights(domains) -> np.ndarray:
+    """Per-face weights 1/(faces of its domain), normalised to mean 1: every domain counts the same
+    in :func:`fit_temperature` however many faces it has. ``domains``: one label per face."""
+    _, inverse, counts = np.unique(np.asarray(domains), return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse]
+    return w * (len(w) / w.sum())
+
+
 # ----------------------------------------------------------------------------- checkpoints
 @dataclass
 class CalibrationResult:
@@ -198,6 +209,7 @@ class CalibrationResult:
     classes: tuple[str, ...] = ()
     before: dict = field(default_factory=dict)   # nll, ece, accuracy, mean_confidence, temperature
     after: dict = field(default_factory=dict)
+    domains: list = field(default_factory=list)  # several validation sets: val_data, n, before, after of each
 
 
 def default_output(ckpt: Path) -> Path:
@@ -231,16 +243,25 @@ def _check_output(out: Path, ckpt: Path, overwrite: bool) -> Path:
 
 def _val_logits(model_path: Path, val_dir, batch_size: int, precision: str, device: str, strict: bool,
                 progress: bool):
-    """(raw logits, labels in model order, record) of a checkpoint on a labelled folder; raw = T 1."""
-    from ..data import load_dataset
+    """(raw logits, labels in model order, record) of a checkpoint on a labelled folder; raw = T 1.
+    Data with fewer classes than the model (SFEW has no contempt) is scored among the classes it has:
+    the others' logits are -inf, so they take no probability at any temperature."""
+    from ..data import load_dataset, scan_source
     from ..models import open_model
 
     opened = open_model(model_path, device=device, precision=precision, backend="torch")
     record = opened.record
-    data = load_dataset(val_dir, record.classes, record.image_size, strict, progress=progress,
-                        role="validation data")
+    found = scan_source(val_dir, None, "validation data").found_classes
+    classes = tuple(c for c in record.classes if c in found)
+    if not classes:
+        raise FerkitError(f"validation data {val_dir} has none of the model's classes ({', '.join(record.classes)})")
+    data = load_dataset(val_dir, classes, record.image_size, strict, progress=progress, role="validation data")
     to_model = np.asarray([record.classes.index(c) for c in data.classes])
     logits = opened.logits(data.images, batch_size=batch_size, calibrated=False)
+    absent = [i for i, c in enumerate(record.classes) if c not in classes]
+    if absent:
+        logits = np.array(logits, dtype=np.float32)
+        logits[:, absent] = -np.inf
     return logits, to_model[data.labels], record
 
 
@@ -251,8 +272,11 @@ def calibrate_checkpoint(model, val_dir=None, out=None, temperature: float | Non
 
     Args:
         model: run folder (its best.safetensors), ``.safetensors`` checkpoint, or a bundled model's name.
-        val_dir: labelled validation data (class folders or manifest) with the model's classes: the
-            temperature is fitted there, and NLL/ECE before and after are measured there.
+        val_dir: labelled validation data (class folders or manifest): the temperature is fitted
+            there, and NLL/ECE before and after are measured there. A list of several sets (domains:
+            e.g. FER+ valid, held-out film faces, held-out lab faces) fits one temperature with every
+            domain weighing the same, and reports NLL/ECE per domain (``result.domains``). A set with
+            fewer classes than the model is scored among the classes it has.
         out: the calibrated checkpoint (default: :func:`default_output`); never the input itself.
         temperature: set this temperature instead of fitting one (``val_dir`` then only measures).
         overwrite: replace an existing ``out``.
@@ -274,18 +298,31 @@ def calibrate_checkpoint(model, val_dir=None, out=None, temperature: float | Non
 
     result = CalibrationResult(temperature if temperature is not None else 1.0, record.temperature,
                                temperature is None, out, ckpt, classes=record.classes)
-    if val_dir is not None:
-        logits, labels, record = _val_logits(ckpt, val_dir, batch_size, precision, device, strict, progress)
+    sets = [] if val_dir is None else [val_dir] if isinstance(val_dir, (str, os.PathLike)) else list(val_dir)
+    if sets:
+        parts = [_val_logits(ckpt, v, batch_size, precision, device, strict, progress) for v in sets]
+        logits = np.concatenate([z for z, _, _ in parts])
+        labels = np.concatenate([y for _, y, _ in parts])
+        weights = domain_weights(np.concatenate([np.full(len(y), i) for i, (_, y, _) in enumerate(parts)]))
         result.n = len(labels)
         result.before = calibration_metrics(logits, labels, record.temperature)
         if temperature is None:
-            result.temperature = fit_temperature(logits, labels)
+            result.temperature = fit_temperature(logits, labels, weights=None if len(sets) == 1 else weights)
         result.after = calibration_metrics(logits, labels, result.temperature)
-    calibration = {"method": "temperature scaling, NLL minimised on validation data" if result.fitted
-                   else "temperature set by hand", "source_checkpoint": ckpt.name, "ferkit_version": __version__}
-    if val_dir is not None:
-        calibration.update(val_data=str(val_dir), n=result.n, ece_bins=ECE_BINS, before=result.before,
-                           after=result.after)
+        if len(sets) > 1:
+            result.domains = [{"val_data": str(v), "n": len(y),
+                               "before": calibration_metrics(z, y, record.temperature),
+                               "after": calibration_metrics(z, y, result.temperature)}
+                              for v, (z, y, _) in zip(sets, parts)]
+    calibration = {"method": ("temperature scaling, NLL minimised on validation data"
+                              + (f" ({len(sets)} domains weighing the same)" if len(sets) > 1 else ""))
+                   if result.fitted else "temperature set by hand", "source_checkpoint": ckpt.name,
+                   "ferkit_version": __version__}
+    if sets:
+        calibration.update(val_data=str(sets[0]) if len(sets) == 1 else [str(v) for v in sets], n=result.n,
+                           ece_bins=ECE_BINS, before=result.before, after=result.after)
+        if result.domains:
+            calibration["domains"] = result.domains
     new_record = replace(record, temperature=result.temperature, calibration=calibration)
     # The weights are copied as stored (dtype and all); only the record changes.
     try:
@@ -309,10 +346,14 @@ def describe(r: CalibrationResult) -> list[str]:
         for name, m in (("before", r.before), ("after", r.after)):
             lines.append(f"{name:8s}{m['nll']:8.4f}{m['ece']:8.4f}{m['mean_confidence']:11.4f}{m['accuracy']:10.4f}"
                          f"   (temperature {m['temperature']:.4g})")
+    for d in r.domains:
+        lines.append(f"  {d['val_data']} ({d['n']} faces): ECE {d['before']['ece']:.4f} -> {d['after']['ece']:.4f}, "
+                     f"NLL {d['before']['nll']:.4f} -> {d['after']['nll']:.4f}")
     lines.append(f"wrote {r.out} (weights as in {r.source}, which is unchanged)")
     return lines
 
 
 __all__ = ["CALIBRATED_SUFFIX", "ECE_BINS", "TEMPERATURE_RANGE", "CalibrationResult", "calibrate_checkpoint",
-           "calibration_metrics", "default_output", "describe", "expected_calibration_error", "fit_temperature",
+           "calibration_metrics", "default_output", "describe", "domain_weights", "expected_calibration_error",
+           "fit_temperature",
            "log_softmax", "negative_log_likelihood", "plot_reliability", "reliability_table"]

@@ -117,6 +117,10 @@ class TrainConfig(ResumableConfig, Machine):
     val_dir: str = setting(help="validation data (same classes)")
     out: str = setting(help="run folder to create (or resume)")
     recipe: str = setting("reference", "the named recipe whose values fill the fields not given")
+    # several training sources (ferkit.train.domains): train_dir's sampling weight, and more sources
+    # written PATH[:W]; one source at weight 1 is a plain run
+    train_weight: float = setting(1.0, "sampling weight of --train-dir's first source (see --train-dir PATH[:W])")
+    extra_train_dirs: tuple[str, ...] = setting((), "more training sources, each PATH[:W] (see --train-dir)")
     # model and data
     arch: str = setting("seed", "architecture (see `ferkit models`)")
     model_args: dict = setting(factory=dict, help="architecture arguments beyond classes and image size (width, "
@@ -184,11 +188,21 @@ class TrainConfig(ResumableConfig, Machine):
     erase: float = setting(0.0, "probability of random erasing per image")
     mixup: float = setting(0.0, "mixup Beta alpha (e.g. 0.2); 0 = off")
     cutmix: float = setting(0.0, "cutmix Beta alpha (e.g. 1.0); 0 = off; with --mixup one of the two per batch")
+    photo: float = setting(0.0, "probability P of each real-photo condition per image: an occluder (a patch, or "
+                                "dark glasses), low light or gamma, blur, low resolution, sensor noise and JPEG "
+                                "compression, each drawn independently with probability P (e.g. 0.15); 0 = off. "
+                                "Independent of --augment")
 
     def __post_init__(self):
         if self.classes is not None and not isinstance(self.classes, tuple):
             self.classes = parse_classes(self.classes)
         self.model_args = dict(self.model_args or {})
+        from .domains import MAX_WEIGHT, check_sources
+
+        self.extra_train_dirs = check_sources(self.extra_train_dirs or ())
+        if not (math.isfinite(self.train_weight) and 0 < self.train_weight <= MAX_WEIGHT):
+            raise FerkitError(f"the weight of --train-dir {self.train_dir} must be in (0, {MAX_WEIGHT:g}] "
+                              f"(got {self.train_weight})")
         for name in ("epochs", "batch_size", "image_size"):
             if int(getattr(self, name)) < 1:
                 raise FerkitError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
@@ -214,7 +228,7 @@ class TrainConfig(ResumableConfig, Machine):
             raise FerkitError("patience must be 0 (off) or positive")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise FerkitError(f"learning rate must be a positive number (got {self.lr})")
-        for name, lo, hi in (("label_smoothing", 0, 1), ("erase", 0, 1), ("ema", 0, 1), ("momentum", 0, 1),
+        for name, lo, hi in (("label_smoothing", 0, 1), ("erase", 0, 1),  ("ema", 0, 1), ("momentum", 0, 1),
                              ("zoom", 0, 0.9), ("aspect", 0, 0.9), ("shift", 0, 1)):
             value = getattr(self, name)
             if not (math.isfinite(value) and lo <= value < hi):
@@ -223,11 +237,19 @@ class TrainConfig(ResumableConfig, Machine):
                      "plateau_patience"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise FerkitError(f"{name.replace('_', '-')} must be 0 or positive (got {getattr(self, name)})")
+        if not (math.isfinite(self.photo) and 0 <= self.photo <= 1):
+            raise FerkitError(f"photo must be a probability in [0, 1] (got {self.photo})")
         if not (math.isfinite(self.input_std) and self.input_std > 0):
             raise FerkitError(f"input-std must be positive (got {self.input_std})")
         from ..models import resolve_model_args  # checks the architecture, its arguments and the image size
 
         self.model_args = resolve_model_args(self.arch, self.image_size, self.model_args)
+
+    def sources(self) -> list:
+        """Every training source with its weight (:class:`ferkit.train.domains.TrainSource`)."""
+        from .domains import TrainSource, parse_source
+
+        return [TrainSource(self.train_dir, self.train_weight), *map(parse_source, self.extra_train_dirs)]
 
     def progress_of(self, saved: dict) -> tuple[int, int, str | None]:
         """(epochs done, epochs planned, why it stopped early or None) of a saved run state."""

@@ -32,6 +32,7 @@ from .config import MONITORS, TrainConfig, parse_oversample
 from .consistency import consistency_loss
 from .distill import Teacher, load_teacher
 from .distributed import Dist, check_world, launch
+from .domains import epoch_order, epoch_size, load_sources
 from .run_folder import RunFolder
 
 
@@ -120,6 +121,8 @@ class Trainer:
     ema: torch.optim.swa_utils.AveragedModel | None = None
     step: int = 0
     dist: Dist = field(default_factory=Dist)
+    domain: np.ndarray | None = None            # several training sources: each face's source
+    domain_weights: tuple[float, ...] = ()      # and each source's sampling weight
 
     def __post_init__(self):
         # fp16 autocast (CUDA without bf16) needs loss scaling; everywhere else this is a no-op
@@ -145,6 +148,8 @@ class Trainer:
         x = images_u8.unsqueeze(1).float().div_(self.spec.pixel_max)
         if cfg.augment:
             x = A.geometric(x, self.aug_gen, cfg.rotate, cfg.shift, cfg.zoom, cfg.aspect)
+        if cfg.photo > 0:
+            x = A.photo_conditions(x, self.aug_gen, cfg.photo)
         x = self.spec.normalize(x)
         if cfg.erase > 0:
             x = A.random_erase(x, self.aug_gen, cfg.erase)
@@ -167,8 +172,12 @@ class Trainer:
         same number of steps); the returned figures are over all ranks."""
         cfg, model, dist = self.cfg, self.net, self.dist
         model.train()
-        n = len(labels) if cfg.train_limit is None else min(cfg.train_limit, len(labels))
-        order = torch.randperm(len(labels), generator=self.gen)[:n].to(images.device)
+        if self.domain is not None:   # several sources: each drawn by its weight (ferkit.train.domains)
+            order = epoch_order(self.domain, self.domain_weights, self.gen)
+        else:
+            order = torch.randperm(len(labels), generator=self.gen)
+        n = len(order) if cfg.train_limit is None else min(cfg.train_limit, len(order))
+        order = order[:n].to(images.device)
         if dist.active:
             n -= n % cfg.batch_size
         share = cfg.batch_size // dist.world
@@ -301,8 +310,13 @@ def _better(row: dict, best: dict, monitor: str) -> bool:
 def load_train_val(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
     """Decode training and validation data with one class list (from the training data)."""
     hint = f"with --init the classes default to those of {cfg.init}; --classes picks them" if cfg.init else ""
-    train = load_dataset(cfg.train_dir, cfg.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
-                         role="training data", hint=hint, labels=cfg.labels)
+    sources = cfg.sources()
+    train = load_sources(sources, cfg.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
+                         labels=cfg.labels, hint=hint)
+    if train.domain is not None:
+        counts = np.bincount(train.domain, minlength=len(sources))
+        log("training data: " + "; ".join(f"{s.path}: {n} faces x {s.weight:g}" for s, n in zip(sources, counts))
+            + f" = {epoch_size(train.domain, train.domain_weights)} draws per epoch")
     train = oversampled(cfg, train)
     # validation (and so the selection of the best epoch) always uses the majority protocol
     val = load_dataset(cfg.val_dir, train.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
@@ -344,7 +358,8 @@ def build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, d
             log(note)
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
-    n = len(train_set) if cfg.train_limit is None else min(cfg.train_limit, len(train_set))
+    n = epoch_size(train_set.domain, train_set.domain_weights) or len(train_set)
+    n = n if cfg.train_limit is None else min(cfg.train_limit, n)
     weight = None
     if cfg.class_weights:
         counts = np.maximum(train_set.label_distributions().sum(0, dtype=np.float64), 1)
@@ -360,7 +375,8 @@ def build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, d
     if cfg.teacher:
         teacher = load_teacher(cfg.teacher, tuple(cfg.classes), device, cfg.distill_alpha, cfg.distill_temperature)
     return Trainer(cfg, model, make_optimizer(cfg, model), LRSchedule(cfg, max(1, steps)), spec,
-                   device, resolve_precision(cfg.precision, device), gen, weight, teacher, ema, dist=dist)
+                   device, resolve_precision(cfg.precision, device), gen, weight, teacher, ema, dist=dist,
+                   domain=train_set.domain, domain_weights=train_set.domain_weights)
 
 
 def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, ImageSet] | None = None,

@@ -1,0 +1,313 @@
+"""How well does a model hold across domains? One table: FER+ valid, CK+ dev, SFEW train.
+
+For each domain: accuracy, macro-F1, ECE (15 bins) and label stability (the share of faces that keep
+their label under each of 11 small changes of the crop, averaged: bench_stability.py's changes).
+The model predicts among the classes each set has (FER+: 8; CK+: the six basic ones; SFEW: the seven
+of FER2013), with its own calibration temperature.
+
+Two ways to use it:
+
+    # models that never saw CK+ or SFEW: evaluate on the whole sets
+    python benchmarks/bench_domains.py eval --model ferplus-vgg16 --model fer2013-vgg
+
+    # a recipe that trains on CK+ and SFEW too: K models, each without one fold of SFEW's films and
+    # CK+'s subjects, each scored on the faces it never saw (out-of-fold); FER+ valid scored by all K
+    python benchmarks/bench_domains.py folds --work ~/runs/domains-a --folds 5 -- \\
+        --init ferplus-vgg16 --labels soft --epochs 8 \\
+        --train-dir {ferplus}:0.25 --train-dir {sfew}:6 --train-dir {ckplus}:3 --val-dir {ferplus_valid}
+
+In ``folds`` mode every argument after ``--`` goes to ``ferkit train`` (``{ferplus}``, ``{ferplus_valid}``,
+``{sfew}``, ``{ckplus}`` become this fold's paths; ``--out`` is set per fold). Each fold is an ordinary
+run folder, so an interrupted benchmark resumes where it stopped: run the same command again. The
+table gives each domain's out-of-fold figures, and the calibration temperature fitted on the
+out-of-fold logits of the other folds (cross-fitted: no face is scored with a temperature fitted on
+itself; every domain weighs the same). ``--final`` then trains the same recipe on everything and
+writes the temperature to use with ``ferkit calibrate --temperature``.
+
+Data: ``--data`` holds ``ferplus/{train,valid}``, ``ckplus48-dev`` and ``sfew-train`` (as extracted
+from ../shared/data; default /tmp/ferkit-data). Selection and calibration use only the given dev sets,
+by held-out folds, as the evaluation protocol asks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BASIC6 = ("angry", "disgusted", "fearful", "happy", "sad", "surprised")
+FER7 = (*BASIC6, "neutral")
+FERPLUS8 = (*FER7, "contempt")
+
+
+@dataclass
+class Domain:
+    name: str
+    folder: str                 # under --data
+    classes: tuple[str, ...]
+    group_by: str | None        # folds by this group (film, subject); None = never trained on by folds
+
+
+DOMAINS = (Domain("FER+ valid", "ferplus/valid", FERPLUS8, None),
+           Domain("CK+ dev", "ckplus48-dev", BASIC6, r"^(S\d+)_"),
+           Domain("SFEW train", "sfew-train", FER7, r"^([^_]+)_"))
+
+
+def load(data_root: Path, d: Domain, image_size: int = 48):
+    from ferkit.data import load_dataset
+
+    return load_dataset(data_root / d.folder, d.classes, image_size, progress=False, role=d.name)
+
+
+def scores(model, images: np.ndarray, classes: tuple[str, ...], calibrated: bool = True) -> np.ndarray:
+    """Logits of ``model`` (an OpenedModel) over ``classes`` only (in that order)."""
+    z = model.logits(images, calibrated=calibrated)
+    return z[:, [model.classes.index(c) for c in classes]]
+
+
+def stability(model, images: np.ndarray, classes: tuple[str, ...]) -> float:
+    """Mean over bench_stability's 11 changes of the share of faces that keep their label."""
+    import cv2
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_stability import perturbations
+
+    base = scores(model, images, classes).argmax(1)
+    size = images.shape[1]
+    kept = []
+    for m in perturbations(size).values():
+        moved = np.stack([cv2.warpAffine(f, m, (size, size), flags=cv2.INTER_LINEAR,
+                                         borderMode=cv2.BORDER_REPLICATE) for f in images])
+        kept.append(float((scores(model, moved, classes).argmax(1) == base).mean()))
+    return float(np.mean(kept))
+
+
+def figures(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict:
+    from sklearn.metrics import f1_score
+
+    from ferkit.train.calibrate import expected_calibration_error, negative_log_likelihood
+
+    z = logits / temperature
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    pred = p.argmax(1)
+    return {"n": int(len(labels)), "accuracy": float((pred == labels).mean()),
+            "macro_f1": float(f1_score(labels, pred, average="macro", labels=np.arange(logits.shape[1]))),
+            "ece": float(expected_calibration_error(p, labels)),
+            "nll": float(negative_log_likelihood(logits, labels, temperature)),
+            "confidence": float(p.max(1).mean()),
+            "recall": [float((pred[labels == c] == c).mean()) if (labels == c).any() else None
+                       for c in range(logits.shape[1])]}
+
+
+def table(rows: dict[str, dict[str, dict]]) -> str:
+    """Markdown table: one row per figure, one column per (model, domain)."""
+    out = ["| model | domain | faces | accuracy | macro-F1 | ECE | mean confidence | stability |",
+           "|---|---|---|---|---|---|---|---|"]
+    for model, domains in rows.items():
+        for name, r in domains.items():
+            stab = f"{r['stability']:.3f}" if r.get("stability") is not None else "–"
+            out.append(f"| {model} | {name} | {r['n']} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | "
+                       f"{r['ece']:.3f} | {r['confidence']:.3f} | {stab} |")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- eval
+def cmd_eval(a) -> dict:
+    from ferkit.models import open_model
+
+    data = {d.name: load(a.data, d) for d in DOMAINS}
+    rows = {}
+    for name in a.model:
+        model = open_model(name, precision="fp32")
+        rows[name] = {}
+        for d in DOMAINS:
+            ds = data[d.name]
+            r = figures(scores(model, ds.images, d.classes), ds.labels)
+            r["stability"] = None if a.no_stability else stability(model, ds.images, d.classes)
+            rows[name][d.name] = r
+            print(f"{name} {d.name}: {r['accuracy']:.4f} acc, {r['macro_f1']:.4f} F1, ECE {r['ece']:.4f}",
+                  flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- folds
+def plan(a, data: dict) -> dict:
+    """Fold of each face of each grouped domain (groups never split; stratified by class)."""
+    from ferkit.experiments.folds import image_groups, plan_folds
+
+    out = {}
+    for d in DOMAINS:
+        if d.group_by is None:
+            continue
+        ds = data[d.name]
+        names = [Path(p).name for p in ds.paths]
+        groups = image_groups(names, d.group_by)
+        fp = plan_folds(ds.labels, groups, a.folds, ds.classes, seed=a.seed)
+        fold_of = np.full(len(ds), -1)
+        for k, fold in enumerate(fp.folds):
+            fold_of[fold.test] = k
+        out[d.name] = fold_of
+    return out
+
+
+def write_manifest(path: Path, paths, labels, classes) -> Path:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "class"])
+        for p, y in zip(paths, labels):
+            w.writerow([str(Path(p).resolve()), classes[y]])
+    tmp.replace(path)
+    return path
+
+
+def train_args(a, fold: int | None, work: Path, data: dict, folds: dict) -> list[str]:
+    """``ferkit train`` arguments for one fold (None: the final run on everything)."""
+    paths = {"ferplus": str(a.data / "ferplus/train"), "ferplus_valid": str(a.data / "ferplus/valid")}
+    for key, d in (("ckplus", DOMAINS[1]), ("sfew", DOMAINS[2])):
+        ds = data[d.name]
+        keep = np.ones(len(ds), bool) if fold is None else folds[d.name] != fold
+        tag = "all" if fold is None else f"fold{fold}"
+        paths[key] = str(write_manifest(work / "manifests" / f"{key}-train-{tag}.csv",
+                                        [ds.paths[i] for i in np.flatnonzero(keep)], ds.labels[keep], ds.classes))
+    run = work / ("final" if fold is None else f"fold{fold}")
+    return [arg.format(**paths) for arg in a.train] + ["--out", str(run), "--no-progress"]
+
+
+def run_fold(args: list[str]) -> None:
+    t0 = time.time()
+    print("ferkit train " + " ".join(args), flush=True)
+    done = subprocess.run([sys.executable, "-m", "ferkit", "train", *args])
+    if done.returncode:
+        raise SystemExit(f"bench_domains: ferkit train failed (exit {done.returncode}); re-run to resume")
+    print(f"  {time.time() - t0:.0f} s", flush=True)
+
+
+def cmd_folds(a) -> dict:
+    from ferkit.models import open_model
+    from ferkit.train.calibrate import domain_weights, fit_temperature
+
+    work = Path(a.work).expanduser()
+    work.mkdir(parents=True, exist_ok=True)
+    data = {d.name: load(a.data, d) for d in DOMAINS}
+    folds = plan(a, data)
+    (work / "folds.json").write_text(json.dumps({k: v.tolist() for k, v in folds.items()}))
+    for k in range(a.folds):
+        if not (work / f"fold{k}" / "summary.json").is_file():
+            run_fold(train_args(a, k, work, data, folds))
+    # out-of-fold logits (uncalibrated) of every domain; FER+ valid from every fold model
+    oof = {d.name: None for d in DOMAINS}
+    fer = []
+    stab = {d.name: [] for d in DOMAINS}
+    for k in range(a.folds):
+        model = open_model(work / f"fold{k}" / a.checkpoint, precision="fp32")
+        for d in DOMAINS:
+            ds = data[d.name]
+            pick = np.arange(len(ds)) if d.group_by is None else np.flatnonzero(folds[d.name] == k)
+            z = scores(model, ds.images[pick], d.classes, calibrated=False)
+            if d.group_by is None:
+                fer.append(z)
+            else:
+                if oof[d.name] is None:
+                    oof[d.name] = np.zeros((len(ds), len(d.classes)), np.float32)
+                oof[d.name][pick] = z
+            if not a.no_stability:
+                stab[d.name].append((len(pick), stability(model, ds.images[pick], d.classes)))
+    # temperature for fold k: fitted on the other folds' faces (FER+ valid: the other fold models' logits)
+    temps = []
+    for k in range(a.folds):
+        zs, ys, doms = [], [], []
+        for j, d in enumerate(DOMAINS):
+            ds = data[d.name]
+            if d.group_by is None:
+                z = np.concatenate([fer[i] for i in range(a.folds) if i != k]) if a.folds > 1 else fer[0]
+                y = np.tile(ds.labels, max(1, a.folds - 1))
+            else:
+                other = folds[d.name] != k
+                z, y = oof[d.name][other], ds.labels[other]
+            zs.append(np.pad(z, ((0, 0), (0, 8 - z.shape[1])), constant_values=-np.inf))
+            ys.append(y)
+            doms.append(np.full(len(y), j))
+        weights = domain_weights(np.concatenate(doms))
+        temps.append(fit_temperature(np.concatenate(zs), np.concatenate(ys), weights=weights))
+    rows = {"uncalibrated": {}, "cross-fitted temperature": {}}
+    for d in DOMAINS:
+        ds = data[d.name]
+        if d.group_by is None:
+            z = np.concatenate(fer)
+            y = np.tile(ds.labels, a.folds)
+            t = np.repeat(np.asarray(temps), len(ds))
+        else:
+            z, y = oof[d.name], ds.labels
+            t = np.asarray(temps)[folds[d.name]]
+        rows["uncalibrated"][d.name] = figures(z, y)
+        rows["cross-fitted temperature"][d.name] = figures(z / t[:, None], y)
+        s = stab[d.name]
+        mean_stab = float(sum(n * v for n, v in s) / sum(n for n, _ in s)) if s else None
+        for r in rows.values():
+            r[d.name]["stability"] = mean_stab
+    # the temperature for a model trained on everything: fitted on all out-of-fold logits
+    zs, ys, doms = [], [], []
+    for j, d in enumerate(DOMAINS):
+        ds = data[d.name]
+        z, y = (np.concatenate(fer), np.tile(ds.labels, a.folds)) if d.group_by is None else (oof[d.name], ds.labels)
+        zs.append(np.pad(z, ((0, 0), (0, 8 - z.shape[1])), constant_values=-np.inf))
+        ys.append(y)
+        doms.append(np.full(len(y), j))
+    final_t = fit_temperature(np.concatenate(zs), np.concatenate(ys), weights=domain_weights(np.concatenate(doms)))
+    rows["_temperatures"] = {"per_fold": temps, "final": final_t}
+    print(f"temperatures: per fold {', '.join(f'{t:.3f}' for t in temps)}; for the final model {final_t:.4f}")
+    if a.final and not (work / "final" / "summary.json").is_file():
+        run_fold(train_args(a, None, work, data, folds))
+    if a.final:
+        print(f"final model: {work / 'final' / a.checkpoint}; calibrate it with\n  ferkit calibrate "
+              f"{work / 'final'} --temperature {final_t:.4f} --out {work / 'final' / 'calibrated.safetensors'}")
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("eval", "folds"):
+        p = sub.add_parser(name)
+        p.add_argument("--data", type=Path, default=Path("/tmp/ferkit-data"),
+                       help="folder with ferplus/, ckplus48-dev/ and sfew-train/ (default /tmp/ferkit-data)")
+        p.add_argument("--json", type=Path, help="also write the figures here")
+        p.add_argument("--no-stability", action="store_true", help="skip the stability figure (faster)")
+    sub.choices["eval"].add_argument("--model", action="append", required=True,
+                                     help="bundled name, run folder or checkpoint (repeatable)")
+    f = sub.choices["folds"]
+    f.add_argument("--work", required=True, help="folder for the fold manifests and run folders (resumable)")
+    f.add_argument("--folds", type=int, default=5)
+    f.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
+    f.add_argument("--checkpoint", default="best.safetensors", help="which checkpoint of each run to score")
+    f.add_argument("--final", action="store_true", help="then train the recipe on everything (work/final)")
+    f.add_argument("train", nargs=argparse.REMAINDER, help="after --: the ferkit train arguments")
+    a = ap.parse_args(argv)
+    if a.cmd == "folds":
+        a.train = [x for x in a.train if x != "--"]
+    for d in DOMAINS:
+        if not (a.data / d.folder).exists():
+            print(f"bench_domains: {a.data / d.folder} not found (extract ../shared/data's archives into --data)",
+                  file=sys.stderr)
+            return 1
+    t0 = time.time()
+    rows = cmd_eval(a) if a.cmd == "eval" else cmd_folds(a)
+    print(table({k: v for k, v in rows.items() if not k.startswith("_")}))
+    print(f"({time.time() - t0:.0f} s)")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
