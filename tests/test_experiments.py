@@ -224,7 +224,7 @@ def test_tiny_study_table_and_resume(faces, tmp_path, capsys):
     # Re-running the same study skips everything ...
     cfg = dict(real_train=str(faces["real"]), val=str(faces["val"]), test=str(faces["test"]),
                synthetic=[str(faces["syn"])], out=str(out), ratios="0,0.5,2", seeds=2, real_per_class="6",
-               arch="tiny", epochs=1, image_size=32, batch_size=16, progress=False)
+               progress=False, train=dict(arch="tiny", epochs=1, image_size=32, batch_size=16))
     stamps = {n: (out / "runs" / n / "summary.json").stat().st_mtime_ns for n in runs}
     res = run_study(StudyConfig(**cfg))
     assert (res.trained, res.skipped) == (0, 10)
@@ -373,7 +373,7 @@ def test_study_runs_follow_the_recipe_with_augmentation_only_in_its_arm(faces, t
         assert c["recipe"] == "fer2013" and c["optimizer"] == "sgd" and c["arch"] == "tiny" and c["epochs"] == 1
         assert (c["augment"], c["erase"]) == ((True, 0.5) if "aug" in name else (False, 0.0))
     saved = json.loads((out / "study.json").read_text())
-    assert saved["identity"]["recipe"] == "fer2013" and saved["identity"]["lr"] == 0.05
+    assert saved["identity"]["recipe"] == "fer2013" and saved["identity"]["train"]["lr"] == 0.05
 
 
 def test_study_steps_give_every_run_the_same_number_of_updates(faces, tmp_path, capsys):
