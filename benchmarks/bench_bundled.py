@@ -20,11 +20,10 @@ import torch
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import fer2013_dir, machine  # noqa: E402
 
-from ferkit.bundled import resolve_model_path  # noqa: E402
 from ferkit.data import load_dataset  # noqa: E402
 from ferkit.evaluate import evaluate  # noqa: E402
 from ferkit.export import export_onnx, parity  # noqa: E402
-from ferkit.models import load_checkpoint  # noqa: E402
+from ferkit.models import open_model  # noqa: E402
 from ferkit.runtime import fuse_for_inference, predict_logits, resolve_precision  # noqa: E402
 
 
@@ -61,8 +60,8 @@ def main() -> None:
     ap.add_argument("--tta", default="none,flip,crops")
     a = ap.parse_args()
     print("machine:", machine())
-    path = resolve_model_path(a.model)
-    model, rec = load_checkpoint(path)
+    opened = open_model(a.model, device="cpu", backend="torch")
+    path, model, rec = opened.path, opened.module, opened.record
     print(f"model: {path} ({path.stat().st_size / 1e6:.2f} MB), {rec.arch} {rec.model_args}, epoch {rec.epoch}")
     root = fer2013_dir()
     if root is None:

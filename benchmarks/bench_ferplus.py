@@ -19,9 +19,8 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_stability import main as stability  # noqa: E402
 from common import fer2013_dir, machine, shared_dataset  # noqa: E402
 
-from ferkit.bundled import resolve_model_path  # noqa: E402
 from ferkit.evaluate import evaluate  # noqa: E402
-from ferkit.models import read_checkpoint_record, resolve_checkpoint  # noqa: E402
+from ferkit.models import open_model  # noqa: E402
 
 
 def line(name: str, r, classes) -> str:
@@ -38,8 +37,8 @@ def main() -> int:
     ap.add_argument("--stability-plot", default=None, help="also draw the stability figure here (PNG)")
     a = ap.parse_args()
     print("machine:", machine())
-    path = resolve_checkpoint(resolve_model_path(a.model))
-    rec = read_checkpoint_record(path)
+    opened = open_model(a.model, device="cpu", backend="torch")
+    path, rec = opened.path, opened.record
     print(f"model: {path} ({path.stat().st_size / 1e6:.2f} MB), {rec.arch} {rec.model_args}, epoch {rec.epoch}, "
           f"temperature {rec.temperature:.4g}, classes {', '.join(rec.classes)}")
     ferplus = shared_dataset("fer2013plus-train-valid.tar.gz", "ferplus")

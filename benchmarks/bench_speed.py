@@ -44,18 +44,19 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import machine  # noqa: E402
 
 from ferkit import Recognizer  # noqa: E402
-from ferkit.export import export_beside, export_onnx  # noqa: E402
+from ferkit.export import export_onnx  # noqa: E402
 from ferkit.labels import EXPRESSIONS  # noqa: E402
 from ferkit.models import (  # noqa: E402
     CheckpointRecord,
     InputSpec,
     count_parameters,
     create_model,
-    load_checkpoint,
+    open_model,
     parse_model_args,
     resolve_model_args,
     save_checkpoint,
 )
+from ferkit.models.opened import export_beside  # noqa: E402
 from ferkit.quantize import export_int8  # noqa: E402
 
 DEFAULT_MODELS = "vgg:width=48,vgg:width=32,vgg:width=16,lite:width=16,lite:width=24,lite:width=32"
@@ -106,10 +107,7 @@ def _candidate(spec: str, folder: Path) -> tuple[str, Path, bool]:
     from ferkit.models import list_models
 
     if name not in list_models():
-        from ferkit.bundled import resolve_model_path
-        from ferkit.models import resolve_checkpoint
-
-        src = resolve_checkpoint(resolve_model_path(spec))
+        src = open_model(spec, device="cpu", backend="torch").path
         ckpt = folder / (src.stem + ".safetensors")
         ckpt.write_bytes(src.read_bytes())      # a copy: its export goes beside it, not into the package
         return spec, ckpt, True
@@ -163,7 +161,8 @@ def main() -> None:
     info = {}
     for spec in a.models.split(","):
         label, ckpt, trained = _candidate(spec, tmp)
-        model, rec = load_checkpoint(ckpt)
+        opened = open_model(ckpt, device="cpu", backend="torch")
+        model, rec = opened.module, opened.record
         export_onnx(ckpt, export_beside(ckpt))
         info[label] = {"params": count_parameters(model), "mflops": _mflops(model, rec.image_size),
                        "trained": trained, "ckpt": ckpt}

@@ -74,9 +74,10 @@ def study_config(a, images: Path, val: Path, pool: Path, synth: Path, out: Path)
     from ferkit.experiments import StudyConfig
 
     return StudyConfig(real_train=str(pool), val=str(val), test=str(images / "validation"), synthetic=[str(synth)],
-                       out=str(out), ratios=a.ratios, seeds=a.seeds, real_per_class=a.sizes, arch=a.arch,
-                       epochs=a.epochs, patience=a.patience, monitor=a.monitor, lr=a.lr, batch_size=a.batch_size,
-                       image_size=a.image_size, classes=CLASSES, jobs=a.jobs)
+                       out=str(out), ratios=a.ratios, seeds=a.seeds, real_per_class=a.sizes, classes=CLASSES,
+                       jobs=a.jobs,
+                       train=dict(arch=a.arch, epochs=a.epochs, patience=a.patience, monitor=a.monitor,
+                                  lr=a.lr, batch_size=a.batch_size, image_size=a.image_size))
 
 
 def command_line(cfg) -> str:

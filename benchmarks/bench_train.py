@@ -27,10 +27,10 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import fer2013_dir, machine  # noqa: E402
 
 from ferkit.data import ImageSet  # noqa: E402
-from ferkit.models import count_parameters, create_model  # noqa: E402
+from ferkit.models import CheckpointRecord, InputSpec, count_parameters, create_model, save_checkpoint  # noqa: E402
 from ferkit.runtime import predict_logits, resolve_precision  # noqa: E402
 from ferkit.train import resolve_config  # noqa: E402
-from ferkit.train.loop import _build_trainer  # noqa: E402
+from ferkit.train.loop import build_trainer  # noqa: E402
 
 #: (label, recipe, overrides): the rows of the README's architecture table.
 ROWS = [
@@ -55,8 +55,8 @@ def train_speed(cfg, n: int) -> float:
     rng = np.random.default_rng(0)
     s = cfg.image_size
     data = ImageSet(rng.integers(0, 256, (n, s, s), dtype=np.uint8), rng.integers(0, 7, n), [], cfg.classes)
-    tr = _build_trainer(cfg, data, torch.device("cpu"))
-    images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
+    tr = build_trainer(cfg, data, torch.device("cpu"))
+    images, labels = torch.from_numpy(data.images), torch.from_numpy(data.label_distributions())
     tr.train_one_epoch(images[:cfg.batch_size], labels[:cfg.batch_size], 0)
     t = time.perf_counter()
     tr.train_one_epoch(images, labels, 1)
@@ -74,17 +74,19 @@ def infer_speed(model, spec, precision: str, n: int = 2048) -> float:
     return n / (time.perf_counter() - t)
 
 
-def onnx_speed(model, spec, n: int = 2048) -> float:
+def onnx_speed(model, cfg, spec, n: int = 2048) -> float:
     """Faces/s of onnxruntime on the graph `ferkit export` writes (fp32, batch 256)."""
     try:
         import onnxruntime as ort
     except ImportError:
         return float("nan")
-    from ferkit.export import _torch_export, _wrapped
+    from ferkit.export import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/m.onnx"
-        _torch_export(_wrapped(model.eval(), spec), torch.zeros(2, 1, spec.image_size, spec.image_size), path, 17)
+        save_checkpoint(model, f"{tmp}/m.safetensors", CheckpointRecord(cfg.arch, tuple(cfg.classes), spec,
+                                                                        model_args=cfg.model_args))
+        export_onnx(f"{tmp}/m.safetensors", path, check=False)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
@@ -102,15 +104,14 @@ def architecture_table(n: int, precisions: list[str]) -> None:
     for label, recipe, over in ROWS:
         cfg = resolve_config(recipe, train_dir="-", val_dir="-", out="-", classes="all7", progress=False, **over)
         model = create_model(cfg.arch, 7, cfg.image_size, **cfg.model_args)
-        spec = _build_trainer(cfg, ImageSet(np.zeros((1, cfg.image_size, cfg.image_size), np.uint8),
-                                            np.zeros(1, np.int64), [], cfg.classes), torch.device("cpu")).spec
+        spec = InputSpec(cfg.image_size, 1, 255.0, (cfg.input_mean,), (cfg.input_std,))   # as training builds it
         cells = [f"{label}: {count_parameters(model) / 1e6:.2f} M parameters",
                  f"{_mflops(model, cfg.image_size):.0f} MFLOP/image at {cfg.image_size} px"]
         for precision in precisions:
             cfg.precision = precision
             cells.append(f"train {train_speed(cfg, n):.0f} img/s ({precision})")
             cells.append(f"classify {infer_speed(model, spec, precision):.0f} faces/s ({precision})")
-        cells.append(f"onnxruntime {onnx_speed(model, spec):.0f} faces/s (fp32)")
+        cells.append(f"onnxruntime {onnx_speed(model, cfg, spec):.0f} faces/s (fp32)")
         print("; ".join(cells), flush=True)
 
 

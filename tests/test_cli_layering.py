@@ -1,6 +1,7 @@
-"""The command line is the top layer: no module of ferkit below it imports ``ferkit.cli`` (the
-package's own modules and ``python -m ferkit``'s ``__main__`` excepted), so the Python API never
-depends on argument parsing or on what the CLI prints."""
+"""The import structure. The command line is the top layer: no module of ferkit below it imports
+``ferkit.cli`` (the package's own modules and ``python -m ferkit``'s ``__main__`` excepted), so the
+Python API never depends on argument parsing or on what the CLI prints. And no two modules import
+each other, directly or round a circle, not even from inside a function: each helper has one home."""
 from __future__ import annotations
 
 import ast
@@ -15,13 +16,19 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported_modules(path: Path, root: Path) -> set[str]:
+def imported_modules(path: Path, root: Path, annotations: bool = True) -> set[str]:
     """Every module ``path`` imports, relative imports resolved (``from . import x`` counts as
-    importing both the package and ``package.x``)."""
+    importing both the package and ``package.x``); ``annotations=False`` leaves out the imports
+    under ``if TYPE_CHECKING:``, which never run."""
     name = module_name(path, root)
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    if not annotations:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                node.body = []
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -65,3 +72,73 @@ def test_the_checker_finds_an_import_of_the_cli(tmp_path):
     assert cli_importers(tmp_path) == ["ferkit.evaluate imports ferkit.cli, ferkit.cli.run",
                                        "ferkit.predict.runner imports ferkit.cli",
                                        "ferkit.predict.text imports ferkit.cli.train, ferkit.cli.train.TRAIN_OPTIONS"]
+
+
+
+# ----------------------------------------------------------------------------- import circles
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """ferkit module -> the ferkit modules it imports when it runs (imports inside functions count;
+    a module's own parent packages, which Python imports first anyway, do not)."""
+    paths = {module_name(p, root): p for p in sorted((root / "ferkit").rglob("*.py"))}
+    graph = {}
+    for name, path in paths.items():
+        deps = set()
+        for m in imported_modules(path, root, annotations=False):
+            while m and m not in paths:     # `from ferkit.models import open_model` -> ferkit.models
+                m = m.rpartition(".")[0]
+            if m and m != name and not name.startswith(m + "."):
+                deps.add(m)
+        graph[name] = deps
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or round a circle (strongly connected
+    components of two or more modules; Tarjan's algorithm), each sorted."""
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+                on_stack.discard(group[-1])
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(circles)
+
+
+def test_no_import_circles():
+    assert import_circles(import_graph(SRC)) == []
+
+
+def test_the_checker_finds_an_import_circle(tmp_path):
+    pkg = tmp_path / "ferkit"
+    (pkg / "predict").mkdir(parents=True)
+    files = {"__init__.py": "from .errors import E\n",
+             "errors.py": "class E(Exception): ...\n",
+             "data.py": "from .files import atomic\n",
+             "files.py": "def cache():\n    from .data import load   # inside a function: still a circle\n",
+             "predict/__init__.py": "from .track import t\n",
+             "predict/track.py": "from typing import TYPE_CHECKING\nfrom .. import errors\n"
+                                 "if TYPE_CHECKING:\n    from .recognizer import R   # annotations only\n",
+             "predict/recognizer.py": "from .track import t\nfrom ..predict import track\n"}
+    for f, text in files.items():
+        (pkg / f).write_text(text)
+    assert import_circles(import_graph(tmp_path)) == [["ferkit.data", "ferkit.files"]]
+    (pkg / "predict" / "track.py").write_text("from .recognizer import R\n")
+    assert import_circles(import_graph(tmp_path)) == [["ferkit.data", "ferkit.files"],
+                                                      ["ferkit.predict.recognizer", "ferkit.predict.track"]]

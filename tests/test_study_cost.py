@@ -68,8 +68,8 @@ def test_study_runs_skip_figures_unless_asked_with_the_same_results(tmp_path):
     def study(out, **kw):
         return StudyConfig(real_train=str(data["train"]), val=str(data["val"]), test=str(data["test"]),
                            synthetic=[str(data["synth"])], out=str(tmp_path / out), ratios="0", seeds=1,
-                           augment_arm=False, synthetic_arm=False, arch="tiny", epochs=2, image_size=16,
-                           batch_size=8, progress=False, **kw)
+                           augment_arm=False, synthetic_arm=False, progress=False, **kw,
+                           train=dict(arch="tiny", epochs=2, image_size=16, batch_size=8))
 
     plain, drawn = study("plain"), study("drawn", run_figures=True)
     assert plain.identity() == study("drawn").identity()  # a setting of the output, not of the study

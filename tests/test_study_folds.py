@@ -144,8 +144,9 @@ def test_grouped_study_never_puts_a_group_in_train_and_test_and_resumes(lab, tmp
 
     # a finished study is skipped; deleting one run's summary re-runs just that one
     cfg = StudyConfig(real=str(lab["real"]), folds=2, group_by=GROUP, out=str(out), ratios="0,1", seeds=1,
-                      synthetic=[f"gan={lab['gen']}", f"proc={lab['shared']}"], synthetic_arm=False, arch="tiny",
-                      epochs=1, image_size=16, batch_size=8, progress=False, arms=["gan-aug:augment,source=gan,k=1"])
+                      synthetic=[f"gan={lab['gen']}", f"proc={lab['shared']}"], synthetic_arm=False, progress=False,
+                      arms=["gan-aug:augment,source=gan,k=1"],
+                      train=dict(arch="tiny", epochs=1, image_size=16, batch_size=8))
     (out / "runs" / "f2_nall_k1-proc_s0" / "summary.json").unlink()
     res = run_study(cfg)
     assert (res.trained, res.skipped) == (1, len(runs) - 1)
@@ -163,11 +164,11 @@ def test_fine_tune_arm_starts_from_the_model(lab, tmp_path):
     train(TrainConfig(train_dir=str(lab["shared"]), val_dir=str(lab["shared"]), out=str(model), arch="tiny",
                       image_size=32, epochs=1, batch_size=8, progress=False))
     out = tmp_path / "ft"
-    res = run_study(StudyConfig(real=str(lab["real"]), folds=2, group_by=GROUP, out=str(out), ratios="0",
-                                seeds=1, synthetic=[f"gan={lab['gen']}"], synthetic_arm=False, augment_arm=False,
-                                arch="vgg", train_options={"model_args": {"width": 8}}, epochs=1,
-                                image_size=32, batch_size=8, progress=False,
-                                arms=[f"ft:init={model}", f"ft-gan:init={model},source=gan,k=1,lr=0.001"]))
+    res = run_study(StudyConfig(real=str(lab["real"]), folds=2, group_by=GROUP, out=str(out), ratios="0", seeds=1,
+                                synthetic=[f"gan={lab['gen']}"], synthetic_arm=False, augment_arm=False,
+                                progress=False,
+                                arms=[f"ft:init={model}", f"ft-gan:init={model},source=gan,k=1,lr=0.001"],
+                                train=dict(arch="vgg", model_args={"width": 8}, epochs=1, image_size=32, batch_size=8)))
     assert {r["setting"] for r in res.table} == {"k0", "ft", "ft-gan"}
     scratch = json.loads((out / "runs" / "f1_nall_k0_s0" / "config.json").read_text())
     ft = json.loads((out / "runs" / "f1_nall_ft_s0" / "config.json").read_text())
@@ -178,8 +179,8 @@ def test_fine_tune_arm_starts_from_the_model(lab, tmp_path):
     n_real = len(read_rows(out / "manifests" / "f2_nall_ft_s0.csv"))
     assert len(read_rows(out / "manifests" / "f2_nall_ft-gan_s0.csv")) == 2 * n_real
     with pytest.raises(FerkitError, match="takes 32 px faces"):
-        StudyConfig(real="r", folds=2, group_by=GROUP, out="o", synthetic=["x"], image_size=48,
-                    arms=[f"ft:init={model}"])
+        StudyConfig(real="r", folds=2, group_by=GROUP, out="o", synthetic=["x"], arms=[f"ft:init={model}"],
+                    train=dict(image_size=48))
 
 
 def test_named_arm_specs():
@@ -188,9 +189,12 @@ def test_named_arm_specs():
     assert parse_arm("g:source=gan", ("gan",)).k == 1.0 and parse_arm("g:k=2", ("gan",)).source == "gan"
     for spec, words in (("ft", "NAME:key=value"), ("k2:init=x", "built-in"), ("a:color=red", "unknown key"),
                         ("a:source=nope", "no generated-data source"), ("a:k=2", "needs source=NAME"),
-                        ("a:lr=-1", "positive"), ("a:", "at least one")):
+                        ("a:lr=x", "not a number"), ("a:", "give a data mix")):
         with pytest.raises(FerkitError, match=words):
             parse_arm(spec, ("gan", "proc"))
+    # a value is checked where training checks it, named by its arm
+    with pytest.raises(FerkitError, match="--arm a: learning rate must be a positive number"):
+        StudyConfig(real_train="r", val="v", test="t", synthetic=["gan=g"], out="o", arms=["a:lr=-1"])
 
 
 def test_grouped_study_bad_input(lab, tmp_path, capsys):

@@ -93,6 +93,32 @@ def test_soft_labels_loss_equals_cross_entropy_for_one_hot_votes():
     assert torch.allclose(F.cross_entropy(logits, torch.from_numpy(targets)), F.cross_entropy(logits, y))
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_one_label_path_gives_hard_labels_their_old_loss(smoothing, weighted):
+    """Hard labels train as one-hot distributions through the same loss as vote labels; that loss
+    is the class-index cross-entropy hard labels had before, label smoothing and class weights included."""
+    from types import SimpleNamespace
+
+    from ferkit.train.loop import Trainer
+    from ferkit.votes import one_hot
+
+    gen = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(16, 5, generator=gen), torch.randint(0, 5, (16,), generator=gen)
+    weight = torch.rand(5, generator=gen) + 0.5 if weighted else None
+    trainer = SimpleNamespace(cfg=SimpleNamespace(label_smoothing=smoothing), class_weight=weight)
+    new = Trainer.loss(trainer, logits, torch.from_numpy(one_hot(y.numpy(), 5)))
+    old = F.cross_entropy(logits, y, weight=weight, label_smoothing=smoothing)
+    assert torch.allclose(new, old, atol=1e-6), (new, old)
+    # mixup's two losses are one loss on the mixed distribution (without class weights: exactly)
+    lam, perm = 0.3, torch.randperm(16, generator=gen)
+    mixed = lam * F.one_hot(y, 5).float() + (1 - lam) * F.one_hot(y[perm], 5).float()
+    if not weighted:
+        two = lam * F.cross_entropy(logits, y, label_smoothing=smoothing) + \
+            (1 - lam) * F.cross_entropy(logits, y[perm], label_smoothing=smoothing)
+        assert torch.allclose(Trainer.loss(trainer, logits, mixed), two, atol=1e-6)
+
+
 @pytest.mark.parametrize("row, why", [
     (["fer0000000.png", "(0, 0, 48, 48)", 1, 2, 3], "expected 12 columns"),
     (["fer0000000.png", "(0, 0, 48, 48)", "x", 0, 0, 0, 0, 0, 0, 0, 0, 0], "must be numbers"),

@@ -10,7 +10,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 #: Test-time augmentation: none; flip (image + mirror image); crops (5 shifted crops x mirror = 10 views).
 TTA_MODES = ("none", "flip", "crops")
 #: Label modes of vote-label data (FER+): the FER+ majority protocol (hard labels, faces without a
-#: majority dropped) or the vote distribution itself (soft targets). See ferkit.data.vote_targets.
+#: majority dropped) or the vote distribution itself (soft targets). See ferkit.votes.vote_targets.
 LABEL_MODES = ("majority", "soft")
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:N"
 

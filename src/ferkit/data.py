@@ -31,7 +31,10 @@ import numpy as np
 from .choices import LABEL_MODES
 from .console import log, progress_bar
 from .errors import FerkitError
+from .failures import check_fits
+from .files import atomic_path, cache_dir, write_json
 from .labels import EXPRESSIONS, REFERENCE_CLASSES, canonical_class
+from .votes import FERPLUS_COLUMNS, VOTE_CLASSES, check_votes, one_hot, vote_targets  # noqa: F401  (re-exported)
 
 __all__ = ["IMAGE_EXTENSIONS", "LABEL_MODES", "VOTE_CLASSES", "ImageSet", "Source", "bgr_to_gray", "cache_dir",
            "decode_gray", "decode_image", "VIDEO_EXTENSIONS",
@@ -278,13 +281,7 @@ def _read_manifest(path: Path) -> Source:
 
 
 # ----------------------------------------------------------------------------- vote labels (FER+)
-#: The columns of a FER+ ``label.csv`` after the file name and face box, in Microsoft's order.
-FERPLUS_COLUMNS = ("neutral", "happy", "surprised", "sad", "angry", "disgusted", "fearful", "contempt",
-                   "unknown", "not-a-face")
-#: The expression classes a vote vector covers (FER+'s eight, canonical names).
-VOTE_CLASSES = FERPLUS_COLUMNS[:8]
-
-
+# Readers of vote-label sources; what votes mean (protocols, distributions) is ferkit.votes.
 def _read_ferplus(root: Path) -> Source:
     """A FER+ folder as Microsoft lays it out: images plus ``label.csv`` (no header; file name, face
     box, then 10 vote counts). Every row is checked; a bad one is one FerkitError naming file and row."""
@@ -301,7 +298,7 @@ def _read_ferplus(root: Path) -> Source:
         if len(row) != 12:
             raise FerkitError(f"{path} row {i}: expected 12 columns (file name, face box, 10 vote counts), "
                               f"got {len(row)}")
-        counts = _votes(row[2:], f"{path} row {i}", f"face {row[0]}")
+        counts = check_votes(row[2:], f"{path} row {i}", f"face {row[0]}")
         f = root / row[0].strip()
         if not f.is_file():
             raise FerkitError(f"{path} row {i}: image {f} does not exist")
@@ -313,25 +310,12 @@ def _read_ferplus(root: Path) -> Source:
     return Source(root, files, [VOTE_CLASSES[j] for j in v[:, :8].argmax(1)], list(VOTE_CLASSES), votes=v)
 
 
-def _votes(cells, where: str, face: str) -> list[float]:
-    """One face's vote counts (or probabilities), checked: numbers, finite, >= 0, not all zero."""
-    try:
-        counts = [float(c) for c in cells]
-    except ValueError:
-        raise FerkitError(f"{where}: vote counts must be numbers, got {list(cells)}") from None
-    if any(not np.isfinite(c) or c < 0 for c in counts):
-        raise FerkitError(f"{where}: vote counts must be finite and >= 0, got {list(cells)}")
-    if sum(counts) <= 0:
-        raise FerkitError(f"{where}: {face} has no votes")
-    return counts
-
-
 def _read_vote_manifest(path: Path, rows: list[dict], columns: dict[str, str]) -> Source:
     """A manifest with ``path`` and one vote (or probability) column per class, e.g. written from
     another dataset's annotations: ``path,angry,happy,neutral``."""
     files, votes = [], []
     for i, row in enumerate(rows, start=2):
-        v = _votes([row.get(columns[c], "") or 0.0 if c in columns else 0.0 for c in VOTE_CLASSES],
+        v = check_votes([row.get(columns[c], "") or 0.0 if c in columns else 0.0 for c in VOTE_CLASSES],
                    f"manifest {path} line {i}", row["path"])
         p = Path(row["path"])
         files.append(p if p.is_absolute() else path.parent / p)
@@ -339,46 +323,6 @@ def _read_vote_manifest(path: Path, rows: list[dict], columns: dict[str, str]) -
     arr = np.asarray(votes, dtype=np.float64)
     return Source(path, files, [VOTE_CLASSES[j] for j in arr[:, :8].argmax(1)],
                   [c for c in EXPRESSIONS if c in columns], votes=arr)
-
-
-def vote_targets(votes: np.ndarray, classes: tuple[str, ...], mode: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Turn vote counts (N, 10: FER+'s eight emotions, unknown, not-a-face) into targets over ``classes``.
-
-    ``majority`` is the FER+ protocol: single votes are dropped as outliers, and a face is kept only
-    where one emotion has more than half of the remaining votes (unknown and not-a-face count in the
-    total; a face whose top is one of them is dropped), with a one-hot target. ``soft`` keeps the
-    distribution of the remaining emotion votes (the rare expressions' minority votes with them);
-    faces with no emotion votes left, or more unknown/not-a-face votes than emotion votes, are dropped.
-    Votes for emotions outside ``classes`` are dropped in both modes (majority: a face whose majority
-    class is not selected is dropped).
-
-    Returns (kept indices, float32 targets (kept, len(classes)), {reason: count} of dropped faces).
-    """
-    if mode not in LABEL_MODES:
-        raise FerkitError(f"unknown label mode {mode!r}; choose from {', '.join(LABEL_MODES)}")
-    v = np.where(votes > 1.0 + 1e-9, votes, 0.0) if votes.max() > 1.0 + 1e-9 else votes.copy()
-    if v[:, :8].sum(1).min() <= 0:   # single votes were all a face had: keep its raw votes
-        bare = v[:, :8].sum(1) <= 0
-        v[bare] = votes[bare]
-    cols = [VOTE_CLASSES.index(c) for c in classes]
-    total, emo = v.sum(1), v[:, :8]
-    top = v.argmax(1)
-    dropped: dict[str, int] = {}
-    if mode == "majority":
-        ok = (v.max(1) > 0.5 * total) & (top < 8)
-        dropped["no majority"] = int((~ok).sum())
-        chosen = np.isin(top, cols)
-        dropped["majority class not selected"] = int((ok & ~chosen).sum())
-        keep = np.flatnonzero(ok & chosen)
-        targets = np.zeros((len(keep), len(classes)), np.float32)
-        targets[np.arange(len(keep)), [cols.index(t) for t in top[keep]]] = 1.0
-    else:
-        sel = emo[:, cols]
-        ok = (sel.sum(1) > 0) & (emo.sum(1) >= v[:, 8:].sum(1))
-        dropped["mostly unknown or not a face"] = int((~ok).sum())
-        keep = np.flatnonzero(ok)
-        targets = (sel[keep] / sel[keep].sum(1, keepdims=True)).astype(np.float32)
-    return keep, targets, {k: n for k, n in dropped.items() if n}
 
 
 def scan_source(path: str | os.PathLike, classes: tuple[str, ...] | None = None, role: str = "data",
@@ -479,6 +423,11 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def label_distributions(self) -> np.ndarray:
+        """float32 (N, len(classes)): the vote distributions (``targets``), or the hard labels one-hot:
+        what training takes its loss against (see :mod:`ferkit.votes`)."""
+        return self.targets if self.targets is not None else one_hot(self.labels, len(self.classes))
+
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.classes))
         return {c: int(n) for c, n in zip(self.classes, counts)}
@@ -505,14 +454,6 @@ class ImageSet:
                         list(self.skipped), targets, self.protocol, majority, domain, self.domain_weights)
 
 
-def cache_dir() -> Path:
-    """Where decoded datasets are cached: $FERKIT_CACHE, else $XDG_CACHE_HOME/ferkit, else ~/.cache/ferkit."""
-    env = os.environ.get("FERKIT_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ferkit"
-
-
 def _cache_key(files: list[Path], image_size: int) -> str:
     h = hashlib.sha256(f"v{_CACHE_VERSION}|{image_size}".encode())
     for f in files:
@@ -533,8 +474,6 @@ def _decode_all(files: list[Path], image_size: int,
             return None, str(exc)
         except OSError as exc:
             return None, exc.strerror or str(exc)
-
-    from .failures import check_fits
 
     check_fits(len(files) * image_size * image_size, f"decoding {len(files):,} images at {image_size}x{image_size} px",
                "use a smaller --image-size or fewer images")
@@ -610,8 +549,6 @@ def _load_cached(key: str, n: int, image_size: int | None = None):
 
 
 def _store_cached(key: str, images: np.ndarray, ok: list[int], bad: list) -> None:
-    from .files import atomic_path, write_json
-
     base = cache_dir() / "datasets" / key
     ok, bad = [int(i) for i in ok], [[str(p), str(w)] for p, w in bad]
     meta = {"version": _CACHE_VERSION, "n": len(ok) + len(bad), "dtype": "uint8", "shape": list(images.shape),

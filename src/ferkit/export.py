@@ -23,11 +23,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from . import __version__
 from .console import log
 from .errors import FerkitError
-from .files import atomic_path, make_dir
+from .files import atomic_path, file_sha256, make_dir
+from .models import find_model, open_model
+from .models.opened import export_beside  # noqa: F401  (its home before ferkit.models.opened)
+from .runtime import require_finite
 
 DEFAULT_OPSET = 17
 #: Opsets the exporter is known to write and onnxruntime to run for ferkit's layers.
@@ -37,9 +42,6 @@ OPSETS = range(11, 22)
 def _wrapped(model, spec, temperature: float = 1.0):
     """The exported module: [0, 1] gray input -> the model's normalisation -> logits (divided by the
     record's temperature unless it is 1), softmax."""
-    import torch
-    from torch import nn
-
     class WithSoftmax(nn.Module):
         def __init__(self, net):
             super().__init__()
@@ -57,8 +59,6 @@ def _wrapped(model, spec, temperature: float = 1.0):
 def _torch_export(module, example, path: Path, opset: int) -> None:
     """torch.onnx.export with the TorchScript exporter (needs no onnxscript); the torch.export-based
     exporter is the fallback where the legacy one is gone."""
-    import torch
-
     kwargs = dict(input_names=["input"], output_names=["logits", "probabilities"],
                   dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
                   opset_version=opset)
@@ -94,13 +94,10 @@ def check_export_args(out, opset: int) -> None:
 def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True) -> dict:
     """Write ``out`` (.onnx) from a checkpoint or run folder. Returns info: path, classes, image_size and
     (``check=True``) ``max_abs_diff`` between onnxruntime and PyTorch logits on random inputs."""
-    import torch
-
     try:
-        import onnx
+        import onnx  # optional (ferkit[onnx]): imported only where it is used
     except ImportError:
         raise FerkitError("ONNX export needs the onnx package: pip install 'ferkit[onnx]'") from None
-    from .models import find_model, open_model
 
     check_export_args(out, opset)
     out = Path(out)
@@ -109,8 +106,6 @@ def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True)
     opened = open_model(ckpt, device="cpu", backend="torch")
     model, record = opened.module, opened.record
     size = record.image_size
-    from .runtime import require_finite
-
     with torch.inference_mode():   # a model whose outputs are NaN or infinite is not exported
         probe = torch.from_numpy(np.random.default_rng(0).random((8, 1, size, size), dtype=np.float32))
         require_finite(_wrapped(model, record.input)(probe)[0], f"model {ckpt}")
@@ -143,10 +138,8 @@ def parity(model, onnx_path, spec, n: int = 8, seed: int = 0, inputs: np.ndarray
     """Max |logits_onnxruntime - logits_torch| on ``inputs`` (float32 (N,1,S,S) in [0,1]) or random ones;
     ``spec`` is the model's InputSpec and ``temperature`` its record's (the ONNX graph applies both
     inside, PyTorch gets them applied here)."""
-    import torch
-
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional (ferkit[onnx])
     except ImportError:
         log("note: onnxruntime is not installed; skipped the parity check")
         return float("nan")
@@ -166,21 +159,3 @@ def export_text(info: dict) -> str:
     if info.get("max_abs_diff") is not None:
         text += f"\nonnxruntime vs PyTorch max |logit difference| on random inputs: {info['max_abs_diff']:.2e}"
     return text
-
-
-def file_sha256(path) -> str:
-    """SHA-256 of a file's bytes (hex): ties an export to the exact checkpoint it was made from."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def export_beside(checkpoint) -> Path:
-    """Where an export stands in for a checkpoint: ``<stem>.onnx`` in the same folder (a run's
-    ``best.safetensors`` -> ``best.onnx``). The Recognizer uses it only when its metadata's
-    ``source_sha256`` is this checkpoint's (see :func:`ferkit.models.open_model`)."""
-    return Path(checkpoint).with_suffix(".onnx")

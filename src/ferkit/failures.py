@@ -18,6 +18,10 @@ import time
 import traceback
 from pathlib import Path
 
+from . import __version__
+from .errors import FerkitError
+from .files import cache_dir
+
 #: The signal that turned into KeyboardInterrupt, when it was not Ctrl-C (for the exit status).
 _received: list[int] = []
 
@@ -78,8 +82,6 @@ def human_bytes(n: float) -> str:
 def check_fits(nbytes: float, what: str, hint: str) -> None:
     """Refuse, in one line, an allocation of ``nbytes`` that cannot fit in this machine's memory
     (``what`` it is for, ``hint`` which option makes it smaller)."""
-    from .errors import FerkitError
-
     total = total_memory()
     if total is not None and nbytes > total:
         raise FerkitError(f"{what} needs {human_bytes(nbytes)}, more than this machine's {human_bytes(total)} of "
@@ -139,8 +141,6 @@ def environment_error(exc: BaseException) -> str | None:
 
 # ----------------------------------------------------------------------------- crash reports
 def crash_dir() -> Path:
-    from .data import cache_dir
-
     return cache_dir() / "crash-reports"
 
 
@@ -149,8 +149,6 @@ def write_crash_report(exc: BaseException, argv: list[str] | None = None) -> Pat
     file could be written anywhere."""
     import platform
     import tempfile
-
-    from . import __version__
 
     lines = [f"ferkit {__version__} crash report, {time.strftime('%Y-%m-%d %H:%M:%S')}",
              f"command: {' '.join(argv if argv is not None else sys.argv)}",

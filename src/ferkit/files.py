@@ -6,6 +6,7 @@ interrupted command never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -262,6 +263,24 @@ def _writable_dir(path: Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
+def file_sha256(path) -> str:
+    """SHA-256 of a file's bytes (hex): ties an export to the exact checkpoint it was made from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """ferkit's cache folder (decoded datasets, crash reports, matplotlib's files when home is read-only):
+    $FERKIT_CACHE, else $XDG_CACHE_HOME/ferkit, else ~/.cache/ferkit."""
+    env = os.environ.get("FERKIT_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ferkit"
+
+
 def prepare_matplotlib() -> None:
     """Before matplotlib is imported: a writable config/cache folder (else matplotlib warns on every
     run, in two lines, and rebuilds its font cache each time) and its log kept to errors (no "building
@@ -284,8 +303,6 @@ def prepare_matplotlib() -> None:
     if ok:
         return
     import tempfile
-
-    from .data import cache_dir
 
     for folder in (cache_dir() / "matplotlib", Path(tempfile.gettempdir()) / f"ferkit-matplotlib-{os.getuid()}"):
         if _writable_dir(folder):

@@ -106,7 +106,8 @@ def _cmd_synth_preview(a) -> int:
 
 
 # ----------------------------------------------------------------------------- gan
-#: GanConfig fields offered as `ferkit gan train` options (type and default from the dataclass).
+#: GanConfig fields offered as `ferkit gan train` options (type and default from the dataclass), then
+#: MACHINE_OPTIONS, whose help the shared Machine part holds.
 GAN_OPTIONS = {
     "classes": "comma-separated classes, in model order (default: the reference six the data has)",
     "image_size": "face side in pixels (divisible by 16: 48 or 64)",
@@ -140,16 +141,14 @@ GAN_OPTIONS = {
     "sample_every": "iterations per sample grid (samples/iter_NNNNNN.png)",
     "checkpoint_every": "iterations per saved state and generator.safetensors (a multiple of --log-every)",
     "seed": "random seed (same seed, same run)",
-    "precision": "auto: bf16/fp16 autocast where the CPU/GPU supports it natively, else fp32",
-    "device": DEVICE_HELP,
-    "num_threads": "torch CPU threads",
-    "strict": "fail on undecodable images instead of skipping them",
 }
+MACHINE_OPTIONS = ("precision", "device", "num_threads", "strict")
 
 
 def add_gan(sub):
     from dataclasses import MISSING, fields
 
+    from ..train.config import setting_help
     from ..train.gan import GanConfig
 
     p = sub.add_parser("gan", help="train and evaluate an expression-editing GAN (StarGAN-style) on real faces",
@@ -169,7 +168,7 @@ def add_gan(sub):
     t.add_argument("--data", required=True, help="real faces: class folders or manifest CSV")
     t.add_argument("--out", required=True, help="run folder to create (or resume)")
     by_name = {f.name: f for f in fields(GanConfig)}
-    for name, text in GAN_OPTIONS.items():
+    for name, text in {**GAN_OPTIONS, **{m: setting_help(by_name[m]) for m in MACHINE_OPTIONS}}.items():
         f = by_name[name]
         default = f.default if f.default is not MISSING else None
         if name == "seed":
@@ -207,7 +206,7 @@ def _cmd_gan_train(a) -> int:
     from ..train.distributed import from_env
     from ..train.gan import GanConfig, train_gan
 
-    given = {name: getattr(a, name) for name in GAN_OPTIONS if getattr(a, name) is not None}
+    given = {name: getattr(a, name) for name in (*GAN_OPTIONS, *MACHINE_OPTIONS) if getattr(a, name) is not None}
     r = train_gan(GanConfig(data=a.data, out=a.out, progress=not a.no_progress, **given), overwrite=a.overwrite)
     if from_env().main:     # torchrun: rank 0 reports
         print(r.text())

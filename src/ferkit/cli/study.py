@@ -4,12 +4,19 @@ from __future__ import annotations
 import argparse
 
 from .options import config_from_args, open_fraction, positive_int, random_seed
-from .train import TRAIN_HELP, train_option
+from .train import TRAIN_OPTIONS, add_train_options
+
+#: The arm syntax, for --arm's help and docs/study.md.
+ARM_HELP = ("an extra arm: NAME:KEY=VALUE,... where the keys are a data mix (source=NAME or synthetic=NAME and "
+            "k=K: real + K x that generated source, K defaulting to 1; only=CLASS,...: generated faces for those "
+            "classes only, K x each one's real count) and any `ferkit train` setting this arm changes (e.g. "
+            "oversample=disgusted=5,fearful=5, labels=soft, init=fer2013-vgg, lr=0.01, augment, "
+            "class-weights). A value may hold commas: a part that names no key continues it. E.g. "
+            "over5:oversample=disgusted=5,fearful=5; soft:labels=soft; gan+over:synthetic=gan,k=1,only=disgusted,"
+            "oversample=disgusted=5; ft:init=fer2013-vgg. Repeatable")
 
 
 def add_study(sub):
-    from ..train.config import config_fields
-
     p = sub.add_parser("study", help="how much do generated faces help? real vs real + k x generated, with error bars",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train on real only (k=0), real + augmentation, generated only and real + k x "
@@ -39,15 +46,13 @@ def add_study(sub):
                    help="with --folds: validation groups as a fraction of each fold's training groups (default 0.2)")
     p.add_argument("--fold-seed", type=random_seed, default=0,
                    help="with --folds: which groups form each fold (default 0)")
-    p.add_argument("--arm", action="append", default=None, metavar="NAME:KEY=VALUE,...",
-                   help="an extra named arm; keys: init=MODEL (fine-tune from that model), source=NAME and k=K "
-                        "(real + K x that source), augment, lr=LR. E.g. ft:init=fer2013-vgg and "
-                        "ft-gan2:init=fer2013-vgg,source=gan,k=2; repeatable")
-    p.add_argument("--synthetic", required=True, action="append", metavar="[NAME=]DIR",
+    p.add_argument("--arm", action="append", default=None, metavar="NAME:KEY=VALUE,...", help=ARM_HELP)
+    p.add_argument("--synthetic", action="append", default=None, metavar="[NAME=]DIR",
                    help="generated data; repeat for several sources. NAME=DIR gives each named source its own arms "
                         "(real + k x NAME, NAME only), so generators are compared in one table and plot; folders "
                         "without a name are pooled as one source. With --folds, {fold} in DIR is the fold's number "
-                        "(e.g. edits of each fold's own training faces)")
+                        "(e.g. edits of each fold's own training faces). Needed unless --ratios 0 "
+                        "--no-synthetic-arm and no arm draws generated faces")
     p.add_argument("--ratios", default="0,0.5,1,2,3,5,8", help="k values, comma-separated (default 0,0.5,1,2,3,5,8)")
     p.add_argument("--seeds", default="3", help="number of seeds per setting (default 3)")
     p.add_argument("--out", required=True, help="study folder")
@@ -57,18 +62,17 @@ def add_study(sub):
 
     p.add_argument("--recipe", choices=tuple(RECIPES), default="reference",
                    help="training recipe of every run (default reference; see `ferkit train --help`). "
-                        "Augmentation is on only in the real + augmentation arm")
+                        "Augmentation is on only in the real + augmentation arm and the arms that set augment, "
+                        "unless --augment turns it on for every run")
     p.add_argument("--model-arg", action="append", metavar="NAME=VALUE", default=None,
                    help="architecture argument, repeatable (see `ferkit models`)")
-    by_name = {f.name: f for f in config_fields()}
-    for name in ("arch", "batch_size", "lr", "patience", "monitor", "image_size"):
-        train_option(p, by_name[name], TRAIN_HELP[name])
-    length = p.add_mutually_exclusive_group()
-    train_option(length, by_name["epochs"], "maximum epochs of every run")
-    length.add_argument("--steps", type=positive_int, default=None, metavar="N",
-                        help="instead of --epochs: about N optimiser steps for every run (its epochs = N / batches "
-                             "per epoch, in runs.csv), so real + k x generated does not also get k+1 times the "
-                             "updates of real only; separates what the images add from what longer training adds")
+    p.add_argument("--steps", type=positive_int, default=None, metavar="N",
+                   help="instead of --epochs: about N optimiser steps for every run (its epochs = N / batches "
+                        "per epoch, in runs.csv), so real + k x generated does not also get k+1 times the "
+                        "updates of real only; separates what the images add from what longer training adds")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="the weights each run is tested with: best (the epoch --monitor picked; default) or last "
+                        "(nothing selected on validation)")
     p.add_argument("--classes", default=None, help="comma-separated classes (default: reference six in the real data)")
     p.add_argument("--jobs", default="1", help="runs in parallel processes (torch threads are divided; default 1)")
     p.add_argument("--balance", action="store_true", help="equalise classes of the mixed sets")
@@ -78,8 +82,6 @@ def add_study(sub):
     p.add_argument("--no-augment-arm", action="store_true", help="skip the real + augmentation baseline")
     p.add_argument("--no-synthetic-arm", action="store_true", help="skip the generated-only setting")
     p.add_argument("--subset-seed", type=random_seed, default=0, help="seed choosing the real subsets (default 0)")
-    train_option(p, by_name["precision"], TRAIN_HELP["precision"])
-    train_option(p, by_name["device"], TRAIN_HELP["device"])
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run only the I-th of N shares of the runs (1-based), for N machines or a job array "
                         "sharing --out; the table appears once every share is done")
@@ -89,6 +91,10 @@ def add_study(sub):
                    help="draw each run's curves.png, confusion matrix and reliability diagram (off: the study's "
                         "many short runs skip them; the table and plot are always drawn)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # the base training settings of every run: `ferkit train`'s options (an --arm may change them) but
+    # those the study sets per run
+    add_train_options(p, {f"training ({title})": names for title, names in TRAIN_OPTIONS.items()},
+                      skip=("seed", "classes", "num_threads"))
     p.set_defaults(func=_cmd_study)
 
 
@@ -96,8 +102,13 @@ def _cmd_study(a) -> int:
     from ..experiments import StudyConfig, run_study
     from ..models import parse_model_args
 
-    cfg = config_from_args(StudyConfig, a, arms=a.arm or [], augment_arm=not a.no_augment_arm,
-                           synthetic_arm=not a.no_synthetic_arm, report_only=a.report, progress=not a.no_progress,
-                           train_options={"model_args": parse_model_args(a.model_arg)} if a.model_arg else {})
+    train = {name: getattr(a, name) for names in TRAIN_OPTIONS.values() for name in names
+             if name not in ("seed", "classes", "num_threads") and getattr(a, name) is not None}
+    if a.model_arg:
+        train["model_args"] = parse_model_args(a.model_arg)
+    cfg = config_from_args(StudyConfig, a, arms=a.arm or [], synthetic=a.synthetic or [],
+                           augment_arm=not a.no_augment_arm, synthetic_arm=not a.no_synthetic_arm,
+                           report_only=a.report, progress=not a.no_progress,
+                           train=train)
     print(run_study(cfg).text(a.shard))
     return 0

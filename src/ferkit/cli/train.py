@@ -8,86 +8,27 @@ from ..errors import FerkitError
 from .options import config_option, positive_int
 
 # ----------------------------------------------------------------------------- train
-#: TrainConfig fields offered as `ferkit train` options, by group, with their help text. Type,
-#: choices and the recipes' values come from ferkit.train.config, so a new option is one line here.
+#: TrainConfig fields offered as `ferkit train` options, by group. Help, type, choices and the
+#: recipes' values come from ferkit.train.config (each field's help is written once, there), so a
+#: new option is its field there and its name here.
 TRAIN_OPTIONS = {
-    "model and data": {
-        "arch": "architecture (see `ferkit models`)",
-        "init": "start from these weights instead of random ones (fine-tuning): a checkpoint, run folder or "
-                "bundled model name such as fer2013-vgg. Architecture, its arguments, image size, input "
-                "scaling and (unless given) classes come from it; a class it knows keeps its output weights",
-        "image_size": "square input side in pixels",
-        "classes": "comma-separated classes, in model order ('all7' = the reference six + neutral; "
-                   "default: the reference six the data has)",
-        "input_mean": "model input = (pixel/255 - mean) / std",
-        "input_std": "see --input-mean",
-    },
-    "schedule of the run": {
-        "epochs": "maximum epochs (a larger value continues a finished run)",
-        "batch_size": "images per optimiser step",
-        "patience": "stop after N epochs without a better --monitor; 0 = never",
-        "monitor": "validation metric that picks best.safetensors (and drives early stopping)",
-        "seed": "random seed (same seed, same run)",
-        "train_limit": "images per epoch (a random subset each epoch; default all)",
-        "val_limit": "validation images (a fixed random subset; default all)",
-    },
-    "optimiser": {
-        "optimizer": "adam (the reference's), adamw, or sgd (Nesterov momentum)",
-        "lr": "learning rate (peak rate for cosine/onecycle)",
-        "momentum": "sgd momentum",
-        "weight_decay": "weight decay (L2 for adam/sgd, decoupled for adamw)",
-        "schedule": "time_decay (reference), cosine (after --warmup-epochs), onecycle, plateau (x0.5), constant",
-        "lr_decay": "time_decay: lr / (1 + decay x step)",
-        "warmup_epochs": "cosine: linear warm-up epochs",
-        "plateau_patience": "plateau: epochs without improvement before the rate halves",
-        "grad_clip": "clip the gradient norm to this; 0 = off",
-        "ema": "keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
-               "validate/save it; 0 = off",
-    },
-    "loss": {
-        "label_smoothing": "label smoothing of the cross-entropy",
-        "class_weights": "weight the loss by inverse class frequency (for rare classes such as disgust)",
-        "oversample": "CLASS=N[,CLASS=N...]: every training face of CLASS is seen N more times per epoch "
-                      "(e.g. disgusted=5,fearful=5,contempt=5); with --labels soft, the faces whose FER+ "
-                      "majority-protocol label is CLASS",
-        "labels": "vote-label data (a FER+ folder with label.csv, or a manifest with one vote column per class): "
-                  "majority = the FER+ protocol (single votes dropped, faces without a majority dropped, hard "
-                  "labels); soft = train against the vote distribution (keeps the rare expressions' votes). "
-                  "Validation always uses the majority protocol",
-        "teacher": "distil from this classifier (run folder, checkpoint or bundled name; comma-separated = an "
-                   "ensemble averaged in probability): its softened outputs on each augmented batch join the loss",
-        "distill_alpha": "weight of the teacher's term: loss = (1-a) CE(labels) + a T^2 CE(student/T, teacher/T)",
-        "distill_temperature": "temperature T that softens teacher and student outputs in that term",
-        "consistency": "weight W of a consistency term: each batch is also seen slightly moved (shift, zoom 0.9-1.1, "
-                       "flip) and W x KL(answer on the batch || answer on the moved batch) joins the loss (the "
-                       "first answer is the target), aiming at steadier labels; about twice a step's time; 0 = off",
-        "consistency_shift": "max shift of that moved view in each direction, pixels at 48 px (scaled to "
-                             "--image-size)",
-    },
-    "augmentation (in torch, on whole batches)": {
-        "augment": "random flip, rotation, shift, zoom and aspect change",
-        "rotate": "max rotation, degrees",
-        "shift": "max shift, fraction of the half-side",
-        "zoom": "max zoom in/out, fraction",
-        "aspect": "max aspect-ratio change, fraction",
-        "erase": "probability of random erasing per image",
-        "mixup": "mixup Beta alpha (e.g. 0.2); 0 = off",
-        "cutmix": "cutmix Beta alpha (e.g. 1.0); 0 = off; with --mixup one of the two per batch",
-        "photo": "probability P of each real-photo condition per image: an occluder (a patch, or dark glasses), "
-                 "low light or gamma, blur, low resolution, sensor noise and JPEG compression, each drawn "
-                 "independently with probability P (e.g. 0.15); 0 = off. Independent of --augment",
-    },
-    "machine": {
-        "precision": "auto: bf16/fp16 autocast where the CPU/GPU supports it natively, else fp32",
-        "device": DEVICE_HELP,
-        "num_threads": "torch CPU threads (default: torch's choice)",
-        "strict": "fail on undecodable images instead of skipping them",
-    },
+    "model and data": ("arch", "init", "image_size", "classes", "input_mean", "input_std"),
+    "schedule of the run": ("epochs", "batch_size", "patience", "monitor", "seed", "train_limit", "val_limit"),
+    "optimiser": ("optimizer", "lr", "momentum", "weight_decay", "schedule", "lr_decay", "warmup_epochs",
+                  "plateau_patience", "grad_clip", "ema"),
+    "loss": ("label_smoothing", "class_weights", "oversample", "labels", "teacher", "distill_alpha",
+             "distill_temperature", "consistency", "consistency_shift"),
+    "augmentation (in torch, on whole batches)": ("augment", "rotate", "shift", "zoom", "aspect", "erase", "mixup",
+                                                  "cutmix", "photo"),
+    "machine": ("precision", "device", "num_threads", "strict"),
 }
 
 
-#: help of the TrainConfig options that other commands offer too
-TRAIN_HELP = {name: text for options in TRAIN_OPTIONS.values() for name, text in options.items()}
+def train_help() -> dict[str, str]:
+    """Each TrainConfig field's help text (from the field), by name."""
+    from ..train.config import config_fields, setting_help
+
+    return {f.name: setting_help(f) for f in config_fields()}
 
 
 def train_option(group, f, text: str) -> None:
@@ -100,8 +41,20 @@ def train_option(group, f, text: str) -> None:
     config_option(group, f, text, shown)
 
 
+def add_train_options(p, groups: dict[str, tuple[str, ...]], skip: tuple[str, ...] = ()) -> None:
+    """The TrainConfig options of ``groups`` (title -> field names), but ``skip``, as argument groups of ``p``."""
+    from ..train.config import config_fields, setting_help
+
+    by_name = {f.name: f for f in config_fields()}
+    for title, names in groups.items():
+        group = p.add_argument_group(title)
+        for name in names:
+            if name not in skip:
+                train_option(group, by_name[name], setting_help(by_name[name]))
+
+
 def add_train(sub):
-    from ..train.config import RECIPES, config_fields
+    from ..train.config import RECIPES
 
     p = sub.add_parser("train", help="train an expression classifier on class folders",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -135,11 +88,7 @@ def add_train(sub):
     p.add_argument("--model-arg", action="append", metavar="NAME=VALUE", default=None,
                    help="architecture argument, repeatable (e.g. --model-arg width=64 --model-arg depths=2,2,2,2); "
                         "`ferkit models` lists each architecture's arguments")
-    by_name = {f.name: f for f in config_fields()}
-    for title, options in TRAIN_OPTIONS.items():
-        group = p.add_argument_group(title)
-        for name, text in options.items():
-            train_option(group, by_name[name], text)
+    add_train_options(p, TRAIN_OPTIONS)
     p.add_argument("--overwrite", action="store_true", help="replace what --out holds and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
     p.set_defaults(func=_cmd_train)
@@ -150,7 +99,7 @@ def train_config_from_args(a, **fixed):
     from ..models import parse_model_args
     from ..train import resolve_config
 
-    given = {name: getattr(a, name) for options in TRAIN_OPTIONS.values() for name in options}
+    given = {name: getattr(a, name) for names in TRAIN_OPTIONS.values() for name in names}
     if a.model_arg:
         given["model_args"] = parse_model_args(a.model_arg)
         base = {} if given.get("arch") or given.get("init") else _recipe_model_args(a.recipe)

@@ -37,12 +37,17 @@ from .report import (
 )
 from .stats import diff_ci, format_ci, t_quantile
 from .study import (
-                  STUDY_TRAIN_FIELDS,
+                  CHECKPOINTS,
+                  MIX_KEYS,
+                  PER_RUN_FIELDS,
                   UNNAMED_SOURCE,
                   Arm,
                   RunSpec,
                   StudyConfig,
+                  arm_definition,
+                  migrate_identity,
                   parse_arm,
+                  parse_setting,
                   parse_shard,
                   parse_sources,
                   plan_study,
@@ -51,9 +56,10 @@ from .study import (
                   study_arms,
 )
 
-__all__ = ["MANIFEST_FIELDS", "STUDY_TRAIN_FIELDS", "UNNAMED_SOURCE", "Arm", "FoldPlan", "MixResult", "RunSpec",
-           "StudyConfig", "StudyResult", "aggregate", "allocate", "best_and_plateau", "build_mix", "compare_settings",
-           "diff_ci", "draw_per_class", "format_ci", "image_groups", "load_folds", "markdown_table", "parse_arm",
-           "parse_ratios", "parse_shard", "plan_folds", "write_fold_plan",
-           "parse_sizes", "parse_sources", "plan_study", "plot_study", "real_subset", "run_study",
-           "shard_runs", "study_arms", "summarise", "summary_lines", "t_quantile", "write_manifest"]
+__all__ = ["CHECKPOINTS", "MANIFEST_FIELDS", "MIX_KEYS", "PER_RUN_FIELDS", "UNNAMED_SOURCE", "Arm", "FoldPlan",
+           "MixResult", "RunSpec", "StudyConfig", "StudyResult", "aggregate", "allocate", "arm_definition",
+           "best_and_plateau", "build_mix", "compare_settings", "diff_ci", "draw_per_class", "format_ci",
+           "image_groups", "load_folds", "markdown_table", "migrate_identity", "parse_arm", "parse_ratios",
+           "parse_setting", "parse_shard", "parse_sizes", "parse_sources", "plan_folds", "plan_study", "plot_study",
+           "real_subset", "run_study", "shard_runs", "study_arms", "summarise", "summary_lines", "t_quantile",
+           "write_fold_plan", "write_manifest"]

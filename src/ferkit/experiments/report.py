@@ -248,11 +248,12 @@ def summarise(out: Path, runs: list[dict], cfg: StudyConfig | None = None) -> St
                 + f" with no group in two parts (groups: `{cfg.group_by}`; "
                 f"validation: {cfg.val_fraction:g} of each fold's training groups), generated: "
                 f"{', '.join(f'`{s}`' for s in cfg.synthetic)}; each fold tested on its own test groups")
-        lines += [f"{data}; recipe {cfg.recipe}, arch {cfg.arch}, lr {cfg.lr:g}, "
-                  + (f"up to {cfg.epochs} epochs " if cfg.steps is None else
+        base = cfg.base
+        lines += [f"{data}; recipe {cfg.recipe}, arch {base.arch}, lr {base.lr:g}, "
+                  + (f"up to {base.epochs} epochs " if cfg.steps is None else
                      f"about {cfg.steps} optimiser steps per run (its epochs in runs.csv) ")
                   + "(patience "
-                  f"{cfg.patience} on {cfg.monitor}), {cfg.seeds} seed(s); "
+                  f"{base.patience} on {base.monitor}), {cfg.seeds} seed(s); "
                   + ("accuracy on the real test set, mean ± sd over seeds; differences paired by seed."
                      if not cfg.grouped else "accuracy on each fold's test part, mean ± sd over folds and seeds; "
                      "differences paired by (fold, seed)."), ""]

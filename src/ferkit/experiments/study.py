@@ -61,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..choices import check_choice
 from ..console import log, progress_bar
 from ..data import ImageSet, default_classes, load_dataset, scan_source
 from ..errors import FerkitError
@@ -123,87 +124,195 @@ def parse_sources(specs: list[str]) -> dict[str, list[str]]:
     return sources
 
 
-# ----------------------------------------------------------------------------- study config
+# ----------------------------------------------------------------------------- arms
+#: TrainConfig fields the study sets for each run: not a base setting, not an arm override (its data
+#: plan decides the training faces, so the training sources and their weights too).
+PER_RUN_FIELDS = ("train_dir", "val_dir", "out", "seed", "classes", "progress", "num_threads", "train_weight",
+                  "extra_train_dirs")
+#: The keys of an arm's data mix; every other key is a TrainConfig field (an override).
+MIX_KEYS = ("source", "k", "only")
+_KEY_ALIASES = {"synthetic": "source"}
+_FOLD = "{fold}"
+_ARM_NAME = r"[A-Za-z][A-Za-z0-9_.+-]*"
+_TRUE, _FALSE = ("", "1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 @dataclass(frozen=True)
 class Arm:
-    """One experimental setting, as data: what the training set is made of."""
+    """One experimental setting, as data: a data mix (real faces, k x a generated-data source,
+    optionally for some classes only) and the TrainConfig values it changes (``train``)."""
 
-    name: str                 # run-name part: k0, k0.5, aug, synth
+    name: str                 # run-name part: k0, k0.5, aug, synth, or a --arm name
     label: str                # for tables: "real only", "real + 2x generated", ...
     real: bool = True         # include the real subset
     k: float = 0.0            # generated images per real image (synth: generated count / real count)
-    augment: bool = False     # classic augmentation (flip, shifts, rotations)
-    source: str = ""          # the generated-data source the arm draws from ("" for real only / augmentation)
-    init: str = ""            # start from this model (checkpoint, run folder, bundled name): fine-tuning
-    lr: float | None = None   # this arm's learning rate (None: the study's)
+    source: str = ""          # the generated-data source the arm draws from ("" for none)
+    only: tuple[str, ...] = ()  # generated images only for these classes (k x each one's real count)
+    train: dict = field(default_factory=dict, hash=False)   # TrainConfig overrides, e.g. {"oversample": ...}
     custom: bool = False      # named with --arm (not on the real + k x generated lines)
 
+    @property
+    def augment(self) -> bool:
+        return bool(self.train.get("augment"))
 
-ARM_KEYS = ("init", "source", "k", "augment", "lr")
-_FOLD = "{fold}"
+    @property
+    def init(self) -> str:
+        return self.train.get("init") or ""
+
+    @property
+    def lr(self) -> float | None:
+        return self.train.get("lr")
+
+    def definition(self) -> dict:
+        """What the arm does (not what it is called in tables), JSON-shaped: a study folder keeps it."""
+        return json.loads(json.dumps({"real": self.real, "k": self.k, "source": self.source, "only": list(self.only),
+                                      "train": self.train}))
+
+
+def arm_definition(saved: dict) -> dict:
+    """:meth:`Arm.definition` of an arm as a study.json records it, also in the form ferkit wrote
+    before arms took any training setting (keys augment, init, lr beside the data mix)."""
+    if "train" in saved:
+        return {k: saved.get(k, d) for k, d in (("real", True), ("k", 0.0), ("source", ""), ("only", []),
+                                                ("train", {}))}
+    train = {"augment": True} if saved.get("augment") else {}
+    train.update({k: saved[k] for k in ("init", "lr") if saved.get(k) not in (None, "")})
+    return {"real": saved.get("real", True), "k": saved.get("k", 0.0), "source": saved.get("source", ""),
+            "only": [], "train": train}
+
+
+def parse_setting(name: str, text: str | None, where: str):
+    """One TrainConfig value from text, by the field's type: ``"5"`` -> 5 for an int, ``"none"`` ->
+    None where the field may be None, no text -> True for a flag. One line naming ``where`` if not."""
+    from ..models import parse_model_args
+    from ..train.config import config_fields
+
+    by_name = {f.name: f for f in config_fields()}
+    if name not in by_name:
+        raise FerkitError(f"{where}: unknown key {name!r} (keys: {', '.join(MIX_KEYS)} or any `ferkit train` "
+                          f"setting, e.g. oversample, labels, lr, augment, init)")
+    if name in PER_RUN_FIELDS:
+        raise FerkitError(f"{where}: {name} is set by the study for each run, not per arm")
+    kind = str(by_name[name].type)
+    value = "" if text is None else text.strip()
+    if kind == "bool":
+        if value.lower() not in _TRUE + _FALSE:
+            raise FerkitError(f"{where}: {name} takes no value, or true/false (got {value!r})")
+        return value.lower() in _TRUE
+    if text is None or not value:
+        raise FerkitError(f"{where}: {name} needs a value ({name}=...)")
+    if "None" in kind and value.lower() == "none":
+        return None
+    if kind == "dict":
+        items = []
+        for part in value.split(","):     # width=16,depths=2,2,2,2: a part without = continues a value
+            items.append(part) if "=" in part or not items else items.__setitem__(-1, f"{items[-1]},{part}")
+        return parse_model_args(items)
+    for cast in (int, float):
+        if kind.startswith(cast.__name__):
+            try:
+                number = cast(value)
+            except ValueError:
+                raise FerkitError(f"{where}: {name} {value!r} is not a "
+                                  f"{'whole number' if cast is int else 'number'}") from None
+            if not math.isfinite(number):
+                raise FerkitError(f"{where}: {name} must be a finite number (got {value})")
+            return number
+    return value
+
+
+def _arm_items(rest: str, where: str) -> list[tuple[str, str | None]]:
+    """``"source=gan,k=2,oversample=disgusted=5,fearful=5"`` -> [(key, value or None)]: a part whose
+    name is no key continues the value before it (so values may hold commas)."""
+    from ..train.config import config_fields
+
+    keys = set(MIX_KEYS) | set(_KEY_ALIASES) | {f.name for f in config_fields()}
+    items: list[list] = []
+    for part in (p.strip() for p in rest.split(",")):
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        key = key.strip().replace("-", "_")    # class-weights as the option reads, class_weights as the field
+        if key in keys:
+            items.append([key, value if eq else None])
+        elif items and items[-1][1] is not None:
+            items[-1][1] += "," + part
+        else:
+            raise FerkitError(f"{where}: unknown key {key!r} (keys: {', '.join(MIX_KEYS)} or any "
+                              "`ferkit train` setting, e.g. oversample, labels, lr, augment, init)")
+    return [(_KEY_ALIASES.get(k, k), v) for k, v in items]
 
 
 def parse_arm(spec: str, sources=(UNNAMED_SOURCE,)) -> Arm:
-    """``"ft:init=fer2013-vgg"``, ``"ft-gan2:init=fer2013-vgg,source=gan,k=2"``, ``"aug-gan:augment,source=gan"``
-    -> an Arm. Keys: init (a model to fine-tune), source and k (real + k x that source; k defaults to 1,
-    source to the only one), augment, lr."""
+    """``"NAME:key=value,..."`` -> an Arm: a data mix (``source=NAME`` or ``synthetic=NAME``, ``k=K``:
+    real + K x that source, K defaults to 1 and the source to the only one; ``only=CLASS,...``: the
+    generated faces for those classes only, K x each one's real count) and any TrainConfig setting
+    (``oversample=disgusted=5,fearful=5``, ``labels=soft``, ``init=fer2013-vgg``, ``lr=0.01``,
+    ``augment``, ...). A value may hold commas: a part that names no key continues it."""
     import re
+
+    from ..labels import parse_classes
 
     name, sep, rest = str(spec).partition(":")
     name = name.strip()
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", name) or not sep:
-        raise FerkitError(f"--arm {spec!r}: expected NAME:key=value,... (e.g. ft:init=fer2013-vgg or "
-                          "ft-gan:init=fer2013-vgg,source=gan,k=2); a name is letters, digits, _ . -")
+    if not re.fullmatch(_ARM_NAME, name) or not sep:
+        raise FerkitError(f"--arm {spec!r}: expected NAME:key=value,... (e.g. over5:oversample=disgusted=5,fearful=5 "
+                          "or ft-gan:init=fer2013-vgg,source=gan,k=2); a name is letters, digits, _ . + -")
     if re.fullmatch(r"(k[0-9.]+|aug|synth)(-.*)?", name):
         raise FerkitError(f"--arm {name}: k<number>, aug and synth name the built-in arms; choose another name")
-    values: dict = {}
-    for item in (x.strip() for x in rest.split(",") if x.strip()):
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if key not in ARM_KEYS:
-            raise FerkitError(f"--arm {name}: unknown key {key!r} (keys: {', '.join(ARM_KEYS)})")
-        if key == "augment":
-            if eq and value.strip().lower() not in ("1", "true", "yes", "0", "false", "no"):
-                raise FerkitError(f"--arm {name}: augment takes no value, or true/false")
-            values[key] = not eq or value.strip().lower() in ("1", "true", "yes")
-            continue
-        if not value.strip():
-            raise FerkitError(f"--arm {name}: {key} needs a value ({key}=...)")
-        values[key] = value.strip()
-    if "k" in values:
-        (values["k"],) = parse_ratios([values["k"]], f"--arm {name}: k")
-    if "lr" in values:
-        try:
-            values["lr"] = float(values["lr"])
-        except ValueError:
-            raise FerkitError(f"--arm {name}: lr {values['lr']!r} is not a number") from None
-        if not (math.isfinite(values["lr"]) and values["lr"] > 0):
-            raise FerkitError(f"--arm {name}: lr must be a positive number")
+    where = f"--arm {name}"
+    mix: dict = {}
+    train: dict = {}
+    for key, value in _arm_items(rest, where):
+        if key in (*mix, *train):
+            raise FerkitError(f"{where}: {key} is given twice")
+        if key == "k":
+            if not (value or "").strip():
+                raise FerkitError(f"{where}: k needs a value (k=...)")
+            (mix["k"],) = parse_ratios([value.strip()], f"{where}: k")
+        elif key == "source":
+            mix["source"] = (value or "").strip()
+        elif key == "only":
+            mix["only"] = parse_classes(value or "")
+        else:
+            train[key] = parse_setting(key, value, where)
     sources = tuple(sources)
-    if "source" in values and values["source"] not in sources:
-        raise FerkitError(f"--arm {name}: no generated-data source named {values['source']!r} "
+    if "source" in mix and mix["source"] not in sources:
+        raise FerkitError(f"{where}: no generated-data source named {mix['source']!r} "
                           f"(sources: {', '.join(sources)}; name one with --synthetic NAME=DIR)")
-    k = values.get("k", 1.0 if "source" in values else 0.0)
-    source = values.get("source", "")
+    k = mix.get("k", 1.0 if "source" in mix or "only" in mix else 0.0)
+    source = mix.get("source", "")
     if k > 0 and not source:
         if len(sources) != 1:
-            raise FerkitError(f"--arm {name}: k={k:g} needs source=NAME (sources: {', '.join(sources)})")
+            raise FerkitError(f"{where}: k={k:g} needs source=NAME (sources: {', '.join(sources)})")
         source = sources[0]
     if k == 0:
         source = ""
-    if not (values.get("init") or values.get("augment") or k > 0 or "lr" in values):
-        raise FerkitError(f"--arm {name}: give at least one of init=MODEL, source=NAME/k=K, augment, lr")
-    parts = ([f"fine-tune {values['init']}"] if values.get("init") else ["real"])
-    if values.get("augment"):
+        if "only" in mix:
+            raise FerkitError(f"{where}: only= picks the classes of the generated faces; give k > 0 too")
+    if not (train or k > 0):
+        raise FerkitError(f"{where}: give a data mix (source=NAME, k=K) or a training setting to change "
+                          "(e.g. oversample=disgusted=5, labels=soft, init=MODEL, augment, lr=0.01)")
+    parts = [f"fine-tune {train['init']}"] if train.get("init") else ["real"]
+    if train.get("augment"):
         parts.append("augmentation")
     if k > 0:
-        parts.append(f"{_fmt_k(k)}x {source}")
-    if "lr" in values:
-        parts.append(f"lr {values['lr']:g}")
-    return Arm(name, f"{name}: " + " + ".join(parts), k=k, augment=bool(values.get("augment")), source=source,
-               init=values.get("init", ""), lr=values.get("lr"), custom=True)
+        parts.append(f"{_fmt_k(k)}x {source}" + (f" ({', '.join(mix['only'])})" if mix.get("only") else ""))
+    parts += [f"lr {v:g}" if key == "lr" else (key if v is True else f"no {key}") if isinstance(v, bool)
+              else f"{key} {_plain(v)}" for key, v in train.items() if key not in ("init", "augment")]
+    return Arm(name, f"{name}: " + " + ".join(parts), k=k, source=source, only=tuple(mix.get("only", ())),
+               train=train, custom=True)
 
 
+def _plain(value) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_plain(v)}" for k, v in value.items())
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- study config
 def study_arms(ratios, synthetic_only_k: float, augment_arm: bool = True, synthetic_arm: bool = True,
                sources=(UNNAMED_SOURCE,)) -> list[Arm]:
     """Real only, augmentation, and for each generated-data source: generated only and real + k x
@@ -211,7 +320,7 @@ def study_arms(ratios, synthetic_only_k: float, augment_arm: bool = True, synthe
     with several, k2-<source>, synth-<source>."""
     arms = [Arm("k0", "real only")]
     if augment_arm:
-        arms.append(Arm("aug", "real + augmentation", augment=True))
+        arms.append(Arm("aug", "real + augmentation", train={"augment": True}))
     single = len(sources) == 1
     for src in sources:
         suffix, word = ("", "generated") if single else (f"-{src}", src)
@@ -223,14 +332,17 @@ def study_arms(ratios, synthetic_only_k: float, augment_arm: bool = True, synthe
     return arms
 
 
-#: TrainConfig fields a study sets for all its runs (None = the recipe's), besides train_options.
-STUDY_TRAIN_FIELDS = ("arch", "epochs", "batch_size", "patience", "monitor", "lr", "image_size", "precision",
-                      "device")
+#: The TrainConfig fields a study.json written before studies took any training setting named at
+#: its top level (with ``train_options`` for the rest); read as the study's base settings.
+_OLD_TRAIN_KEYS = ("arch", "epochs", "batch_size", "patience", "monitor", "lr", "image_size", "precision")
+#: Which weights of each run are tested.
+CHECKPOINTS = ("best", "last")
 
 
 @dataclass
 class StudyConfig:
-    """Everything that defines a study (saved as study.json)."""
+    """Everything that defines a study (saved as study.json): a data plan, base training settings
+    (a recipe and TrainConfig values over it, ``train``) and arms (data mixes and overrides)."""
 
     real_train: str | None = None    # fixed splits: real training, validation and test data
     val: str | None = None
@@ -241,15 +353,9 @@ class StudyConfig:
     seeds: int = 3                                  # seeds 0 .. seeds-1
     real_per_class: tuple[int | None, ...] = (None,)  # None = all real images
     recipe: str = "reference"        # the training recipe of every run (ferkit.train.RECIPES)
-    # None: the recipe's value (filled in when the config is built)
-    arch: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    patience: int | None = None
-    monitor: str | None = None       # one of ferkit.train.MONITORS
-    lr: float | None = None
-    image_size: int | None = None
-    train_options: dict = field(default_factory=dict)   # any other TrainConfig value, e.g. {"model_args": ...}
+    # the base training settings: TrainConfig values over the recipe, e.g. {"arch": "vgg", "epochs": 10},
+    # for every run (an arm may change them); not the fields the study sets per run (PER_RUN_FIELDS)
+    train: dict = field(default_factory=dict)
     # Instead of epochs: about this many optimiser steps per run (epochs = steps / batches per epoch,
     # rounded), so a larger mixed set does not also get more updates than real only.
     steps: int | None = None
@@ -263,8 +369,6 @@ class StudyConfig:
     jobs: int = 1
     shard: str | None = None         # "I/N": run only the I-th of N shares of the runs (see shard_runs)
     report_only: bool = False        # train nothing; assemble the table from the finished runs
-    precision: str = "auto"
-    device: str = "auto"
     progress: bool = True
     # grouped cross-validation instead of real_train/val/test: one dataset, K group-disjoint folds
     real: str | None = None
@@ -272,8 +376,9 @@ class StudyConfig:
     group_by: str | None = None      # regex on the file name (first capture group) or a manifest column
     fold_seed: int = 0               # which groups form each fold
     val_fraction: float = DEFAULT_VAL_FRACTION   # validation groups, as a fraction of each fold's training groups
-    arms: list[str] = field(default_factory=list)  # extra named arms ("NAME:init=MODEL,source=gan,k=2"; parse_arm)
+    arms: list[str] = field(default_factory=list)  # extra named arms ("NAME:source=gan,k=2,oversample=..."; parse_arm)
     run_figures: bool = False        # each run's curves.png, confusion_matrix.png and reliability.png (seconds a run)
+    checkpoint: str = "best"         # the weights each run is tested with: best (by monitor) or last
 
     @property
     def grouped(self) -> bool:
@@ -284,8 +389,9 @@ class StudyConfig:
         self.ratios = parse_ratios(self.ratios, "ratio")
         self.real_per_class = parse_sizes(self.real_per_class)
         self.synthetic = _as_list(self.synthetic)
-        if not self.synthetic:
-            raise FerkitError("give at least one --synthetic source")
+        if not self.synthetic and (self.synthetic_arm or any(k > 0 for k in self.ratios)):
+            raise FerkitError("give at least one --synthetic source (a study of training settings alone: --ratios 0 "
+                              "--no-synthetic-arm)")
         for folders in parse_sources(self.synthetic).values():   # checks the names
             refuse_synthetic_as_real(folders, [self.real_train, self.val, self.test, self.real])
         if self.classes is not None:
@@ -301,13 +407,14 @@ class StudyConfig:
                 raise FerkitError(f"seeds must be at most 1000 (got {value}); each seed trains every setting once")
             setattr(self, name, value)
         parse_shard(self.shard)
-        if self.steps is not None and self.epochs is not None:
+        check_choice("checkpoint", self.checkpoint, CHECKPOINTS)
+        self.train = {k: v for k, v in dict(self.train or {}).items() if v is not None}
+        for name in self.train:
+            if name in PER_RUN_FIELDS:
+                raise FerkitError(f"{name} is set by the study for each run; it is not a base training setting")
+        if self.steps is not None and "epochs" in self.train:
             raise FerkitError("give --epochs or --steps, not both (--steps sets every run's epochs)")
-        base = self.train_config(train_dir="-", val_dir="-", out="-")   # checks every training value
-        for name in STUDY_TRAIN_FIELDS:
-            setattr(self, name, getattr(base, name))
-        if self.steps is not None:
-            self.epochs = None   # each run's own (run_epochs)
+        self.base = self.train_config(train_dir="-", val_dir="-", out="-")   # checks every training value
         if self.synthetic_only_ratio is None:
             self.synthetic_only_ratio = max(1.0, max(self.ratios))
         else:
@@ -316,11 +423,29 @@ class StudyConfig:
                 raise FerkitError("synthetic-only ratio must be positive")
         self.arms = _as_list(self.arms)
         names = [a.name for a in self.custom_arms()]   # checks every spec
+        if self.grouped and "soft" in self.label_modes():
+            raise FerkitError("labels=soft is not offered with --folds yet (the folds are drawn from hard labels)")
         if len(set(names)) != len(names):
             raise FerkitError(f"--arm: two arms are named {next(n for n in names if names.count(n) > 1)}")
         for arm in self.custom_arms():
-            if arm.init or arm.lr is not None:
-                self.train_config(arm, train_dir="-", val_dir="-", out="-")   # checks the model and its input
+            self.train_config(arm, train_dir="-", val_dir="-", out="-")   # checks the arm's settings
+            if arm.only and not set(arm.only) <= set(self.classes or arm.only):
+                raise FerkitError(f"--arm {arm.name}: only= names classes the study does not train "
+                                  f"({', '.join(c for c in arm.only if c not in self.classes)})")
+
+    @property
+    def image_size(self) -> int:
+        """The side every source is decoded at (the base settings')."""
+        return self.base.image_size
+
+    @property
+    def batch_size(self) -> int:
+        return self.base.batch_size
+
+    @property
+    def epochs(self) -> int | None:
+        """Every run's epochs (None with ``steps``: each run's own, :meth:`run_epochs`)."""
+        return None if self.steps is not None else self.base.epochs
 
     def _check_data_options(self) -> None:
         fixed = {"--real-train": self.real_train, "--val": self.val, "--test": self.test}
@@ -355,14 +480,23 @@ class StudyConfig:
     def custom_arms(self) -> list[Arm]:
         return [parse_arm(spec, tuple(self.sources())) for spec in self.arms]
 
+    def labels_of(self, arm: Arm) -> str:
+        """How an arm's runs read vote labels (majority or soft): the arm's setting, else the base's."""
+        return arm.train.get("labels", self.base.labels)
+
+    def label_modes(self) -> set[str]:
+        return {self.base.labels} | {self.labels_of(a) for a in self.custom_arms()}
+
     def identity(self) -> dict:
         """Settings every run of the study shares; a re-run into the same folder must match."""
         d = asdict(self)
-        for k in ("out", "ratios", "seeds", "real_per_class", "jobs", "progress", "device",
-                  "augment_arm", "synthetic_arm", "shard", "report_only", "arms", "run_figures"):
+        for k in ("out", "ratios", "seeds", "real_per_class", "jobs", "progress", "augment_arm", "synthetic_arm",
+                  "shard", "report_only", "arms", "run_figures", "train"):
             d.pop(k)
         if d["steps"] is None:
             d.pop("steps")   # as studies recorded it before --steps existed
+        if d["checkpoint"] == "best":
+            d.pop("checkpoint")   # as studies recorded it before --checkpoint existed
         unused = ("real_train", "val", "test") if self.grouped else ("real", "folds", "group_by", "fold_seed",
                                                                       "val_fraction")
         for k in unused:
@@ -373,6 +507,7 @@ class StudyConfig:
         d["synthetic"] = [s if name == UNNAMED_SOURCE else f"{name}={s}" for name, dirs in self.sources().items()
                           for s in (os.path.abspath(x) for x in dirs)]
         d["classes"] = list(d["classes"]) if d["classes"] else None
+        d["train"] = base_identity(self.base, self.steps is not None)
         return json.loads(json.dumps(d))   # as it reads back from study.json
 
     def sources(self) -> dict[str, list[str]]:
@@ -386,23 +521,61 @@ class StudyConfig:
         return max(1, math.floor(self.steps / math.ceil(n_train / self.batch_size) + 0.5))
 
     def train_config(self, arm: Arm | None = None, **run):
-        """The TrainConfig of one run: the recipe, this study's training values, the arm's (a model to
-        fine-tune brings its own architecture and input scaling), then ``run``'s."""
+        """The TrainConfig of one run: the recipe, this study's base settings, the arm's (a model to
+        fine-tune brings its own architecture and input scaling), then ``run``'s. Without a setting
+        that turns ``augment`` on (base or arm), a study trains without the recipe's augmentation
+        (flip, shifts, random erasing): that is what the real + augmentation arm adds."""
         from ..train import resolve_config
 
-        given = {name: getattr(self, name) for name in STUDY_TRAIN_FIELDS}
-        options = dict(self.train_options)
-        if arm is not None and arm.lr is not None:
-            given["lr"] = arm.lr
-        if arm is None or not arm.init:
-            return resolve_config(self.recipe, **{**given, **options, **run})
-        given.update(arch=None, image_size=None)   # the initial weights' own
-        options.pop("model_args", None)
-        cfg = resolve_config(self.recipe, **{**given, **options, **run, "init": arm.init})
-        if self.image_size is not None and cfg.image_size != self.image_size:
-            raise FerkitError(f"--arm {arm.name}: {arm.init} takes {cfg.image_size} px faces and the study "
-                              f"{self.image_size} px; pass --image-size {cfg.image_size}")
+        values = dict(self.train)
+        where = "" if arm is None else f"--arm {arm.name}: "
+        if arm is not None and arm.train.get("init"):
+            for name in ("arch", "image_size", "model_args", "input_mean", "input_std"):
+                values.pop(name, None)   # the initial weights' own
+        if arm is not None:
+            values.update(arm.train)
+        if not values.get("augment"):
+            values.update(augment=False, erase=values.get("erase", 0.0))
+        recipe = values.pop("recipe", self.recipe)
+        try:
+            cfg = resolve_config(recipe, **{**values, **run})
+        except FerkitError as exc:
+            raise FerkitError(f"{where}{exc}") from None
+        if arm is not None and cfg.image_size != self.image_size:   # every source is decoded once
+            if arm.init:
+                raise FerkitError(f"{where}{arm.init} takes {cfg.image_size} px faces and the study "
+                                  f"{self.image_size} px; pass --image-size {cfg.image_size}")
+            raise FerkitError(f"{where}image size {cfg.image_size} differs from the study's {self.image_size} px "
+                              "(every source is decoded once, at the study's --image-size)")
         return cfg
+
+
+def base_identity(base, steps: bool = False) -> dict:
+    """The resolved base training settings that every run shares (JSON-shaped): a TrainConfig less
+    what the study sets per run, the device (a study may move machines) and, with --steps, epochs."""
+    d = asdict(base)
+    for k in (*PER_RUN_FIELDS, "device", "recipe") + (("epochs",) if steps else ()):
+        d.pop(k, None)
+    return json.loads(json.dumps(d))
+
+
+def migrate_identity(saved: dict) -> dict:
+    """A study.json identity as this ferkit writes it: one written before studies took any training
+    setting (``arch``, ``epochs``, ... and ``train_options`` at its top level) gets its base settings
+    resolved into ``train``, as :meth:`StudyConfig.identity` records them."""
+    if "train" in saved or "recipe" not in saved:
+        return saved
+    from ..train import resolve_config
+
+    saved = dict(saved)
+    given = {k: saved.pop(k) for k in _OLD_TRAIN_KEYS if k in saved}
+    given.update(saved.pop("train_options", None) or {})
+    given = {k: v for k, v in given.items() if v is not None}
+    given.setdefault("augment", False)
+    given.setdefault("erase", 0.0)
+    base = resolve_config(saved["recipe"], train_dir="-", val_dir="-", out="-", **given)
+    saved["train"] = base_identity(base, saved.get("steps") is not None)
+    return saved
 
 
 @dataclass
@@ -417,6 +590,7 @@ class RunSpec:
     synth_idx: np.ndarray
     duplicates: int = 0
     fold: int | None = None
+    labels: str = "majority"    # how the real faces' votes are read (vote-label data): majority | soft
 
 
 @dataclass
@@ -431,6 +605,10 @@ class Partition:
     pools: dict[str, ImageSet]
     val_path: str
     test_path: str
+    soft: ImageSet | None = None     # the real training faces read with labels=soft, when an arm asks for it
+
+    def real_for(self, labels: str) -> ImageSet:
+        return self.soft if labels == "soft" else self.real
 
 
 # ----------------------------------------------------------------------------- planning
@@ -478,10 +656,13 @@ def _load_sources(cfg: StudyConfig):
     kw = dict(image_size=cfg.image_size, progress=cfg.progress)
     _check_pools(cfg.sources(), classes)   # before decoding anything: a missing class is one line
     real = load_dataset(cfg.real_train, classes, role="real training data", **kw)
+    soft = None
+    if "soft" in cfg.label_modes():
+        soft = load_dataset(cfg.real_train, classes, role="real training data", labels="soft", **kw)
     val = load_dataset(cfg.val, classes, role="validation data", **kw)
     test = load_dataset(cfg.test, classes, role="test data", **kw)
     pools = _load_pools(cfg.sources(), classes, kw, {})
-    return tuple(classes), real, val, test, pools
+    return tuple(classes), real, val, test, pools, soft
 
 
 def _fold_sources(cfg: StudyConfig, fold: int) -> dict[str, list[str]]:
@@ -491,8 +672,8 @@ def _fold_sources(cfg: StudyConfig, fold: int) -> dict[str, list[str]]:
 def _load_partitions(cfg: StudyConfig, out: Path):
     """(classes, partitions, fold plan or None): the fixed folders as one partition, or one per fold."""
     if not cfg.grouped:
-        classes, real, val, test, pools = _load_sources(cfg)
-        return classes, [Partition(None, real, val, test, pools, str(cfg.val), str(cfg.test))], None
+        classes, real, val, test, pools, soft = _load_sources(cfg)
+        return classes, [Partition(None, real, val, test, pools, str(cfg.val), str(cfg.test), soft)], None
     kw = dict(image_size=cfg.image_size, progress=cfg.progress)
     data, plan = load_folds(cfg.real, cfg.folds, cfg.group_by, cfg.classes, cfg.image_size, cfg.fold_seed,
                             cfg.val_fraction, cfg.progress)
@@ -508,9 +689,10 @@ def _load_partitions(cfg: StudyConfig, out: Path):
     return classes, parts, (data, plan)
 
 
-def plan_study(cfg: StudyConfig, real: ImageSet, pools: dict[str, ImageSet], fold: int | None = None) -> list[RunSpec]:
+def plan_study(cfg: StudyConfig, real: ImageSet, pools: dict[str, ImageSet], fold: int | None = None,
+               soft: ImageSet | None = None) -> list[RunSpec]:
     """Every run of the study (of one fold) with its exact images; raises before any training if a
-    draw is impossible."""
+    draw is impossible. ``soft``: the real faces read with labels=soft, for the arms that train so."""
     classes = real.classes
     arms = study_arms(cfg.ratios, cfg.synthetic_only_ratio, cfg.augment_arm, cfg.synthetic_arm, tuple(pools))
     arms += cfg.custom_arms()
@@ -518,28 +700,45 @@ def plan_study(cfg: StudyConfig, real: ImageSet, pools: dict[str, ImageSet], fol
     where = "" if fold is None else f"fold {fold}: "
     specs = []
     for n in cfg.real_per_class:
-        sub = real_subset(real.labels, n, len(classes), cfg.subset_seed)
-        counts = np.bincount(real.labels[sub], minlength=len(classes))
+        subsets = {}
+        for mode, faces in (("majority", real), ("soft", soft)):
+            if faces is None:
+                continue
+            sub = real_subset(faces.labels, n, len(classes), cfg.subset_seed)
+            subsets[mode] = sub, np.bincount(faces.labels[sub], minlength=len(classes))
+        counts = subsets["majority"][1]
         if n is not None and (counts < n).any():
             short = [f"{c} ({k})" for c, k in zip(classes, counts) if k < n]
             log(f"note: {where}real data has fewer than {n} images of {', '.join(short)}; using all of them")
         for arm in arms:
-            want = allocate(counts, math.floor(arm.k * len(sub) + 0.5), cfg.balance)
+            labels = cfg.labels_of(arm)
+            sub, counts = subsets[labels]
+            if arm.only:   # k x each named class's real count, none of the others
+                want = np.asarray([math.floor(arm.k * n + 0.5) if c in arm.only else 0
+                                   for c, n in zip(classes, counts)], np.int64)
+            else:
+                want = allocate(counts, math.floor(arm.k * len(sub) + 0.5), cfg.balance)
             for seed in range(cfg.seeds):
                 pool = pools[arm.source].labels if arm.source else np.zeros(0, np.int64)
                 idx, dup = draw_per_class(pool, want, seed, classes, cfg.replace,
                                           where=f"{where}generated data for n={_size_name(n)} {arm.label}")
                 specs.append(RunSpec(f"{prefix}n{_size_name(n)}_{arm.name}_s{seed}", n, arm, seed,
-                                     sub if arm.real else np.zeros(0, np.int64), idx, dup, fold))
+                                     sub if arm.real else np.zeros(0, np.int64), idx, dup, fold, labels))
     return specs
 
 
 def _training_set(spec: RunSpec, real: ImageSet, pools: dict[str, ImageSet]) -> ImageSet:
+    """The run's real faces (as its labels read them) and generated faces, in one set."""
     synth = pools[spec.arm.source] if spec.arm.source else _empty_pool(real)
-    return ImageSet(np.concatenate([real.images[spec.real_idx], synth.images[spec.synth_idx]]),
-                    np.concatenate([real.labels[spec.real_idx], synth.labels[spec.synth_idx]]),
+    labels = np.concatenate([real.labels[spec.real_idx], synth.labels[spec.synth_idx]])
+    targets = majority = None
+    if real.targets is not None:   # labels=soft: the real faces' vote distributions, a generated face's one-hot
+        targets = np.concatenate([real.targets[spec.real_idx],
+                                  np.eye(len(real.classes), dtype=np.float32)[synth.labels[spec.synth_idx]]])
+        majority = np.concatenate([real.majority[spec.real_idx], synth.labels[spec.synth_idx]])
+    return ImageSet(np.concatenate([real.images[spec.real_idx], synth.images[spec.synth_idx]]), labels,
                     [real.paths[i] for i in spec.real_idx] + [synth.paths[i] for i in spec.synth_idx],
-                    real.classes)
+                    real.classes, targets=targets, protocol=real.protocol, majority=majority)
 
 
 def _empty_pool(real: ImageSet) -> ImageSet:
@@ -599,7 +798,8 @@ def _execute(job: dict, train_set: ImageSet, val: ImageSet | None = None, test: 
             resumable = (run_dir / "state" / "state.json").exists()
             train(TrainConfig(**job["train"]), overwrite=not resumable, data=(train_set, val), keep_state=False,
                   figures=job.get("figures", False), state_every=STATE_EVERY_S)
-        ev = evaluate(run_dir, job["test_path"], out_dir=run_dir / "eval-test", data=test,
+        tested = run_dir / "last.safetensors" if job.get("checkpoint") == "last" else run_dir
+        ev = evaluate(tested, job["test_path"], out_dir=run_dir / "eval-test", data=test,
                       precision=job["train"]["precision"], device=job["train"]["device"], progress=False,
                       figures=job.get("figures", False))
     finally:
@@ -614,19 +814,24 @@ def _check_study_dir(out: Path, cfg: StudyConfig) -> None:
     make_dir(out, "study folder")
     record = out / "study.json"
     ident = cfg.identity()
-    arms = {a.name: asdict(a) for a in cfg.custom_arms()}
+    arms = {a.name: json.loads(json.dumps(asdict(a))) for a in cfg.custom_arms()}
     if record.exists():
         try:
             saved_all = json.loads(record.read_text())
         except ValueError:
             saved_all = {}
         saved = saved_all.get("identity")
+        if saved is not None:
+            saved = _migrated(saved, out)
         if saved is not None and saved != ident:
             diff = sorted(k for k in set(saved) | set(ident) if saved.get(k) != ident.get(k))
+            if diff == ["train"]:   # name the training settings that differ
+                mine, theirs = ident["train"], saved["train"]
+                diff = sorted(f"train.{k}" for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise FerkitError(f"{out} holds a study with different settings ({', '.join(diff)}); "
                               "use another --out or the same settings")
-        before = saved_all.get("arms") or {}
-        changed = [n for n in arms if n in before and before[n] != json.loads(json.dumps(arms[n]))]
+        before = {n: json.loads(json.dumps(a)) for n, a in (saved_all.get("arms") or {}).items()}
+        changed = [n for n in arms if n in before and arm_definition(before[n]) != arm_definition(arms[n])]
         if changed:   # its finished runs would be counted under the new definition
             raise FerkitError(f"{out}: arm {changed[0]} was defined differently before; give the new definition "
                               "another name")
@@ -636,13 +841,23 @@ def _check_study_dir(out: Path, cfg: StudyConfig) -> None:
     write_json(record, {"identity": ident, "config": asdict(cfg), "arms": arms})
 
 
+def _migrated(saved: dict, out: Path) -> dict:
+    """A saved identity in today's form (see :func:`migrate_identity`); one line when an old one's
+    training settings no longer resolve."""
+    try:
+        return migrate_identity(saved)
+    except FerkitError as exc:
+        raise FerkitError(f"{out}/study.json was written by an older ferkit (training settings at its top level) "
+                          f"and they no longer make a training config ({exc}); use another --out") from None
+
+
 def run_study(cfg: StudyConfig) -> StudyResult:
     """Run (or resume) every setting x real-data size x seed (x fold), then write table, plot and summary.
     While runs of other shards are missing the result lists them as ``pending`` (no table yet); with
     ``report_only`` that is a FerkitError."""
     out = Path(cfg.out)
     classes, parts, folds = _load_partitions(cfg, out)
-    plans = [(part, plan_study(cfg, part.real, part.pools, part.fold)) for part in parts]
+    plans = [(part, plan_study(cfg, part.real, part.pools, part.fold, part.soft)) for part in parts]
     specs = [spec for _, ss in plans for spec in ss]
     _check_study_dir(out, cfg)   # before any training
     if folds is not None:
@@ -650,45 +865,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         write_fold_plan(out / "folds", data, plan)
         log(f"{plan.k} folds grouped by {cfg.group_by!r}: " + "; ".join(describe(plan, data)))
     threads = max(1, (os.cpu_count() or 1) // cfg.jobs) if cfg.jobs > 1 else None
-    n_sources = len(parts[0].pools)
-    jobs, rows, done = {}, {}, {}
-    for part, part_specs in plans:
-        real, pools = part.real, part.pools
-        for spec in part_specs:
-            run_dir = out / "runs" / spec.run_id
-            manifest = out / "manifests" / f"{spec.run_id}.csv"
-            n_real, n_syn = len(spec.real_idx), len(spec.synth_idx)
-            on_line = spec.arm.real and not spec.arm.augment and not spec.arm.custom
-            rows[spec.run_id] = {"run_id": spec.run_id, "fold": "" if spec.fold is None else spec.fold,
-                                 "real_per_class": _size_name(spec.real_per_class),
-                                 "setting": spec.arm.name, "label": spec.arm.label, "source": spec.arm.source,
-                                 "k": spec.arm.k if on_line else "",
-                                 "gen_per_real": spec.arm.k, "seed": spec.seed, "n_real": n_real,
-                                 "n_synthetic": n_syn, "n_train": n_real + n_syn, "duplicates": spec.duplicates,
-                                 "epochs": cfg.run_epochs(n_real + n_syn)}
-            metrics = _finished(run_dir)
-            if metrics is not None:
-                done[spec.run_id] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
-                if manifest.exists():
-                    continue
-            synth = pools[spec.arm.source] if spec.arm.source else _empty_pool(real)
-            write_manifest(manifest,
-                           [real.paths[i] for i in spec.real_idx] + [synth.paths[i] for i in spec.synth_idx],
-                           [classes[real.labels[i]] for i in spec.real_idx]
-                           + [classes[synth.labels[i]] for i in spec.synth_idx],
-                           ["real"] * n_real + [_manifest_source(spec.arm.source, n_sources)] * n_syn)
-            if metrics is not None:
-                continue
-            # augmentation (flips, shifts, random erasing) only in augmentation arms, with the recipe's values
-            aug = {} if spec.arm.augment else {"augment": False, "erase": 0.0}
-            train_cfg = cfg.train_config(spec.arm, train_dir=str(manifest), val_dir=part.val_path, out=str(run_dir),
-                                         classes=classes, seed=spec.seed, num_threads=threads,
-                                         epochs=rows[spec.run_id]["epochs"],
-                                         progress=cfg.progress and cfg.jobs == 1, **aug)
-            if spec.arm.augment and not train_cfg.augment:
-                train_cfg.augment = True    # the reference recipe: its --augment (flip, +-10 deg, +-8% shift/zoom)
-            jobs[spec.run_id] = (spec, part, {"run_id": spec.run_id, "fold": part.fold, "test_path": part.test_path,
-                                              "train": asdict(train_cfg), "figures": cfg.run_figures})
+    jobs, rows, done = _prepare_runs(cfg, out, plans, classes, threads)
     if cfg.steps is not None:
         steps_plan = sorted({(r["n_train"], r["epochs"]) for r in rows.values()})
         log(f"--steps {cfg.steps}: " + ", ".join(f"{e} epochs of {n} images" for n, e in steps_plan))
@@ -697,13 +874,66 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     if done:
         log(f"study {out}: {len(done)} of {len(specs)} runs already finished, skipping them")
     results = dict(done)
-    bar = progress_bar(total=len(mine), initial=len(mine) - len(jobs), desc="study", unit="run",
+    _train_runs(cfg, out, jobs, parts, threads, results, len(mine))
+    return _tabulate(cfg, out, rows, results, trained=len(jobs), skipped=len(done))
+
+
+def _run_row(cfg: StudyConfig, spec: RunSpec) -> dict:
+    """runs.csv's row of a run, before its results."""
+    n_real, n_syn = len(spec.real_idx), len(spec.synth_idx)
+    on_line = spec.arm.real and not spec.arm.augment and not spec.arm.custom
+    return {"run_id": spec.run_id, "fold": "" if spec.fold is None else spec.fold,
+            "real_per_class": _size_name(spec.real_per_class),
+            "setting": spec.arm.name, "label": spec.arm.label, "source": spec.arm.source,
+            "k": spec.arm.k if on_line else "",
+            "gen_per_real": spec.arm.k, "seed": spec.seed, "n_real": n_real,
+            "n_synthetic": n_syn, "n_train": n_real + n_syn, "duplicates": spec.duplicates,
+            "epochs": cfg.run_epochs(n_real + n_syn)}
+
+
+def _prepare_runs(cfg: StudyConfig, out: Path, plans, classes, threads) -> tuple[dict, dict, dict]:
+    """(jobs to train: run id -> (spec, partition, job), runs.csv rows, finished runs' results); every
+    run's manifest written."""
+    n_sources = len(plans[0][0].pools)
+    jobs, rows, done = {}, {}, {}
+    for part, part_specs in plans:
+        for spec in part_specs:
+            real, pools = part.real_for(spec.labels), part.pools
+            run_dir = out / "runs" / spec.run_id
+            manifest = out / "manifests" / f"{spec.run_id}.csv"
+            rows[spec.run_id] = _run_row(cfg, spec)
+            metrics = _finished(run_dir)
+            if metrics is not None:
+                done[spec.run_id] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+                if manifest.exists():
+                    continue
+            synth = pools[spec.arm.source] if spec.arm.source else _empty_pool(real)
+            n_real, n_syn = len(spec.real_idx), len(spec.synth_idx)
+            write_manifest(manifest,
+                           [real.paths[i] for i in spec.real_idx] + [synth.paths[i] for i in spec.synth_idx],
+                           [classes[real.labels[i]] for i in spec.real_idx]
+                           + [classes[synth.labels[i]] for i in spec.synth_idx],
+                           ["real"] * n_real + [_manifest_source(spec.arm.source, n_sources)] * n_syn)
+            if metrics is not None:
+                continue
+            train_cfg = cfg.train_config(spec.arm, train_dir=str(manifest), val_dir=part.val_path, out=str(run_dir),
+                                         classes=classes, seed=spec.seed, num_threads=threads,
+                                         epochs=rows[spec.run_id]["epochs"], progress=cfg.progress and cfg.jobs == 1)
+            jobs[spec.run_id] = (spec, part, {"run_id": spec.run_id, "fold": part.fold, "test_path": part.test_path,
+                                              "train": asdict(train_cfg), "figures": cfg.run_figures,
+                                              "checkpoint": cfg.checkpoint})
+    return jobs, rows, done
+
+
+def _train_runs(cfg: StudyConfig, out: Path, jobs: dict, parts, threads, results: dict, n_mine: int) -> None:
+    """Train and test ``jobs`` (in this process, or ``cfg.jobs`` worker processes) into ``results``."""
+    bar = progress_bar(total=n_mine, initial=n_mine - len(jobs), desc="study", unit="run",
                        enabled=cfg.progress, position=0)
     try:
         if cfg.jobs == 1 or len(jobs) <= 1:
             for run_id, (spec, part, job) in jobs.items():
                 bar.set_postfix_str(run_id)
-                r = _execute(job, _training_set(spec, part.real, part.pools), part.val, part.test)
+                r = _execute(job, _training_set(spec, part.real_for(spec.labels), part.pools), part.val, part.test)
                 results[run_id] = r
                 bar.update(1)
         else:
@@ -711,6 +941,10 @@ def run_study(cfg: StudyConfig) -> StudyResult:
             _run_parallel(cfg, jobs, evals, threads, out, results, bar)
     finally:
         bar.close()
+
+
+def _tabulate(cfg: StudyConfig, out: Path, rows: dict, results: dict, trained: int, skipped: int) -> StudyResult:
+    """The table, plot and summary once every run is finished (of every shard), else the pending runs."""
     for run_id in rows:
         rows[run_id].update(_run_summary(out / "runs" / run_id))
     # Shards run side by side: the runs another shard finished while this one trained are read from disk,
@@ -729,10 +963,10 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         if missing:   # a shard finished its share, others are still to come: no table yet
             log(f"study {out}: {len(rows) - len(missing)} of {len(rows)} runs finished; the table is written once "
                 f"every shard is done (re-run any shard, or --report)")
-            return StudyResult(out, list(rows.values()), [], {}, {}, trained=len(jobs), skipped=len(done),
+            return StudyResult(out, list(rows.values()), [], {}, {}, trained=trained, skipped=skipped,
                                pending=missing)
         result = summarise(out, list(rows.values()), cfg)
-    result.trained, result.skipped = len(jobs), len(done)
+    result.trained, result.skipped = trained, skipped
     return result
 
 
@@ -772,8 +1006,8 @@ def _run_pool(cfg, jobs, evals, threads, out, results, bar) -> None:
             while pending or running:
                 while pending and len(running) < cfg.jobs + 1:  # build training sets lazily
                     run_id, (spec, part, job) = pending.pop(0)
-                    fut = pool.submit(_execute, job, _training_set(spec, part.real, part.pools), None, None,
-                                      str(out / "logs" / f"{run_id}.log"))
+                    train_set = _training_set(spec, part.real_for(spec.labels), part.pools)
+                    fut = pool.submit(_execute, job, train_set, None, None, str(out / "logs" / f"{run_id}.log"))
                     running[fut] = run_id
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:

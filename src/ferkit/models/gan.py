@@ -26,6 +26,7 @@ Example::
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -144,3 +145,8 @@ def create_generator(num_classes: int, image_size: int, **args) -> Generator:
 
 def create_discriminator(num_classes: int, image_size: int, **args) -> Discriminator:
     return Discriminator(num_classes, image_size, **resolve_gan_args("stargan", None, args)[1])
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Generator output in [-1, 1] (N, 1, S, S) -> uint8 faces (N, S, S)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].cpu().numpy()

@@ -24,16 +24,22 @@ Test-time augmentation is the same for both backends: :func:`ferkit.runtime.tta_
 """
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..bundled import BUNDLED, bundled_names, resolve_model_path
 from ..choices import PRECISIONS, check_choice, check_device_name
+from ..console import log
 from ..errors import FerkitError
+from ..files import file_sha256
+from ..runtime import forward_logits, fuse_for_inference, require_finite, resolve_precision, select_device, tta_logits
 from .record import (
     CheckpointRecord,
+    InputSpec,
     check_kind,
     kind_mismatch,
     load_checkpoint,
@@ -44,8 +50,8 @@ from .record import (
 KINDS = ("classifier", "generator")
 BACKENDS = ("auto", "torch", "onnx")
 
-__all__ = ["BACKENDS", "KINDS", "OnnxModel", "OpenedModel", "TorchModel", "find_model", "model_file", "open_model",
-           "softmax_probabilities"]
+__all__ = ["BACKENDS", "KINDS", "OnnxModel", "OpenedModel", "TorchModel", "export_beside", "find_model", "model_file",
+           "open_export_beside", "open_model", "softmax_probabilities", "uses_export"]
 
 
 # ----------------------------------------------------------------------------- resolving
@@ -59,8 +65,6 @@ def model_file(name_or_path=None, kind: str = "classifier") -> Path:
     (``best``/``last.safetensors`` of a classifier run, ``generator.safetensors`` of a GAN run); a
     ``.safetensors`` or ``.onnx`` file as given. One line for a missing file, a folder of the other
     kind and a pickled file (never unpickled)."""
-    from ..bundled import BUNDLED, bundled_names, resolve_model_path
-
     check_choice("model kind", kind, KINDS)
     if name_or_path is None and kind == "generator":
         raise FerkitError("no generator given: pass a GAN run folder, a generator checkpoint or a bundled generator "
@@ -125,8 +129,6 @@ def _check_onnx_settings(device, precision: str, where) -> None:
 def softmax_probabilities(logits, what: str = "the model") -> np.ndarray:
     """Probabilities (float32) from class scores; FerkitError when they are not finite (a damaged
     model is not reported as a prediction)."""
-    from ..runtime import require_finite
-
     logits = np.asarray(logits, np.float64)
     require_finite(logits, what)
     if not len(logits):
@@ -169,8 +171,6 @@ class OpenedModel:
         probabilities averaged over the views (``softmax`` of it is that average). ``calibrated``:
         the record's temperature applied (False: the model's own logits, which ``ferkit calibrate``
         fits the temperature on). NaN or infinite scores are one FerkitError."""
-        from ..runtime import require_finite, tta_logits
-
         if self.kind != "classifier":
             raise FerkitError(f"{self.path} is a generator: it makes faces, it gives no class scores")
         if len(faces) == 0:
@@ -195,8 +195,6 @@ class TorchModel(OpenedModel):
     name = "torch"
 
     def __init__(self, path, device="auto", precision: str = "fp32", kind: str = "classifier"):
-        from ..runtime import resolve_precision, select_device
-
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.amp = resolve_precision(precision, self.device)
         self.path = resolve_checkpoint(path)
@@ -204,13 +202,9 @@ class TorchModel(OpenedModel):
 
     @cached_property
     def model(self) -> torch.nn.Module:
-        from ..runtime import fuse_for_inference
-
         return fuse_for_inference(self.module).to(memory_format=torch.channels_last)
 
     def _scores(self, faces, calibrated: bool):
-        from ..runtime import forward_logits
-
         return forward_logits(self.model, faces, self.record.input, self.device, self.amp,
                               self.record.temperature if calibrated else 1.0)
 
@@ -223,14 +217,11 @@ class OnnxModel(OpenedModel):
     name = "onnx"
 
     def __init__(self, path, threads: int | None = None, device="auto", precision: str = "fp32"):
-        import json
-
-        from .record import InputSpec
 
         p = Path(path)
         _check_onnx_settings(device, precision, p)
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # optional (ferkit[onnx]): imported only where it is used
         except ImportError:
             raise FerkitError("the onnx backend needs onnxruntime: pip install 'ferkit[onnx]'") from None
         if p.is_dir():
@@ -307,38 +298,41 @@ def open_model(name_or_path=None, kind: str = "classifier", device="auto", preci
         return OnnxModel(path, threads, device, precision)
     if backend == "onnx":
         _check_onnx_settings(device, precision, f"{path} (backend onnx)")
-        return _export_beside(path, threads, required=True)
-    if backend == "auto" and beside and _uses_export(device_name, precision):
-        found = _export_beside(path, threads)
+        return open_export_beside(path, threads, required=True)
+    if backend == "auto" and beside and uses_export(device_name, precision):
+        found = open_export_beside(path, threads)
         if found is not None:
             return found
     return TorchModel(path, device, precision)
 
 
-def _uses_export(device, precision: str) -> bool:
+def uses_export(device, precision: str) -> bool:
     """Does the ``auto`` backend consider a checkpoint's export: on the CPU (``auto`` without CUDA), in fp32."""
     name = _device_name(device)
     return precision == "fp32" and (name == "cpu" or (name == "auto" and not torch.cuda.is_available()))
 
 
-def _export_beside(ckpt: Path, threads: int | None = None, required: bool = False) -> OnnxModel | None:
+def export_beside(checkpoint) -> Path:
+    """Where an export stands in for a checkpoint: ``<stem>.onnx`` in the same folder (a run's
+    ``best.safetensors`` -> ``best.onnx``). The Recognizer uses it only when its metadata's
+    ``source_sha256`` is this checkpoint's (see :func:`ferkit.models.open_model`)."""
+    return Path(checkpoint).with_suffix(".onnx")
+
+
+def open_export_beside(ckpt: Path, threads: int | None = None, required: bool = False) -> OnnxModel | None:
     """An :class:`OnnxModel` on the export that stands in for checkpoint ``ckpt`` (``<stem>.onnx``
     beside it, used only when its metadata's ``source_sha256`` is the checkpoint's and onnxruntime
     is installed), or None (with a note when an export is there but unusable); ``required``:
     FerkitError instead of None."""
-    from ..export import export_beside, file_sha256
-
     def no(reason: str, note: bool = False):
         if required:
             raise FerkitError(reason)
         if note:
-            from ..console import log
-
             log(f"note: {reason}; using PyTorch")
         return None
 
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401  (optional, ferkit[onnx]: is it installed?)
     except ImportError:
         return no("the onnx backend needs onnxruntime: pip install 'ferkit[onnx]'")
     side = export_beside(ckpt)

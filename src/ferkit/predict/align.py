@@ -25,43 +25,10 @@ import os
 import numpy as np
 
 from ..errors import FerkitError
+from .geometry import face_crop, rotate_points, rotated_crop  # noqa: F401  (their home before geometry.py)
 
 EYE_CASCADES = ("haarcascade_eye.xml", "haarcascade_eye_tree_eyeglasses.xml")
 _WORK_WIDTH = 160   # the face box is resized to this width for the eye search: eyes ~20-30 px, constant cost
-
-
-def rotated_crop(gray: np.ndarray, center: tuple[float, float], side: int, angle: float) -> np.ndarray:
-    """A ``side`` x ``side`` crop centred on ``center`` of ``gray`` turned by ``-angle`` degrees (so
-    that something at ``angle`` in the image is level in the crop); edges are replicated where the
-    square leaves the image, as in :func:`ferkit.predict.crop_face`."""
-    import cv2
-
-    cx, cy = center
-    m = cv2.getRotationMatrix2D((float(cx), float(cy)), float(angle), 1.0)
-    m[0, 2] += side / 2.0 - cx
-    m[1, 2] += side / 2.0 - cy
-    return cv2.warpAffine(gray, m, (int(side), int(side)), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
-def face_crop(gray: np.ndarray, box, margin: float = 0.1, angle: float = 0.0) -> np.ndarray:
-    """:func:`ferkit.predict.crop_face` (a square ``margin`` larger than ``box``), turned by ``angle``
-    about the box's centre when that is not 0."""
-    from .detect import crop_face
-
-    if angle == 0:
-        return crop_face(gray, box, margin)
-    x, y, w, h = box
-    return rotated_crop(gray, (x + w / 2.0, y + h / 2.0), max(1, int(round(max(w, h) * (1 + 2 * margin)))), angle)
-
-
-def rotate_points(points, center: tuple[float, float], angle: float) -> np.ndarray:
-    """Where points of an image turned by ``angle`` degrees about ``center`` (cv2.getRotationMatrix2D's
-    convention) lie in the original image: the inverse turn, for mapping detections back."""
-    a = math.radians(angle)
-    c, s = math.cos(a), math.sin(a)
-    pts = np.asarray(points, np.float64).reshape(-1, 2) - center
-    # getRotationMatrix2D(angle) maps p -> R p with R = [[c, s], [-s, c]]; its inverse is R^T
-    return np.stack([c * pts[:, 0] - s * pts[:, 1], s * pts[:, 0] + c * pts[:, 1]], 1) + center
 
 
 def pick_eye_pair(eyes, width: float, max_roll: float) -> tuple[tuple[float, float], tuple[float, float]] | None:

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import FerkitError
+from .geometry import crop_face, rotate_points  # noqa: F401  (crop_face: its home before geometry.py)
 
 if TYPE_CHECKING:
-    from .recognizer import FacePrediction
+    from .prediction import FacePrediction
 
 CASCADES = {"default": "haarcascade_frontalface_default.xml", "alt2": "haarcascade_frontalface_alt2.xml",
             "alt": "haarcascade_frontalface_alt.xml"}
@@ -183,8 +184,6 @@ def find_faces(detector, gray: np.ndarray, retry: bool = True) -> list[tuple[tup
     (Haar: at up to twice the usual resolution, one neighbour fewer). The smallest face size asked
     for stays what it was in the original's pixels.
     """
-    from .align import rotate_points
-
     boxes = detector.detect(gray)
     if boxes or not retry or gray.size == 0:
         return [(b, 0.0) for b in boxes]
@@ -286,25 +285,6 @@ def largest(faces: list) -> list:
         return [max(faces, key=lambda f: f.box[2] * f.box[3])]
     area = (lambda f: f[2] * f[3]) if isinstance(faces[0][0], (int, np.integer)) else (lambda f: f[0][2] * f[0][3])
     return [max(faces, key=area)]
-
-
-def crop_face(gray: np.ndarray, box, margin: float = 0.1) -> np.ndarray:
-    """Square crop centred on ``box`` with side ``max(w, h) * (1 + 2 * margin)``; edges are replicated
-    where the square leaves the image."""
-    cv2 = _cv2()
-    x, y, w, h = box
-    side = max(1, int(round(max(w, h) * (1 + 2 * margin))))
-    x0 = int(round(x + w / 2 - side / 2))
-    y0 = int(round(y + h / 2 - side / 2))
-    H, W = gray.shape[:2]
-    top, left = max(0, -y0), max(0, -x0)
-    bottom, right = max(0, y0 + side - H), max(0, x0 + side - W)
-    crop = gray[max(0, y0):min(H, y0 + side), max(0, x0):min(W, x0 + side)]
-    if top or left or bottom or right:
-        if crop.size == 0:
-            return np.zeros((side, side), np.uint8)
-        crop = cv2.copyMakeBorder(crop, top, bottom, left, right, cv2.BORDER_REPLICATE)
-    return crop
 
 
 def draw_faces(image_bgr: np.ndarray, faces: list[FacePrediction]) -> np.ndarray:

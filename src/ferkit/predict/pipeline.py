@@ -25,10 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundled import WEIGHTS_DIR
 from ..console import log, progress_bar
+from ..data import decode_image, scan_source
 from ..errors import FerkitError
+from ..evaluate import compute_metrics, plot_confusion, shared_classes
 from ..files import atomic_path, csv_writer, make_dir, write_json, write_text
 from .detect import DEFAULT_DETECTOR
+from .recognizer import Recognizer
+from .runner import check_min_face
 
 
 @dataclass
@@ -66,12 +71,6 @@ def evaluate_pipeline(model, test_dir, out_dir=None, shared_only: bool = False, 
         align, fallback, detector_args: as for :meth:`ferkit.Recognizer.load` (``detector="dlib"``,
             ``min_face``, ``cascade`` ...). With ``fallback="whole"`` a photo without a face is classified whole.
     """
-    from ..bundled import WEIGHTS_DIR
-    from ..data import decode_image, scan_source
-    from ..evaluate import compute_metrics, plot_confusion, shared_classes
-    from .recognizer import Recognizer
-    from .runner import check_min_face
-
     check_min_face(detector_args.get("min_face"))
     rec = Recognizer.load(model, backend=backend, device=device, batch_size=batch_size, tta=tta, align=align,
                           fallback=fallback, largest=True, **detector_args)
@@ -81,7 +80,38 @@ def evaluate_pipeline(model, test_dir, out_dir=None, shared_only: bool = False, 
     files = [source.files[i] for i in keep]
     y_true = np.array([rec.classes.index(source.labels[i]) for i in keep], np.int64)
     mask = np.array([0.0 if c in classes else -np.inf for c in rec.classes])   # predict among shared classes
+    probs, boxes, ok, skipped, no_face = _read_photos(rec, files, mask, batch_size, progress)
+    if not ok.any():
+        raise FerkitError(f"none of the {len(files)} test photos could be decoded (first: {skipped[0][0]}: "
+                          f"{skipped[0][1]})" if skipped else f"{test_dir} has no photos of the model's classes")
+    files, y_true, probs = [f for f, k in zip(files, ok) if k], y_true[ok], probs[ok]
+    boxes = [b for b, k in zip(boxes, ok) if k]
+    found = np.array([b is not None for b in boxes])
+    y_pred = np.where(found, np.nan_to_num(probs, nan=-1.0).argmax(1), -1)
 
+    # score in the space of the evaluated classes (model order); a photo without a face is -1: wrong
+    order = [rec.classes.index(c) for c in rec.classes if c in classes]
+    position = np.full(len(rec.classes) + 1, -1)   # the extra last slot: position[-1] (no face) stays -1
+    position[order] = np.arange(len(order))
+    eval_classes = tuple(rec.classes[i] for i in order)
+    m = compute_metrics(position[y_true], position[y_pred], eval_classes)
+    correct = y_pred == y_true
+    result = PipelineResult(m["accuracy"], m["macro_f1"], float(found.mean()),
+                            float(correct[found].mean()) if found.any() else 0.0, len(files), eval_classes,
+                            m["confusion"], m["report_text"], no_face, skipped, None)
+    if skipped:
+        log(f"note: {len(skipped)} file(s) could not be decoded and are left out (listed in metrics.json)")
+    if out_dir is False:
+        return result
+    result.out_dir = _write_reports(result, m, rec, out_dir, test_dir, files, y_true, y_pred, probs, boxes,
+                                    {"detector": detector_args.get("detector") or DEFAULT_DETECTOR, "align": align,
+                                     "fallback": fallback, "tta": tta, "largest_face": True})
+    return result
+
+
+def _read_photos(rec, files, mask: np.ndarray, batch_size: int, progress: bool):
+    """Detect, crop and classify each photo (its largest face), in batches: (probabilities among the
+    unmasked classes, NaN where no face; box or None; decoded?; undecodable (file, why); no-face files)."""
     probs = np.full((len(files), len(rec.classes)), np.nan, np.float32)
     boxes: list[tuple | None] = [None] * len(files)
     skipped, no_face, ok = [], [], np.zeros(len(files), bool)
@@ -110,34 +140,17 @@ def evaluate_pipeline(model, test_dir, out_dir=None, shared_only: bool = False, 
         if len(chunk) >= batch_size:
             classify()
     classify()
-    if not ok.any():
-        raise FerkitError(f"none of the {len(files)} test photos could be decoded (first: {skipped[0][0]}: "
-                          f"{skipped[0][1]})" if skipped else f"{test_dir} has no photos of the model's classes")
-    files, y_true, probs = [f for f, k in zip(files, ok) if k], y_true[ok], probs[ok]
-    boxes = [b for b, k in zip(boxes, ok) if k]
-    found = np.array([b is not None for b in boxes])
-    y_pred = np.where(found, np.nan_to_num(probs, nan=-1.0).argmax(1), -1)
+    return probs, boxes, ok, skipped, no_face
 
-    # score in the space of the evaluated classes (model order); a photo without a face is -1: wrong
-    order = [rec.classes.index(c) for c in rec.classes if c in classes]
-    position = np.full(len(rec.classes) + 1, -1)   # the extra last slot: position[-1] (no face) stays -1
-    position[order] = np.arange(len(order))
-    eval_classes = tuple(rec.classes[i] for i in order)
-    m = compute_metrics(position[y_true], position[y_pred], eval_classes)
-    correct = y_pred == y_true
-    result = PipelineResult(m["accuracy"], m["macro_f1"], float(found.mean()),
-                            float(correct[found].mean()) if found.any() else 0.0, len(files), eval_classes,
-                            m["confusion"], m["report_text"], no_face, skipped, None)
-    if skipped:
-        log(f"note: {len(skipped)} file(s) could not be decoded and are left out (listed in metrics.json)")
-    if out_dir is False:
-        return result
+
+def _write_reports(result: PipelineResult, m: dict, rec, out_dir, test_dir, files, y_true, y_pred, probs, boxes,
+                   settings: dict) -> Path:
+    """metrics.json, report.txt, confusion_matrix.png and predictions.csv; returns their folder."""
     path = Path(getattr(rec.backend, "path", "model"))
     default = (Path(f"eval-detect-{path.stem}-{Path(test_dir).stem}") if path.parent == WEIGHTS_DIR
                else (path if path.is_dir() else path.parent) / f"eval-detect-{Path(test_dir).stem}")
     out = make_dir(Path(out_dir) if out_dir else default)
-    settings = {"detector": detector_args.get("detector") or DEFAULT_DETECTOR, "align": align, "fallback": fallback,
-                "tta": tta, "largest_face": True}
+    eval_classes, no_face, skipped = result.classes, result.no_face, result.skipped
     write_json(out / "metrics.json", {
         "accuracy": result.accuracy, "macro_f1": result.macro_f1, "detection_rate": result.detection_rate,
         "accuracy_on_detected": result.accuracy_detected, "n": result.n, "no_face_count": len(no_face),
@@ -156,8 +169,7 @@ def evaluate_pipeline(model, test_dir, out_dir=None, shared_only: bool = False, 
                 w.writerow([str(f), rec.classes[t], "", "", "", "", "", "", *[""] * len(rec.classes)])
             else:
                 w.writerow([str(f), rec.classes[t], rec.classes[p], f"{row[p]:.6f}", *b, *[f"{v:.6f}" for v in row]])
-    result.out_dir = out
-    return result
+    return out
 
 
 def result_text(r: PipelineResult) -> str:

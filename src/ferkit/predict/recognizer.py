@@ -16,34 +16,17 @@ from typing import Iterable
 
 import numpy as np
 
-from ..data import bgr_to_gray, decode_image, preprocess_gray
+from ..data import _normalise_mode, bgr_to_gray, decode_image, preprocess_gray
 from ..errors import FerkitError
 from ..models.opened import OnnxModel as OnnxBackend  # noqa: F401  (the name earlier versions had)
 from ..models.opened import TorchModel as TorchBackend  # noqa: F401  (the name earlier versions had)
-from .align import face_crop
+from ..models.opened import model_file, open_export_beside, open_model, softmax_probabilities, uses_export
+from ..runtime import check_tta, tta_logits
+from .align import EyeAligner
 from .detect import FaceDetector, FoundFace, create_detector, largest, locate_faces
-
-
-@dataclass
-class FacePrediction:
-    """One classified face. ``box`` is the detected face (x, y, w, h) in pixels of the input image
-    (the whole image for ``detect=False``); the crop fed to the model is a square ``margin`` larger."""
-
-    box: tuple[int, int, int, int]
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-    #: the detector's score (BlazeFace; None for Haar/dlib and undetected faces)
-    detector_score: float | None = None
-    #: six keypoints [[x, y], ...] in image pixels: eyes, nose, mouth, ears (BlazeFace), else None
-    keypoints: list | None = None
-    #: head pose in degrees: yaw and pitch from the face mesh (``landmarks=True``), roll from the mesh,
-    #: else the eye line (keypoints or eye cascades); None where not computed
-    yaw: float | None = None
-    pitch: float | None = None
-    roll: float | None = None
-    #: the 468-point face mesh [[x, y, z], ...] in image pixels (``landmarks=True``), else None
-    landmarks: list | None = None
+from .geometry import face_crop
+from .prediction import FacePrediction
+from .track import track_video
 
 
 @dataclass
@@ -115,8 +98,6 @@ def to_gray(image) -> np.ndarray:
     if Image is not None and isinstance(image, Image.Image):
         from PIL import ImageOps
 
-        from ..data import _normalise_mode
-
         return np.asarray(_normalise_mode(ImageOps.exif_transpose(image)).convert("L"), dtype=np.uint8)
     raise FerkitError(f"cannot predict on a {type(image).__name__}: pass a path, a numpy array or a PIL image")
 
@@ -132,15 +113,11 @@ def open_backend(path=None, backend: str = "auto", device: str = "auto", precisi
     :func:`ferkit.models.open_model` (see there for the ``auto`` backend rule). A model no longer
     holds a test-time augmentation: it is chosen per call (``logits(faces, tta=...)``) or by the
     :class:`Recognizer` (``Recognizer(model, tta=...)``), so ``tta`` other than none is refused."""
-    from ..models.opened import open_model
-
     _no_tta(tta)
     return open_model(path, device=device, precision=precision, backend=backend)
 
 
 def _no_tta(tta: str) -> None:
-    from ..runtime import check_tta
-
     if check_tta(tta) != "none":
         raise FerkitError(f"a model no longer keeps a test-time augmentation (tta={tta!r}): pass it to "
                           "Recognizer(model, tta=...) or to model.logits(faces, tta=...)")
@@ -151,10 +128,8 @@ def exported_backend(path, device: str = "auto", precision: str = "fp32", tta: s
     """The ONNX model on the export that stands in for checkpoint ``path`` (``<stem>.onnx`` beside
     it, made by ``ferkit export`` from this very file), or None where ``open_model``'s ``auto`` rule
     would not use it (``required``: FerkitError instead). See :func:`ferkit.models.open_model`."""
-    from ..models.opened import _export_beside, _uses_export, model_file
-
     _no_tta(tta)
-    if not (required or _uses_export(device, precision)):
+    if not (required or uses_export(device, precision)):
         return None
     try:
         ckpt = model_file(path)
@@ -162,7 +137,7 @@ def exported_backend(path, device: str = "auto", precision: str = "fp32", tta: s
         if required:
             raise
         return None    # the torch backend says what is wrong with it
-    return _export_beside(ckpt, required=required)
+    return open_export_beside(ckpt, required=required)
 
 
 FALLBACKS = ("none", "whole")
@@ -186,8 +161,6 @@ class Recognizer:
     def __init__(self, backend, detector: FaceDetector | None = None, margin: float = 0.1, batch_size: int = 64,
                  detector_args: dict | None = None, align: bool = True, fallback: str = "none",
                  largest: bool = False, tta: str = "none", landmarks: bool = False):
-        from ..runtime import check_tta
-
         if fallback not in FALLBACKS:
             raise FerkitError(f"unknown fallback {fallback!r}; accepted: {', '.join(FALLBACKS)}")
         self.backend = backend                      # a ferkit.models.OpenedModel (or any object with
@@ -217,9 +190,6 @@ class Recognizer:
         classified whole; ``largest``: keep only the largest face of each image or frame;
         ``landmarks``: the 468-point face mesh and head pose (yaw, pitch, roll) of each face
         (:mod:`ferkit.predict.mesh`)."""
-        from ..models.opened import open_model
-        from ..runtime import check_tta
-
         check_tta(tta)
         model = open_model(path, device=device, precision=precision, backend=backend)
         return cls(model, _make_detector(detector_args) if detect else None, margin=margin, batch_size=batch_size,
@@ -277,8 +247,6 @@ class Recognizer:
         faces = np.zeros((len(found), S, S), np.uint8)
         rolls = []
         if self.align and found and self._aligner is None and any(f.keypoints is None for f in found):
-            from .align import EyeAligner
-
             self._aligner = EyeAligner()
         for i, f in enumerate(found):
             if f.keypoints is not None:   # the eyes are known: level them (no eye cascades)
@@ -309,9 +277,6 @@ class Recognizer:
         """(N, S, S) uint8 preprocessed faces -> (N, classes) float32 probabilities, averaged over
         the views of ``tta`` (None: this recognizer's); FerkitError when the model's outputs are not
         finite (a damaged model is not reported as a prediction)."""
-        from ..models.opened import softmax_probabilities
-        from ..runtime import tta_logits
-
         faces = np.ascontiguousarray(faces_uint8)
         tta = self.tta if tta is None else tta
         if not len(faces):
@@ -353,8 +318,6 @@ class Recognizer:
         ``video``: a video file, a camera index, or an iterable of frames (BGR/gray arrays; their
         times are then frame numbers / 25 fps). See :func:`ferkit.predict.track.track_video`.
         """
-        from .track import track_video
-
         return track_video(self, video, smooth=smooth, every=every, max_frames=max_frames, detect=detect)
 
     def predict_faces(self, faces: Iterable) -> list[FacePrediction]:

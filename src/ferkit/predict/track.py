@@ -28,13 +28,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
+from ..data import bgr_to_gray
 from ..errors import FerkitError
-from ..files import make_dir, save_figure, write_json
-from .recognizer import FacePrediction, Recognizer
+from ..files import make_dir, new_figure, save_figure, write_json
+from .detect import cv2_silenced
+from .prediction import FacePrediction
+
+if TYPE_CHECKING:   # for annotations only: the Recognizer's track() calls this module
+    from .recognizer import Recognizer
 
 DEFAULT_SMOOTH_S = 0.5     # video and webcam; photos are never smoothed
 DEFAULT_FPS = 25.0         # time of frames given as arrays, and of videos that do not say their rate
@@ -156,8 +161,6 @@ class FrameTracker:
         self.shape: tuple[int, int] | None = None
 
     def push(self, index: int, time_s: float, image: np.ndarray, classify: bool = True) -> list[FrameFaces]:
-        from ..data import bgr_to_gray
-
         if self.shape is None:
             self.shape = image.shape[:2]
         elif image.shape[:2] != self.shape:
@@ -209,8 +212,6 @@ class FrameTracker:
 def open_video(video):
     """(capture, frames per second or 0) for a video file path or a camera index; FerkitError when
     it cannot be opened."""
-    from .detect import cv2_silenced
-
     with cv2_silenced() as cv2:
         if isinstance(video, int):
             cap = cv2.VideoCapture(video)
@@ -357,8 +358,6 @@ class VideoSummary:
     def plot(self, path) -> Path:
         """``timeline.png``: probabilities over time, one panel per track (the ``max_panels`` tracks
         seen in the most frames)."""
-        from ..files import new_figure
-
         shown = sorted(self.tracks.items(), key=lambda kv: -len(kv[1].times))[:self.max_panels]
         shown.sort()
         n = max(1, len(shown))

@@ -11,7 +11,6 @@ iteration, seed), so ``mix`` and ``study`` take it unchanged. The same seed give
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,10 @@ import torch
 from ..console import log, progress_bar
 from ..data import load_dataset, scan_source
 from ..errors import FerkitError
-from ..files import refuse_output_over_input
+from ..files import file_sha256, refuse_output_over_input
 from ..labels import parse_classes
 from ..models import CheckpointRecord, model_file, open_model
+from ..models.gan import to_uint8
 from ..runtime import require_finite, select_device
 from .writer import AtomicDataset, check_out_dir, write_metadata, write_png
 
@@ -40,14 +40,6 @@ def load_generator(run: str | Path, device: str | torch.device = "cpu"):
     """(generator in eval mode, its CheckpointRecord, the checkpoint path)."""
     g = open_model(run, kind="generator", device=device)
     return g.module, g.record, g.path
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def open_classifier(model, classes, role: str, device: str | torch.device = "cpu"):
@@ -99,8 +91,6 @@ EDIT_BATCH = 64
 def generate(G, record: CheckpointRecord, faces: np.ndarray, targets: np.ndarray, device: torch.device,
              batch_size: int = EDIT_BATCH) -> np.ndarray:
     """uint8 faces (N, S, S) moved to ``targets`` (indices into record.classes) -> uint8 (N, S, S)."""
-    from ..train.gan import to_uint8
-
     out = np.zeros_like(faces)
     for s in range(0, len(faces), batch_size):
         x = record.input.to_tensor(faces[s:s + batch_size], device)

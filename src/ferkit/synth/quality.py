@@ -104,6 +104,29 @@ def _mean(x) -> float | None:
     return float(np.mean(x)) if len(x) else None
 
 
+#: What quality.json's figures are, as the report states it.
+MEASURES = ("expression accuracy: argmax of the judge over the generator's classes (target_read: read as the target; "
+            "source_kept: read as the source face's expression); KID: unbiased MMD^2, cubic polynomial kernel, judge's "
+            "penultimate features, 50 subsets (per class: edits into the class against real faces of it); identity: "
+            "mean |x - y| in [0, 1] pixel units (cycle: x against G(G(x, t), y); edit: x against G(x, t); identity: "
+            "x against G(x, y))")
+
+
+def _edit_sets(G, grec, images, labels, plan: dict, classes, per_class: int, seed: int, dev):
+    """The faces a quality report reads: (source indices, targets, the edits, their cycle back to
+    the source class, indices of up to ``per_class`` real faces of each class, those faces edited
+    to their own class)."""
+    src = np.concatenate(list(plan.values()))
+    targets = np.concatenate([np.full(len(v), t) for t, v in plan.items()])
+    edited = generate(G, grec, images[src], targets, dev)
+    cycled = generate(G, grec, edited, labels[src], dev)
+    rng = np.random.default_rng([seed, 1])   # up to per_class real faces of each class, edited to their own
+    own = np.concatenate([rng.permutation(np.flatnonzero(labels == grec.classes.index(c)))[:per_class]
+                          for c in classes])
+    same = generate(G, grec, images[own], labels[own], dev)
+    return src, targets, edited, cycled, own, same
+
+
 def evaluate_gan(gan_run, real, judge=None, out=None, per_class: int = 200, seed: int = 0,
                  device: str = "auto", progress: bool = True, classes=None, classifier=None) -> dict:
     """The quality report of a GAN run against real faces (of ``classes`` only, when given), read
@@ -124,14 +147,8 @@ def evaluate_gan(gan_run, real, judge=None, out=None, per_class: int = 200, seed
     to_gen = np.asarray([grec.classes.index(c) for c in data.classes])
     labels = to_gen[data.labels]
     plan = plan_edits(labels, len(grec.classes), [grec.classes.index(c) for c in classes], per_class, seed)
-    src = np.concatenate(list(plan.values()))
-    targets = np.concatenate([np.full(len(v), t) for t, v in plan.items()])
-    edited = generate(G, grec, data.images[src], targets, dev)
-    cycled = generate(G, grec, edited, labels[src], dev)
-    rng = np.random.default_rng([seed, 1])   # up to per_class real faces of each class, edited to their own
-    own = np.concatenate([rng.permutation(np.flatnonzero(labels == grec.classes.index(c)))[:per_class]
-                          for c in classes])
-    same = generate(G, grec, data.images[own], labels[own], dev)
+    src, targets, edited, cycled, own, same = _edit_sets(G, grec, data.images, labels, plan, classes, per_class,
+                                                         seed, dev)
 
     def for_classifier(faces):   # the classifier's own input size
         if crec.image_size == grec.image_size:
@@ -181,11 +198,7 @@ def evaluate_gan(gan_run, real, judge=None, out=None, per_class: int = 200, seed
         "identity": {"cycle_l1": float(cycle_d.mean()), "edit_l1": float(edit_d.mean()),
                      "identity_l1": float(same_d.mean())},
         "per_class": per_class_report,
-        "measures": "expression accuracy: argmax of the judge over the generator's classes (target_read: read as "
-                    "the target; source_kept: read as the source face's expression); KID: unbiased MMD^2, cubic "
-                    "polynomial kernel, judge's penultimate features, 50 subsets (per class: edits into the class "
-                    "against real faces of it); identity: mean |x - y| in [0, 1] pixel units (cycle: x against "
-                    "G(G(x, t), y); edit: x against G(x, t); identity: x against G(x, y))",
+        "measures": MEASURES,
     }
     out = make_dir(Path(out) if out else Path(gpath).parent / "quality", "quality report folder")
     write_json(out / "quality.json", report)

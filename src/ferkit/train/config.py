@@ -16,7 +16,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import ClassVar, Protocol
 
-from ..choices import LABEL_MODES, PRECISIONS, check_choice, check_device_name
+from ..choices import DEVICE_HELP, LABEL_MODES, PRECISIONS, check_choice, check_device_name
 from ..errors import FerkitError
 from ..labels import parse_classes
 
@@ -70,8 +70,41 @@ class ResumableConfig:
         return [k for k in current if k in saved and saved[k] != current[k]]
 
 
+def setting(default=MISSING, help: str = "", *, factory=MISSING):
+    """A config field described once: ``help`` is its ``--help`` text (and the docs' wording) for
+    every command that offers it (``ferkit train``, ``ferkit study``, ``ferkit gan train``)."""
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def setting_help(f) -> str:
+    """The help text of a config field made with :func:`setting`."""
+    return f.metadata.get("help", "")
+
+
+@dataclass(kw_only=True)
+class Machine:
+    """Where and how a run executes (not what it learns): the part shared by every training config
+    (:class:`TrainConfig`, :class:`ferkit.train.gan.GanConfig`). Keyword-only, so a config's own
+    required fields come first; ``config.json`` keeps these fields flat, as before the part existed."""
+
+    precision: str = setting("auto", "auto: bf16/fp16 autocast where the CPU/GPU supports it natively, else fp32")
+    device: str = setting("auto", DEVICE_HELP)
+    strict: bool = setting(False, "fail on undecodable images instead of skipping them")
+    num_threads: int | None = setting(None, "torch CPU threads (default: torch's choice)")
+    progress: bool = setting(True, "progress bars on a terminal")
+
+    def check_machine(self) -> None:
+        """One line for a bad precision or device name; the device name normalised."""
+        check_choice("precision", self.precision, PRECISIONS)
+        self.device = check_device_name(self.device)
+        if self.num_threads is not None and int(self.num_threads) < 1:
+            raise FerkitError(f"num-threads must be at least 1 (got {self.num_threads})")
+
+
 @dataclass
-class TrainConfig(ResumableConfig):
+class TrainConfig(ResumableConfig, Machine):
     """Everything that defines a training run (saved in config.json; a resume must match it).
 
     The defaults are the ``reference`` recipe: the reference implementation's CNN and optimiser.
@@ -80,67 +113,85 @@ class TrainConfig(ResumableConfig):
     unit: ClassVar[str] = "epochs"
     _not_identity: ClassVar[tuple[str, ...]] = ("out", "progress", "num_threads", "epochs", "patience", "recipe")
 
-    train_dir: str
-    val_dir: str
-    out: str
-    recipe: str = "reference"
+    train_dir: str = setting(help="training data: class folders or manifest CSV")
+    val_dir: str = setting(help="validation data (same classes)")
+    out: str = setting(help="run folder to create (or resume)")
+    recipe: str = setting("reference", "the named recipe whose values fill the fields not given")
     # several training sources (ferkit.train.domains): train_dir's sampling weight, and more sources
     # written PATH[:W]; one source at weight 1 is a plain run
-    train_weight: float = 1.0
-    extra_train_dirs: tuple[str, ...] = ()
+    train_weight: float = setting(1.0, "sampling weight of --train-dir's first source (see --train-dir PATH[:W])")
+    extra_train_dirs: tuple[str, ...] = setting((), "more training sources, each PATH[:W] (see --train-dir)")
     # model and data
-    arch: str = "seed"
-    model_args: dict = field(default_factory=dict)  # builder arguments beyond classes/size (width, depths, ...)
-    image_size: int = 64
-    classes: tuple[str, ...] | None = None   # None: the reference six present in train_dir
-    init: str | None = None         # start from these weights (checkpoint, run folder, bundled model name)
-    input_mean: float = 0.0         # model input = (pixel / 255 - mean) / std
-    input_std: float = 1.0
+    arch: str = setting("seed", "architecture (see `ferkit models`)")
+    model_args: dict = setting(factory=dict, help="architecture arguments beyond classes and image size (width, "
+                                                  "depths, ...); `ferkit models` lists each architecture's")
+    image_size: int = setting(64, "square input side in pixels")
+    classes: tuple[str, ...] | None = setting(None, "comma-separated classes, in model order ('all7' = the reference "
+                                                    "six + neutral; default: the reference six the data has)")
+    init: str | None = setting(None, "start from these weights instead of random ones (fine-tuning): a checkpoint, run"
+                                     " folder or bundled model name such as fer2013-vgg. Architecture, its arguments, "
+                                     "image size, input scaling and (unless given) classes come from it; a class it "
+                                     "knows keeps its output weights")
+    input_mean: float = setting(0.0, "model input = (pixel/255 - mean) / std")
+    input_std: float = setting(1.0, "see --input-mean")
     # schedule of the run
-    epochs: int = 50
-    batch_size: int = 64
-    patience: int = 5               # early stopping on the monitored metric; 0 disables
-    monitor: str = "val_loss"       # what picks the best epoch and drives early stopping: val_loss | val_acc
-    seed: int = 0
-    train_limit: int | None = None  # images per epoch (the reference's --num_train); None = all
-    val_limit: int | None = None    # validation images (the reference's --num_val); None = all
+    epochs: int = setting(50, "maximum epochs (a larger value continues a finished run)")
+    batch_size: int = setting(64, "images per optimiser step")
+    patience: int = setting(5, "stop after N epochs without a better --monitor; 0 = never")
+    monitor: str = setting("val_loss", "validation metric that picks best.safetensors (and drives early stopping)")
+    seed: int = setting(0, "random seed (same seed, same run)")
+    train_limit: int | None = setting(None, "images per epoch (a random subset each epoch; default all)")
+    val_limit: int | None = setting(None, "validation images (a fixed random subset; default all)")
     # optimiser
-    optimizer: str = "adam"
-    lr: float = 1e-4
-    momentum: float = 0.9           # sgd: Nesterov momentum
-    weight_decay: float = 0.0
-    schedule: str = "time_decay"
-    lr_decay: float = 1e-6          # time_decay: lr / (1 + decay * step)
-    warmup_epochs: float = 0.0      # cosine: linear warm-up from 0
-    plateau_patience: int = 3       # plateau: epochs without improvement before the lr halves
-    grad_clip: float = 0.0          # max global gradient norm; 0 = off
-    ema: float = 0.0                # decay of an exponential moving average of weights (e.g. 0.999); 0 = off
+    optimizer: str = setting("adam", "adam (the reference's), adamw, or sgd (Nesterov momentum)")
+    lr: float = setting(1e-4, "learning rate (peak rate for cosine/onecycle)")
+    momentum: float = setting(0.9, "sgd momentum")
+    weight_decay: float = setting(0.0, "weight decay (L2 for adam/sgd, decoupled for adamw)")
+    schedule: str = setting("time_decay", "time_decay (reference), cosine (after --warmup-epochs), onecycle, plateau "
+                                          "(x0.5), constant")
+    lr_decay: float = setting(1e-6, "time_decay: lr / (1 + decay x step)")
+    warmup_epochs: float = setting(0.0, "cosine: linear warm-up epochs")
+    plateau_patience: int = setting(3, "plateau: epochs without improvement before the rate halves")
+    grad_clip: float = setting(0.0, "clip the gradient norm to this; 0 = off")
+    ema: float = setting(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
+                              "validate/save it; 0 = off")
     # loss
-    label_smoothing: float = 0.0
-    class_weights: bool = False     # weight the loss by inverse class frequency
-    oversample: str | None = None   # "disgusted=5,fearful=5": that many more copies of each face of those classes
-    labels: str = "majority"        # vote-label data (FER+): majority (the FER+ protocol) | soft (vote distributions)
-    teacher: str | None = None      # distil from this classifier (comma-separated: an ensemble)
-    distill_alpha: float = 0.5      # weight of the teacher's term in the loss
-    distill_temperature: float = 2.0  # softening of teacher and student outputs in that term
-    consistency: float = 0.0        # weight of KL(first view || slightly shifted/zoomed/flipped view); 0 = off
-    consistency_shift: float = 4.0  # max shift of that second view, pixels at 48 px (scaled to image_size)
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
+    class_weights: bool = setting(False, "weight the loss by inverse class frequency (for rare classes such as "
+                                         "disgust)")
+    oversample: str | None = setting(None, "CLASS=N[,CLASS=N...]: every training face of CLASS is seen N more times "
+                                           "per epoch (e.g. disgusted=5,fearful=5,contempt=5); with --labels soft, the"
+                                           " faces whose FER+ majority-protocol label is CLASS")
+    labels: str = setting("majority", "vote-label data (a FER+ folder with label.csv, or a manifest with one vote "
+                                      "column per class): majority = the FER+ protocol (single votes dropped, faces "
+                                      "without a majority dropped, hard labels); soft = train against the vote "
+                                      "distribution (keeps the rare expressions' votes). Validation always uses the "
+                                      "majority protocol")
+    teacher: str | None = setting(None, "distil from this classifier (run folder, checkpoint or bundled name; "
+                                        "comma-separated = an ensemble averaged in probability): its softened outputs "
+                                        "on each augmented batch join the loss")
+    distill_alpha: float = setting(0.5, "weight of the teacher's term: loss = (1-a) CE(labels) + a T^2 CE(student/T, "
+                                        "teacher/T)")
+    distill_temperature: float = setting(2.0, "temperature T that softens teacher and student outputs in that term")
+    consistency: float = setting(0.0, "weight W of a consistency term: each batch is also seen slightly moved (shift, "
+                                      "zoom 0.9-1.1, flip) and W x KL(answer on the batch || answer on the moved "
+                                      "batch) joins the loss (the first answer is the target), aiming at steadier "
+                                      "labels; about twice a step's time; 0 = off")
+    consistency_shift: float = setting(4.0, "max shift of that moved view in each direction, pixels at 48 px (scaled "
+                                            "to --image-size)")
     # augmentation (in torch, on whole batches)
-    augment: bool = False           # random flip, rotation, shift, zoom, aspect
-    rotate: float = 10.0            # degrees, +-
-    shift: float = 0.08             # fraction of the half-side, +-
-    zoom: float = 0.08              # +- fraction
-    aspect: float = 0.0             # +- fraction of the aspect ratio
-    erase: float = 0.0              # probability of random erasing per image
-    mixup: float = 0.0              # Beta(alpha, alpha) of mixup; 0 = off
-    cutmix: float = 0.0             # Beta(alpha, alpha) of cutmix; 0 = off (with mixup: one of the two per batch)
-    photo: float = 0.0              # probability of each real-photo condition per image (augment.photo_conditions)
-    # machine
-    precision: str = "auto"         # auto | fp32 | bf16
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
-    strict: bool = False            # undecodable images are fatal instead of skipped
-    num_threads: int | None = None  # torch CPU threads; None = torch default
-    progress: bool = True
+    augment: bool = setting(False, "random flip, rotation, shift, zoom and aspect change")
+    rotate: float = setting(10.0, "max rotation, degrees")
+    shift: float = setting(0.08, "max shift, fraction of the half-side")
+    zoom: float = setting(0.08, "max zoom in/out, fraction")
+    aspect: float = setting(0.0, "max aspect-ratio change, fraction")
+    erase: float = setting(0.0, "probability of random erasing per image")
+    mixup: float = setting(0.0, "mixup Beta alpha (e.g. 0.2); 0 = off")
+    cutmix: float = setting(0.0, "cutmix Beta alpha (e.g. 1.0); 0 = off; with --mixup one of the two per batch")
+    photo: float = setting(0.0, "probability P of each real-photo condition per image: an occluder (a patch, or "
+                                "dark glasses), low light or gamma, blur, low resolution, sensor noise and JPEG "
+                                "compression, each drawn independently with probability P (e.g. 0.15); 0 = off. "
+                                "Independent of --augment")
 
     def __post_init__(self):
         if self.classes is not None and not isinstance(self.classes, tuple):
@@ -163,8 +214,8 @@ class TrainConfig(ResumableConfig):
         check_choice("monitor", self.monitor, MONITORS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
-        check_choice("precision", self.precision, PRECISIONS)
         check_choice("labels", self.labels, LABEL_MODES)
+        self.check_machine()
         from .distill import check_distill
 
         check_distill(self.distill_alpha, self.distill_temperature)
@@ -173,7 +224,6 @@ class TrainConfig(ResumableConfig):
         check_consistency(self.consistency, self.consistency_shift)
         if self.oversample is not None:
             self.oversample = ",".join(f"{c}={n}" for c, n in parse_oversample(self.oversample).items())
-        self.device = check_device_name(self.device)
         if self.patience < 0:
             raise FerkitError("patience must be 0 (off) or positive")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -51,16 +51,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..choices import PRECISIONS, check_choice, check_device_name
 from ..console import log, progress_bar
 from ..data import ImageSet, load_dataset
 from ..errors import FerkitError, Interrupted
 from ..files import atomic_path, make_dir
 from ..labels import parse_classes
 from ..models import CheckpointRecord, InputSpec, count_parameters
-from ..models.gan import MIN_IMAGE_SIZE, create_discriminator, create_generator, resolve_gan_args
+from ..models.gan import MIN_IMAGE_SIZE, create_discriminator, create_generator, resolve_gan_args, to_uint8
 from ..runtime import autocast, global_rng_state, resolve_precision, set_global_rng_state
-from .config import ResumableConfig
+from ..synth.gan import open_classifier
+from .config import Machine, ResumableConfig
 from .distributed import Dist, check_world, launch
 from .run_folder import RunFolder
 
@@ -81,7 +81,7 @@ GAN_INPUT = dict(channels=1, pixel_max=255.0, mean=(0.5,), std=(0.5,))
 
 
 @dataclass
-class GanConfig(ResumableConfig):
+class GanConfig(ResumableConfig, Machine):
     """Everything that defines a GAN training run (config.json; a resume must match it)."""
 
     unit: ClassVar[str] = "iterations"
@@ -121,11 +121,6 @@ class GanConfig(ResumableConfig):
     sample_every: int = 1000
     checkpoint_every: int = 500     # resume state and generator.safetensors; a multiple of log_every
     seed: int = 0
-    precision: str = "auto"
-    device: str = "auto"
-    strict: bool = False
-    num_threads: int | None = None
-    progress: bool = True
 
     def __post_init__(self):
         if self.classes is not None and not isinstance(self.classes, tuple):
@@ -168,8 +163,7 @@ class GanConfig(ResumableConfig):
 
         if self.image_size > MAX_IMAGE_SIZE:
             raise FerkitError(f"GAN image size {self.image_size} is above the {MAX_IMAGE_SIZE} a checkpoint may hold")
-        check_choice("precision", self.precision, PRECISIONS)
-        self.device = check_device_name(self.device)
+        self.check_machine()
 
     def progress_of(self, saved: dict) -> tuple[int, int, str | None]:
         return saved["iteration"], self.iterations, None
@@ -457,11 +451,6 @@ class GanTrainer:
 
 
 # ----------------------------------------------------------------------------- outputs
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Generator output in [-1, 1] (N, 1, S, S) -> uint8 faces (N, S, S)."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].cpu().numpy()
-
-
 @torch.no_grad()
 def sample_grid(G, faces: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], spec: InputSpec,
                 device: torch.device) -> np.ndarray:
@@ -555,8 +544,6 @@ def _train_gan(cfg: GanConfig, overwrite: bool, dist: Dist, device: torch.device
     cfg.classes = data.classes
     guide = None
     if cfg.guide is not None:   # before the run folder exists: a bad guide leaves nothing behind
-        from ..synth.gan import open_classifier
-
         model, grec, gpath, columns, cfg.guide_sha256 = open_classifier(cfg.guide, cfg.classes, "--guide", device)
         guide = (model, grec, columns)
         log(f"guide: {gpath} ({grec.arch}, {grec.image_size} px, classes {', '.join(grec.classes)}), "
@@ -572,6 +559,23 @@ def _train_gan(cfg: GanConfig, overwrite: bool, dist: Dist, device: torch.device
         folder.release()
 
 
+def _config_record(cfg: GanConfig, tr: GanTrainer, data: ImageSet, held, device: torch.device) -> dict:
+    """config.json of a GAN run: the resolved config, the device and precision used, the data's
+    counts, held-out and skipped files, the networks' sizes."""
+    return {**asdict(cfg), "classes": list(cfg.classes), "device": str(device),
+            "precision_used": str(tr.amp or "float32"), "counts": data.class_counts(),
+            "held_out_files": [data.paths[i] for i in held], "skipped_files": data.skipped,
+            "generator_parameters": count_parameters(tr.G), "discriminator_parameters": count_parameters(tr.D)}
+
+
+def _history_line(row: dict, iterations: int) -> str:
+    """One logged interval as a plain line (no terminal, no progress bar)."""
+    return (f"iteration {row['iteration']:6d}/{iterations}  d_adv {row['d_adv']:.3f}  d_cls {row['d_cls']:.3f}  "
+            f"g_adv {row['g_adv']:.3f}  g_cls {row['g_cls']:.3f}  g_rec {row['g_rec']:.3f}"
+            + "".join(f"  {k} {row[k]:.3f}" for k in GUIDE_FIELDS + ID_FIELDS + MASK_FIELDS if k in row)
+            + f"  {row['seconds']:.1f}s")
+
+
 def _train_gan_in(folder: RunFolder, cfg: GanConfig, overwrite: bool, data, dist: Dist, device: torch.device,
                   t0: float, guide=None) -> GanResult:
     saved = folder.prepare(cfg, overwrite)
@@ -581,10 +585,7 @@ def _train_gan_in(folder: RunFolder, cfg: GanConfig, overwrite: bool, data, dist
     images = torch.from_numpy(data.images[train_idx]).to(device)
     labels = torch.from_numpy(data.labels[train_idx]).to(device)
     tr = GanTrainer(cfg, len(cfg.classes), device, dist, guide)
-    record = {**asdict(cfg), "classes": list(cfg.classes), "device": str(device),
-              "precision_used": str(tr.amp or "float32"), "counts": data.class_counts(),
-              "held_out_files": [data.paths[i] for i in held], "skipped_files": data.skipped,
-              "generator_parameters": count_parameters(tr.G), "discriminator_parameters": count_parameters(tr.D)}
+    record = _config_record(cfg, tr, data, held, device)
     history: list[dict] = []
     if saved is not None:
         tr.load_state_tensors(folder.load_state(saved), saved["iteration"])
@@ -632,11 +633,7 @@ def _train_gan_in(folder: RunFolder, cfg: GanConfig, overwrite: bool, data, dist
                 bar.set_postfix(d=f"{row['d_adv']:.3f}", g=f"{row['g_adv']:.3f}", rec=f"{row['g_rec']:.3f}",
                                 refresh=False)
                 if bar.disable and dist.main:   # no terminal: one plain line per logged interval
-                    log(f"iteration {tr.iteration:6d}/{cfg.iterations}  d_adv {row['d_adv']:.3f}  d_cls "
-                        f"{row['d_cls']:.3f}  g_adv {row['g_adv']:.3f}  g_cls {row['g_cls']:.3f}  "
-                        f"g_rec {row['g_rec']:.3f}"
-                        + "".join(f"  {k} {row[k]:.3f}" for k in GUIDE_FIELDS + ID_FIELDS + MASK_FIELDS if k in row)
-                        + f"  {row['seconds']:.1f}s")
+                    log(_history_line(row, cfg.iterations))
             if dist.main and (tr.iteration % cfg.sample_every == 0 or tr.iteration == cfg.iterations):
                 write_png(folder.path / "samples" / f"iter_{tr.iteration:06d}.png",
                            sample_grid(tr.G, data.images[held], data.labels[held], cfg.classes, tr.spec, device))

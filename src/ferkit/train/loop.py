@@ -155,9 +155,14 @@ class Trainer:
             x = A.random_erase(x, self.aug_gen, cfg.erase)
         return x.contiguous(memory_format=torch.channels_last)
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy against class indices or, for vote labels, class distributions (N, C)."""
-        return F.cross_entropy(logits.float(), y, weight=self.class_weight, label_smoothing=self.cfg.label_smoothing)
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against label distributions (N, C): hard labels one-hot, vote labels their
+        distribution, a mixed batch the mix (:mod:`ferkit.votes`). With class weights the mean is
+        weighted by each target's weight, which for one-hot targets is exactly the class-index form."""
+        loss = F.cross_entropy(logits.float(), targets, weight=self.class_weight,
+                               label_smoothing=self.cfg.label_smoothing, reduction="sum")
+        norm = targets.shape[0] if self.class_weight is None else (targets @ self.class_weight).sum()
+        return loss / norm
 
     def train_one_epoch(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> dict:
         """One pass over (a random subset of) the training set. Returns its loss and accuracy.
@@ -186,6 +191,8 @@ class Trainer:
             y = labels[idx]
             x = self.batch_input(images[idx])
             x, y_a, y_b, lam = A.mix(x, y, self.aug_gen, cfg.mixup, cfg.cutmix)
+            if lam != 1.0:   # one target: the mix of the two distributions (linear in the loss, as torchvision's)
+                y = lam * y_a + (1 - lam) * y_b
             for g in self.opt.param_groups:
                 g["lr"] = cfg.lr * self.schedule.factor(self.step)
             consistent = cfg.consistency > 0
@@ -196,9 +203,7 @@ class Trainer:
                 logits = model(x_in if consistent else x)
             if consistent:
                 logits, logits2 = logits[:len(x)], logits[len(x):]
-            loss = self.loss(logits, y_a)
-            if lam != 1.0:
-                loss = lam * loss + (1 - lam) * self.loss(logits, y_b)
+            loss = self.loss(logits, y)
             if self.teacher is not None:   # the teacher sees the batch as mixed: its output is the target
                 a = self.teacher.alpha
                 with autocast(self.device, self.amp_dtype):
@@ -222,7 +227,7 @@ class Trainer:
                 self.ema.update_parameters(self.model)
             self.step += 1
             total_loss += value * len(idx)
-            correct += (logits.argmax(1) == (y_a if y_a.dim() == 1 else y_a.argmax(1))).sum().item()
+            correct += (logits.argmax(1) == y_a.argmax(1)).sum().item()
             seen += len(idx)
             bar.update(len(idx) * dist.world)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
@@ -312,16 +317,22 @@ def load_train_val(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
         counts = np.bincount(train.domain, minlength=len(sources))
         log("training data: " + "; ".join(f"{s.path}: {n} faces x {s.weight:g}" for s, n in zip(sources, counts))
             + f" = {epoch_size(train.domain, train.domain_weights)} draws per epoch")
-    if cfg.oversample:
-        extra = parse_oversample(cfg.oversample)
-        before = len(train)
-        train = train.oversampled(extra)
-        log(f"training data: {len(train) - before} copies added by --oversample {cfg.oversample} "
-            f"({before} -> {len(train)} faces per epoch)")
+    train = oversampled(cfg, train)
     # validation (and so the selection of the best epoch) always uses the majority protocol
     val = load_dataset(cfg.val_dir, train.classes, cfg.image_size, cfg.strict, progress=cfg.progress,
                        role="validation data")
     return train, val
+
+
+def oversampled(cfg: TrainConfig, train: ImageSet) -> ImageSet:
+    """The training set with ``cfg.oversample``'s extra copies (itself when there are none)."""
+    if not cfg.oversample:
+        return train
+    before = len(train)
+    train = train.oversampled(parse_oversample(cfg.oversample))
+    log(f"training data: {len(train) - before} copies added by --oversample {cfg.oversample} "
+        f"({before} -> {len(train)} faces per epoch)")
+    return train
 
 
 def _val_subset(cfg: TrainConfig, val_set: ImageSet) -> tuple[np.ndarray, np.ndarray]:
@@ -332,7 +343,7 @@ def _val_subset(cfg: TrainConfig, val_set: ImageSet) -> tuple[np.ndarray, np.nda
     return images, labels
 
 
-def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, dist: Dist | None = None,
+def build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, dist: Dist | None = None,
                    fresh: bool = True) -> Trainer:
     """The model, optimiser, schedule and augmentation of a run; ``fresh``: a new run (not resumed),
     which starts from ``cfg.init``'s weights when given."""
@@ -351,9 +362,7 @@ def _build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, 
     n = n if cfg.train_limit is None else min(cfg.train_limit, n)
     weight = None
     if cfg.class_weights:
-        counts = np.bincount(train_set.labels, minlength=len(cfg.classes)) if train_set.targets is None \
-            else train_set.targets.sum(0)
-        counts = np.maximum(counts, 1)
+        counts = np.maximum(train_set.label_distributions().sum(0, dtype=np.float64), 1)
         weight = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32, device=device)
     ema = None
     if cfg.ema > 0:
@@ -381,7 +390,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, data: tuple[ImageSet, Image
         cfg: the run's configuration (see :func:`ferkit.train.resolve_config` for recipes).
         overwrite: replace what ``cfg.out`` holds (an interrupted run is otherwise resumed, and a
             finished one continued when ``cfg.epochs`` is larger).
-        data: already-decoded (train, val) sets, to skip decoding (used by ``ferkit study``).
+        data: already-decoded (train, val) sets, to skip decoding (used by ``ferkit study``); the
+            training set as ``cfg.labels`` reads it, before ``cfg.oversample`` (applied here).
         keep_state: keep ``state/`` after the run finishes, so a larger ``epochs`` can continue it
             (``ferkit study`` drops it: many small runs, never extended).
         figures: draw curves.png at the end (False: history.csv only; ``plot_curves`` draws it later).
@@ -419,15 +429,17 @@ def _fit(cfg: TrainConfig, overwrite: bool, data, keep_state: bool, dist: Dist, 
 def _fit_in(folder: RunFolder, cfg: TrainConfig, overwrite: bool, data, keep_state: bool, dist: Dist,
             device: torch.device, figures: bool = True, state_every: float = 0.0) -> RunResult:
     t0 = time.time()
-    train_set, val_set = data if data is not None else load_train_val(cfg)
+    if data is not None and cfg.labels == "soft" and data[0].targets is None:
+        raise FerkitError("labels soft: the training set given has no vote distributions (load it with labels='soft')")
+    train_set, val_set = (oversampled(cfg, data[0]), data[1]) if data is not None else load_train_val(cfg)
     cfg.classes = train_set.classes
     saved = folder.prepare(cfg, overwrite)
     dist.barrier()                      # rank 0 has prepared the folder (cleared it, or kept a state)
     check_world(saved, dist, folder.path)
-    tr = _build_trainer(cfg, train_set, device, dist, fresh=saved is None)
+    tr = build_trainer(cfg, train_set, device, dist, fresh=saved is None)
     val_images, val_labels = _val_subset(cfg, val_set)
     images = torch.from_numpy(train_set.images).to(device)   # uint8, resident on the training device
-    labels = torch.from_numpy(train_set.labels if train_set.targets is None else train_set.targets).to(device)
+    labels = torch.from_numpy(train_set.label_distributions()).to(device)   # one label path: distributions
     config_record = {**asdict(cfg), "classes": list(cfg.classes), "device": str(device), "world_size": dist.world,
                      "precision_used": str(tr.amp_dtype or "float32"), "parameters": count_parameters(tr.model),
                      "train_counts": train_set.class_counts(), "val_counts": val_set.class_counts(),
