@@ -32,6 +32,7 @@ import torch
 
 from ..choices import PRECISIONS, check_choice, check_device_name
 from ..errors import FerkitError
+from ..files import refuse_non_regular
 from .record import (
     CheckpointRecord,
     check_kind,
@@ -70,6 +71,7 @@ def model_file(name_or_path=None, kind: str = "classifier") -> Path:
             raise kind_mismatch(BUNDLED[name_or_path].kind, kind, f"bundled model {name_or_path}")
     p = resolve_model_path(name_or_path)
     if _is_onnx(p):
+        refuse_non_regular(p, "ONNX model")
         if not p.is_file():
             raise FerkitError(f"ONNX model {p} does not exist")
         return p

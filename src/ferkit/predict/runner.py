@@ -406,6 +406,9 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
         raise FerkitError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")
     if not inputs and camera is None:
         raise FerkitError("nothing to predict on: give image/video files or folders, or --camera IDX")
+    if any(not str(p).strip() for p in inputs):   # Path("") is the current folder: never read it unasked
+        raise FerkitError("an input is an empty path (''); give image/video files or folders (. for the current "
+                          "folder)")
     if annotate and out is None:
         raise FerkitError("--annotate needs an output folder (--out DIR), not stdout")
     if annotate:   # annotated copies inside an input folder would be read as photos by the next run
@@ -421,7 +424,8 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
     camera_opened = Predictor.open_camera(camera) if camera is not None else None  # fail before any work
     out_dir = None if out is None else make_dir(out)   # only once the model and inputs are good
     # one writer per output folder: a second predict on the same --out stops in one line
-    lock = None if out_dir is None else output_lock(out_dir, "output folder").acquire()
+    # (removed when done: the folder then holds the predictions and summary only)
+    lock = None if out_dir is None else output_lock(out_dir, "output folder", tidy=True).acquire()
     writer = PredictionWriter(out_dir, fmt, rec.classes)
     pred = Predictor(rec, writer, (out_dir / "annotated") if annotate else None, detect=detect, every=every,
                      progress=progress, smooth=smooth, summaries_dir=None if out_dir is None else out_dir / "videos")
