@@ -24,6 +24,7 @@ from ..files import atomic_path, csv_writer, make_dir, output_lock, refuse_outpu
 from .detect import cv2_silenced, draw_faces
 from .recognizer import FacePrediction, Recognizer, read_color, read_gray
 from .track import DEFAULT_SMOOTH_S, FrameSizeError, FrameTracker, VideoSummary, read_frames
+from .video_writer import open_video_writer
 
 FORMATS = ("csv", "json")
 
@@ -362,14 +363,8 @@ class _VideoStream:
             p.w.flush()
 
     def _open_writer(self, frame: np.ndarray):
-        target = self.p.ann.name(self.name + ".mp4")
-        h, w = frame.shape[:2]
-        with cv2_silenced() as cv2:
-            vw = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), float(self.fps or 25.0), (w, h))
-        if not vw.isOpened():
-            log(f"warning: cannot write annotated video {target} (no mp4v encoder?)")
-            return None
-        return vw
+        h, w = frame.shape[:2]   # H.264 with the video extra, else mp4v
+        return open_video_writer(self.p.ann.name(self.name + ".mp4"), float(self.fps or 25.0), (w, h))
 
     def close(self) -> None:
         try:
