@@ -335,7 +335,7 @@ def test_a_catastrophic_group_by_regex_stops_within_its_time_limit():
         raise AssertionError("expected a FerkitError")
     except FerkitError as exc:
         assert "took more than" in str(exc) and "nested repetition" in str(exc)
-    assert time.perf_counter() - t0 < GROUP_BY_SECONDS + 3
+    assert time.perf_counter() - t0 < GROUP_BY_SECONDS + 10   # (margin for a busy machine; minutes before)
     assert image_groups(["S01_a.png", "S02_b.png"], r"^(S\d+)_") == ["S01", "S02"]   # ordinary patterns unchanged
 
 
@@ -349,7 +349,7 @@ def test_ctrl_c_stops_a_backtracking_group_by_at_once(tmp_path):
     t0 = time.perf_counter()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
-    assert time.perf_counter() - t0 < 5 and "KeyboardInterrupt" in err
+    assert time.perf_counter() - t0 < 10 and "KeyboardInterrupt" in err   # not the 300 s it was given
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert children == []                                  # the matching child was killed with it
 
