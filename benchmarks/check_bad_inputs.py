@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/ferkit-bad-inputs")
     ap.add_argument("--only-issue21", action="store_true",
                     help="only the rows of issue 21's causes (state on disk, one line, safe outputs)")
+    ap.add_argument("--only-issue33", action="store_true",
+                    help="only the rows of issue 33's CLI cases (hangs, unbounded values, small things)")
     a = ap.parse_args()
     work = Path(a.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -96,6 +98,9 @@ def main() -> None:
     print("| input | what happens now |\n|---|---|")
     if a.only_issue21:
         issue21_rows(work, run, data, val, env_cache)
+        return
+    if a.only_issue33:
+        issue33_rows(work, run, data, val, env_cache)
         return
 
     # 1-2: huge images in train / evaluate / predict folders
@@ -252,6 +257,7 @@ def main() -> None:
     row("demo with output to a file", f"log {len(text.encode())} bytes, {text.count(chr(13))} carriage returns")
 
     issue21_rows(work, run, data, val, env_cache)
+    issue33_rows(work, run, data, val, env_cache)
 
 
 # ----------------------------------------------------------------------------- issue 21
@@ -489,6 +495,157 @@ def issue21_rows(work: Path, run: Path, data: Path, val: Path, env_cache: dict) 
     p = ferkit("evaluate", run, "--test-dir", val, "--out", w / "evm", env={"MPLCONFIGDIR": str(w / "afile" / "m")})
     row("evaluate with an unusable MPLCONFIGDIR", f"exit {p.returncode}; stderr lines about matplotlib: "
         f"{sum('atplotlib' in x for x in p.stderr.splitlines())}")
+
+
+
+# ----------------------------------------------------------------------------- issue 33
+def timed(*args, timeout=300, env=None) -> tuple[subprocess.CompletedProcess | None, float]:
+    """``ferkit *args`` and its wall time; None when it ran past ``timeout`` (a hang)."""
+    t0 = time.perf_counter()
+    try:
+        return ferkit(*args, timeout=timeout, env=env), time.perf_counter() - t0
+    except subprocess.TimeoutExpired:
+        return None, time.perf_counter() - t0
+
+
+def hidden_and_lines(p: subprocess.CompletedProcess | None, seconds: float, timeout: int = 300) -> str:
+    return f"HANGS (killed after {timeout} s)" if p is None else f"{one_line(p)} ({seconds:.1f} s)"
+
+
+def _ferplus(root: Path, rows: list[str]) -> Path:
+    """A FER+ style folder: two faces and a label.csv of ``rows`` (file names), with a UTF-8 BOM."""
+    root.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((48, 48), 60 * i, np.uint8)).save(root / f"f{i}.png")
+    votes = ',"(0, 0, 48, 48)",10,0,0,0,0,0,0,0,0,0'
+    (root / "label.csv").write_bytes(b"\xef\xbb\xbf" + "".join(r + votes + "\n" for r in rows).encode())
+    return root
+
+
+def issue33_rows(work: Path, run: Path, data: Path, val: Path, env_cache: dict) -> None:
+    """One row per CLI case of issue 33: what each gets now (exit status, lines, seconds)."""
+    import csv
+
+    from ferkit.bundled import sample_photo
+
+    w = work / "i33"
+    w.mkdir()
+    # hangs first
+    fifo = w / "model.safetensors"
+    os.mkfifo(fifo)
+    p, t = timed("evaluate", fifo, "--test-dir", val, "--out", w / "evf", timeout=60)
+    row("a checkpoint path that is a FIFO (evaluate)", hidden_and_lines(p, t, 60))
+    grp = w / "grp"
+    for c in ("angry", "happy", "sad"):
+        (grp / c).mkdir(parents=True)
+        for i in range(4):
+            shutil.copy(next(iter(sorted((val / c).glob("*.png")))), grp / c / f"{'a' * 40}{c}{i}.png")
+    ferkit("synth", "faces", "--out", w / "gen", "--per-class", "4", "--size", "16", "--workers", "1",
+           "--classes", "angry,happy,sad", "--no-progress")
+    p, t = timed("study", "--real", grp, "--folds", "2", "--group-by", "^(a+)+$", "--synthetic", w / "gen",
+                 "--ratios", "0", "--seeds", "1", "--arch", "tiny", "--epochs", "1", "--image-size", "16",
+                 "--no-progress", "--out", w / "study", timeout=600, env=env_cache)
+    row("study --group-by '^(a+)+$' on file names of 40 a's", hidden_and_lines(p, t, 600))
+    p, t = timed("gan", "train", "--data", data, "--out", w / "g1", "--guide", run, "--guide-views", "100000")
+    row("gan train --guide-views 100000", hidden_and_lines(p, t) + f"; run folder made: {(w / 'g1').exists()}")
+    for name, shape in (("100000x1", (1, 100000)), ("1x100000", (100000, 1))):
+        Image.fromarray(np.full(shape, 128, np.uint8)).save(w / f"{name}.png")
+        p, t = timed("predict", w / f"{name}.png", "--out", w / f"p{name}")
+        s = json.loads((w / f"p{name}" / "summary.json").read_text()) if p and p.returncode == 0 else {}
+        row(f"predict on a {name} image (detection on)", f"exit {p.returncode if p else 'HANG'}; "
+            f"{len(s.get('no_face', []))} image(s) with no face ({t:.1f} s)")
+    # values without a bound, and what they did
+    p = ferkit("calibrate", run, "--temperature", "1e308", "--out", w / "hot.safetensors")
+    row("calibrate --temperature 1e308", one_line(p) + f"; file written: {(w / 'hot.safetensors').exists()}")
+    base = ["train", "--train-dir", data, "--val-dir", val, "--arch", "tiny", "--image-size", "32"]
+    p = ferkit(*base, "--out", w / "warm", "--schedule", "cosine", "--warmup-epochs", "1e308", env=env_cache)
+    row("train --warmup-epochs 1e308", one_line(p) + f"; run folder made: {(w / 'warm').exists()}")
+    p = ferkit(*base, "--out", w / "over", "--oversample", "happy=100000000", env=env_cache)
+    row("train --oversample happy=100000000", one_line(p) + f"; run folder made: {(w / 'over').exists()}")
+    p = run_py("import ferkit.train.gan as g\ndef oom(*a, **k): raise MemoryError()\ng._train_gan = oom",
+               "gan", "train", "--data", data, "--out", w / "goom", env=env_cache)
+    row("out of memory in gan train (staged): the hint", one_line(p))
+    p = ferkit("predict", "", "--no-detect", "--out", w / "pempty")
+    row("predict ''", one_line(p) + f"; output made: {(w / 'pempty').exists()}")
+    # manifests and label.csv
+    m = w / "bom.csv"
+    m.write_bytes(b"\xef\xbb\xbfpath,class\n" + "".join(f"{f},{f.parent.name}\n" for f in sorted(val.rglob("*.png")))
+                  .encode())
+    p = ferkit("evaluate", run, "--test-dir", m, "--out", w / "evbom")
+    row("a manifest with a UTF-8 BOM (evaluate)", one_line(p) if p.returncode else
+        f"exit 0; n = {json.loads((w / 'evbom' / 'metrics.json').read_text())['n']}")
+    for name, rows in (("label.csv with a BOM", ["f0.png", "f1.png"]),
+                       ("label.csv with a row ../test/x.png", ["f0.png", "../test/x.png"]),
+                       ("label.csv with a row listed twice", ["f0.png", "f1.png", "f0.png"])):
+        folder = _ferplus(w / name.replace(" ", "_").replace("/", "_").replace(".", "_"), rows)
+        p = ferkit("evaluate", "ferplus-vgg16", "--test-dir", folder, "--out", w / f"ev-{folder.name}",
+                   "--shared-classes")
+        row(f"evaluate on a FER+ folder: {name}", one_line(p) if p.returncode else
+            f"exit 0; n = {json.loads((w / f'ev-{folder.name}' / 'metrics.json').read_text())['n']}")
+    # GAN hold-out with 10 faces a class
+    ten = make_folder(w / "ten", ["angry", "happy", "sad"], 10, 5, size=32)
+    p = ferkit("gan", "train", "--data", ten, "--out", w / "g10", "--iterations", "2", env=env_cache)
+    row("gan train on 10 faces a class (default --held-out 8)", one_line(p))
+    p = ferkit("gan", "train", "--data", ten, "--out", w / "g10", "--iterations", "2", "--held-out", "0",
+               "--image-size", "32", "--g-width", "8", "--d-width", "8", "--d-layers", "3", "--log-every", "1",
+               "--checkpoint-every", "2", "--no-progress", env=env_cache)
+    row("... the same with --held-out 0", f"exit {p.returncode}; samples: "
+        f"{sorted(x.name for x in (w / 'g10' / 'samples').glob('*.png')) if p.returncode == 0 else one_line(p)}")
+    # SIGKILL of synth faces --workers 2
+    cmd = [PY, "-m", "ferkit", "synth", "faces", "--out", str(w / "faces"), "--per-class", "3000", "--workers", "2",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not any(w.glob(".faces.tmp-*/*/*.png")):
+        time.sleep(0.05)
+    time.sleep(1)
+    proc.kill()
+    proc.wait()
+    time.sleep(3)
+    err = proc.stderr.read().strip().splitlines()
+    row("SIGKILL of synth faces --workers 2", f"{len(err)} line(s) on stderr afterwards"
+        + (f", e.g. {err[-1][:100]!r}" if err else ""))
+    # evaluate --detect --fallback whole: a face, two blank photos, a noise image
+    photos = w / "photos"
+    for c in ("happy", "sad", "angry"):
+        (photos / c).mkdir(parents=True)
+    shutil.copy(sample_photo(), photos / "happy" / "hopper.jpg")
+    Image.new("L", (320, 240), 128).save(photos / "sad" / "blank1.png")
+    Image.new("L", (320, 240), 200).save(photos / "sad" / "blank2.png")
+    Image.fromarray((np.random.default_rng(0).random((240, 320)) * 255).astype(np.uint8)).save(
+        photos / "angry" / "noise.png")
+    small = np.full((900, 900), 90, np.uint8)
+    small[400:520, 400:520] = np.asarray(Image.open(sample_photo()).convert("L").resize((120, 120)))
+    Image.fromarray(small).save(photos / "happy" / "small-face.png")
+    p = ferkit("evaluate", "fer2013-vgg", "--test-dir", photos, "--detect", "--fallback", "whole", "--min-face",
+               "0.3", "--shared-classes", "--out", w / "evd", "--no-progress")
+    if p.returncode == 0:
+        mj = json.loads((w / "evd" / "metrics.json").read_text())
+        with open(w / "evd" / "predictions.csv", newline="") as fh:
+            reasons = {Path(r["file"]).name: (r["face"], r["reason"][:45]) for r in csv.DictReader(fh)}
+        row("evaluate --detect --fallback whole --min-face 0.3 (a face, a small face, 2 blank photos, noise)",
+            f"detection rate {mj['detection_rate']:.2f}, fallback {mj['fallback_count']}, min_face in metrics.json "
+            f"{mj['pipeline'].get('min_face')}; {reasons}")
+    else:
+        row("evaluate --detect --fallback whole", one_line(p))
+    # small things: predict's lock, the annotated video's codec
+    p = ferkit("predict", run, val / "happy", "--no-detect", "--out", w / "plock")
+    row("files predict leaves in its output folder", f"exit {p.returncode}: "
+        f"{sorted(x.name for x in (w / 'plock').iterdir())}")
+    import cv2
+    vw = cv2.VideoWriter(str(w / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    for i in range(10):
+        vw.write(np.full((120, 160, 3), 20 * i, np.uint8))
+    vw.release()
+    p = ferkit("predict", run, w / "clip.avi", "--annotate", "--out", w / "pvid", "--no-progress")
+    try:
+        import imageio_ffmpeg
+        info = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i",
+                               str(w / "pvid" / "annotated" / "clip.mp4")], capture_output=True, text=True).stderr
+        codec = next((x.split("Video: ")[1].split(",")[0] for x in info.splitlines() if "Video: " in x), "?")
+    except ImportError:
+        codec = "(imageio-ffmpeg not installed: cannot read the codec; the cv2 writer made mp4v)"
+    row("predict --annotate on a video: the MP4's codec", f"exit {p.returncode}; {codec}; stderr lines not from "
+        f"ferkit: {[x[:60] for x in p.stderr.splitlines() if not x.startswith(('ferkit', 'note', 'warning'))][:2]}")
 
 
 if __name__ == "__main__":

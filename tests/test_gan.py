@@ -186,6 +186,26 @@ def test_gan_bad_input_is_one_clear_line(faces, tmp_path, capsys):
         assert {row["source_class"] for row in csv.DictReader(fh)} == {"angry"}
 
 
+def test_ten_faces_a_class_train_with_held_out_0_as_the_refusal_says(tmp_path, capsys):
+    """The least data a GAN trains on (10 faces a class) cannot spare a held-out face: the default
+    --held-out is refused with a line that names --held-out 0, which then trains (the sample grid
+    shows a training face of each class); --guide-views is bounded before a run folder exists."""
+    ten = make_folder(tmp_path / "ten", CLASSES, 10, seed=3, size=32)
+    assert run(["gan", "train", "--data", str(ten), "--out", str(tmp_path / "g1"), "--iterations", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hold out at most 0 (--held-out 0 trains on every face" in err[0], err
+    assert run(["gan", "train", "--data", str(ten), "--out", str(tmp_path / "g2"), "--guide", "fer2013-vgg",
+                "--guide-views", "100000"]) == 1
+    assert "guide-views must be 1 to 16" in capsys.readouterr().err and not (tmp_path / "g2").exists()
+    tiny = {**TINY, "held_out": 0, "log_every": 1, "checkpoint_every": 2, "sample_every": 2}
+    r = train_gan(GanConfig(str(ten), str(tmp_path / "g3"), iterations=2, **tiny))
+    config = json.loads((r.run_dir / "config.json").read_text())
+    assert config["held_out"] == 0 and config["held_out_files"] == [] and config["counts"] == {c: 10 for c in CLASSES}
+    from PIL import Image
+    grid = np.asarray(Image.open(r.run_dir / "samples" / "iter_000002.png"))
+    assert grid.shape == (22 + len(CLASSES) * 64, 64 * (1 + len(CLASSES)))   # one training face per class
+
+
 def test_kid_spread_is_not_zero_when_a_side_fits_in_one_subset():
     from ferkit.synth.quality import kid
     rng = np.random.default_rng(1)

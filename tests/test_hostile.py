@@ -304,3 +304,144 @@ def test_a_checkpoint_write_makes_no_temporary_file_but_ferkits_own(tmp_path):
     assert seen <= {target.name, temp_sibling(target).name}, seen
     assert load_file(target)["a"].shape == (4_000_000,)
     assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+
+
+# ----------------------------------------------------------------------------- issue 33: the last hostile inputs
+def _lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [x for x in proc.stderr.strip().splitlines() if x.strip() and not x.startswith(("note:", "warning:"))]
+
+
+def test_a_checkpoint_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    make_folder(tmp_path / "val", ["happy", "sad"], 2, size=32)
+    for argv in (["evaluate", fifo, "--test-dir", tmp_path / "val", "--out", tmp_path / "ev"],
+                 ["predict", fifo, tmp_path / "val", "--out", tmp_path / "p"],
+                 ["calibrate", fifo, "--temperature", "2"]):
+        proc = _ferkit(*argv, timeout=60)                  # a hang fails here (TimeoutExpired), not the suite
+        lines = _lines(proc)
+        assert proc.returncode == 1 and len(lines) == 1 and "not a regular file (a FIFO" in lines[0], proc.stderr
+    assert not (tmp_path / "ev").exists() and not (tmp_path / "p").exists()
+
+
+def test_a_catastrophic_group_by_regex_stops_within_its_time_limit():
+    from ferkit.errors import FerkitError
+    from ferkit.experiments.folds import GROUP_BY_SECONDS, image_groups
+
+    names = ["a" * 40 + ".png", "b" * 40 + ".png"]
+    t0 = time.perf_counter()
+    try:
+        image_groups(names, "^(a+)+$")       # Python's re: minutes for one name of 40 a's
+        raise AssertionError("expected a FerkitError")
+    except FerkitError as exc:
+        assert "took more than" in str(exc) and "nested repetition" in str(exc)
+    assert time.perf_counter() - t0 < GROUP_BY_SECONDS + 10   # (margin for a busy machine; minutes before)
+    assert image_groups(["S01_a.png", "S02_b.png"], r"^(S\d+)_") == ["S01", "S02"]   # ordinary patterns unchanged
+
+
+def test_ctrl_c_stops_a_backtracking_group_by_at_once(tmp_path):
+    code = ("import sys, time\nfrom ferkit.experiments.folds import _match_groups\nprint('ready', flush=True)\n"
+            "_match_groups('^(a+)+$', ['a' * 40 + '.png'], seconds=300)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(1.0)                                        # the child is backtracking now
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.perf_counter() - t0 < 10 and "KeyboardInterrupt" in err   # not the 300 s it was given
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert children == []                                  # the matching child was killed with it
+
+
+def test_degenerate_images_are_not_padded_for_the_detector_retry():
+    """A 100000x1 strip: its padded, upscaled retry copy asked OpenCV for 153 GB."""
+    from ferkit.predict.detect import FaceDetector, find_faces
+
+    det = FaceDetector()
+    for shape in ((1, 100000), (100000, 1), (8, 8), (30, 2000)):
+        t0 = time.perf_counter()
+        assert find_faces(det, np.full(shape, 128, np.uint8)) == []
+        assert time.perf_counter() - t0 < 5, shape
+
+
+def test_manifests_with_a_bom_and_label_csv_rows_outside_their_folder(tmp_path):
+    from ferkit.data import scan_source
+    from ferkit.errors import FerkitError
+
+    make_folder(tmp_path / "faces", ["happy", "sad"], 2, size=32)
+    rows = [f"faces/{c}/{c}_{i:03d}.png,{c}" for c in ("happy", "sad") for i in range(2)]
+    (tmp_path / "m.csv").write_bytes("\ufeffpath,class\n".encode() + "\n".join(rows).encode() + b"\n")
+    assert scan_source(tmp_path / "m.csv").labels == ["happy", "happy", "sad", "sad"]   # BOM: header still read
+    ferplus = tmp_path / "ferplus" / "train"
+    ferplus.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((48, 48), 60 * i, np.uint8)).save(ferplus / f"f{i}.png")
+    (tmp_path / "ferplus" / "test").mkdir()
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(tmp_path / "ferplus" / "test" / "t.png")
+    votes = ",\"(0, 0, 48, 48)\",10,0,0,0,0,0,0,0,0,0"
+    cases = {"bom": (["f0.png", "f1.png"], None),
+             "outside": (["f0.png", "../test/t.png"], "lies outside"),
+             "absolute": (["f0.png", str(tmp_path / "ferplus" / "test" / "t.png")], "lies outside"),
+             "duplicate": (["f0.png", "f1.png", "f0.png"], "is listed twice (first in row 1)")}
+    for name, (files, message) in cases.items():
+        (ferplus / "label.csv").write_bytes("\ufeff".encode() + "".join(f + votes + "\n" for f in files).encode())
+        if message is None:
+            assert [Path(f).name for f in scan_source(ferplus).files] == files
+        else:
+            try:
+                scan_source(ferplus)
+                raise AssertionError(name)
+            except FerkitError as exc:
+                assert message in str(exc) and "\n" not in str(exc), (name, exc)
+
+
+def test_values_without_a_sane_bound_are_refused_in_one_line(tmp_path, tiny_splits):
+    train_dir, val_dir = tiny_splits
+    base = ["train", "--train-dir", train_dir, "--val-dir", val_dir, "--arch", "tiny", "--image-size", "32"]
+    cases = {
+        "warmup": ([*base, "--out", tmp_path / "w", "--schedule", "cosine", "--warmup-epochs", "1e308"],
+                   "warmup-epochs (1e+308) must be at most epochs"),
+        "oversample": ([*base, "--out", tmp_path / "o", "--oversample", "happy=100000000"],
+                       "--oversample happy=100000000: at most 100 extra copies"),
+        "predict_empty": (["predict", "", "--no-detect", "--out", tmp_path / "p"], "an input is an empty path"),
+        "predict_empty_2": (["predict", "fer2013-vgg", val_dir, "", "--out", tmp_path / "p"],
+                            "an input is an empty path"),
+    }
+    for name, (argv, message) in cases.items():
+        proc = _ferkit(*argv, timeout=120)
+        lines = _lines(proc)
+        assert proc.returncode == 1 and len(lines) == 1 and message in lines[0], (name, proc.stderr)
+    for name in ("w", "o", "p"):
+        assert not (tmp_path / name).exists(), name
+
+
+def test_out_of_memory_hints_name_the_options_of_the_command():
+    from ferkit.failures import out_of_memory_line
+
+    oom = MemoryError()
+    assert "--oversample" in out_of_memory_line(oom, "train")
+    gan = out_of_memory_line(oom, "gan train")
+    assert "--per-class" not in gan and "--guide-views" in gan
+    assert "--per-class" in out_of_memory_line(oom, "gan evaluate") and "--per-class" in out_of_memory_line(
+        oom, "synth faces")
+
+
+def test_synth_workers_die_quietly_with_a_killed_parent(tmp_path):
+    out = tmp_path / "faces"
+    proc = subprocess.Popen([sys.executable, "-m", "ferkit", "synth", "faces", "--out", str(out), "--per-class",
+                             "3000", "--workers", "2", "--no-progress"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and not any(tmp_path.glob(".faces.tmp-*/*/*.png")):
+        time.sleep(0.05)
+    time.sleep(0.5)                                        # the workers are rendering and sending faces back
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    proc.kill()
+    proc.wait()
+    time.sleep(2)                                          # long enough for a worker to print its traceback
+    err = proc.stderr.read()
+    assert "Traceback" not in err and "leaked" not in err and len(err.strip().splitlines()) == 0, err
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+             and "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+    assert alive == []

@@ -180,7 +180,7 @@ def test_csv_json_schema_summary_and_annotated_images(trained, tmp_path, capsys)
     assert set(data[0]) == {"source", "frame", "time_s", "track", "box", "label", "confidence", "probabilities",
                             "detector_score", "keypoints", "yaw", "pitch", "roll", "landmarks"}
     assert data[0]["frame"] is None and len(data[0]["box"]) == 4 and list(data[0]["probabilities"]) == list(CLASSES)
-    assert [p.name for p in (tmp_path / "j").glob(".*")] == [".ferkit.lock"]  # the partial JSON-lines file is gone
+    assert [p.name for p in (tmp_path / "j").glob(".*")] == []  # the partial JSON-lines file and the lock are gone
     capsys.readouterr()
 
     assert run(["predict", str(trained / "run"), str(photos), "--out", "-", "--format", "json", "--no-progress"]) == 0
@@ -204,12 +204,51 @@ def test_video_frames_times_every_and_annotated_video(trained, tmp_path, capsys)
     ok, frame = cap.read()
     assert ok and frame.shape == (360, 480, 3)
     cap.release()
+    from ferkit.predict.video_writer import h264_encoder
+    assert _video_codec(tmp_path / "v" / "annotated" / "clip.mp4") == ("h264" if h264_encoder() else "mpeg4")
     # --no-detect: every processed frame is one face
     assert run(["predict", str(trained / "run"), str(video), "--out", str(tmp_path / "n"), "--every", "5",
                 "--no-detect", "--no-progress"]) == 0
     rows = read_rows(tmp_path / "n" / "predictions.csv")
     assert [(r["frame"], r["w"], r["h"]) for r in rows] == [("0", "480", "360"), ("5", "480", "360"),
                                                             ("10", "480", "360")]
+
+
+def _video_codec(path: Path) -> str:
+    """The codec of a video file's first video stream as ffmpeg names it (h264, mpeg4 ...), read by
+    imageio-ffmpeg's ffmpeg binary (the video extra; part of the test extra)."""
+    import re
+    import subprocess
+
+    ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+    err = subprocess.run([ffmpeg, "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+    found = re.search(r"Stream #\S+.*?: Video: (\w+)", err)
+    assert found, err
+    return found.group(1)
+
+
+def test_annotated_video_is_h264_with_the_extra_and_mp4v_without(tmp_path, monkeypatch):
+    """Browsers play H.264 MP4, not OpenCV's MPEG-4 Part 2; without imageio-ffmpeg (or when its
+    encoder cannot start) the cv2 writer is the fallback."""
+    import cv2
+
+    from ferkit.predict import video_writer
+
+    frames = [np.full((61, 81, 3), 20 * i, np.uint8) for i in range(6)]   # odd sizes: padded to even for H.264
+
+    def write(path: Path):
+        w = video_writer.open_video_writer(path, 10.0, (81, 61))
+        for f in frames:
+            w.write(f)
+        w.release()
+        cap = cv2.VideoCapture(str(path))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        cap.release()
+        return _video_codec(path), n
+    pytest.importorskip("imageio_ffmpeg")
+    assert write(tmp_path / "a.mp4") == ("h264", 6)
+    monkeypatch.setattr(video_writer, "h264_encoder", lambda: None)
+    assert write(tmp_path / "b.mp4") == ("mpeg4", 6)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -313,6 +313,34 @@ def test_evaluate_detect_counts_photos_without_a_face_as_wrong(model, tmp_path, 
         assert (tmp_path / "ev" / name).is_file()
 
 
+def test_evaluate_detect_keeps_fallback_guesses_out_of_the_detection_rate_and_says_why(model, tmp_path, capsys):
+    """--fallback whole classifies a faceless photo whole: an answer, but not a face the detector
+    found. A missed face says why (here: smaller than --min-face), and metrics.json records min_face."""
+    import cv2
+
+    for c in CLASSES:
+        (tmp_path / "photos" / c).mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "photos" / "angry" / "face.jpg"),
+                _paste(np.full((300, 300, 3), 90, np.uint8), _face(200), 50, 30))
+    cv2.imwrite(str(tmp_path / "photos" / "happy" / "small.jpg"),       # a 120 px face in 600 px: below 0.3
+                _paste(np.full((600, 600, 3), 90, np.uint8), _face(120), 240, 200))
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "photos" / "sad" / "noise.png"), (rng.random((200, 200)) * 255).astype(np.uint8))
+    assert run(["evaluate", str(model), "--test-dir", str(tmp_path / "photos"), "--detect", "--fallback", "whole",
+                "--min-face", "0.3", "--out", str(tmp_path / "ev"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    rows = {Path(r["file"]).name: r for r in read_rows(tmp_path / "ev" / "predictions.csv")}
+    assert [rows[n]["face"] for n in ("face.jpg", "small.jpg", "noise.png")] == ["detected", "whole", "whole"]
+    assert metrics["detection_rate"] == pytest.approx(1 / 3) and metrics["fallback_count"] == 2
+    assert metrics["pipeline"]["min_face"] == 0.3 and metrics["pipeline"]["fallback"] == "whole"
+    assert "below --min-face 0.3" in rows["small.jpg"]["reason"] and rows["face.jpg"]["reason"] == ""
+    assert rows["noise.png"]["reason"].startswith("no face found")
+    assert metrics["no_face_reasons"][str(tmp_path / "photos" / "happy" / "small.jpg")] == rows["small.jpg"]["reason"]
+    assert sum(map(sum, metrics["confusion_matrix_detected"])) == 1     # the detected face only
+    assert "classified whole (--fallback whole, no face found): 2" in out
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_a_video_whose_frames_change_size_is_one_clear_line(model, tmp_path, capfd, monkeypatch):
     import cv2

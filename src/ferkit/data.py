@@ -257,7 +257,7 @@ def find_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
 
 def _read_manifest(path: Path) -> Source:
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise FerkitError(f"cannot read manifest {path}: {exc}") from None
@@ -287,11 +287,12 @@ def _read_ferplus(root: Path) -> Source:
     box, then 10 vote counts). Every row is checked; a bad one is one FerkitError naming file and row."""
     path = root / "label.csv"
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise FerkitError(f"cannot read {path}: {exc}") from None
     files, votes = [], []
+    seen: dict[str, int] = {}
     for i, row in enumerate(rows, start=1):
         if not row or not any(cell.strip() for cell in row):
             continue
@@ -299,7 +300,17 @@ def _read_ferplus(root: Path) -> Source:
             raise FerkitError(f"{path} row {i}: expected 12 columns (file name, face box, 10 vote counts), "
                               f"got {len(row)}")
         counts = check_votes(row[2:], f"{path} row {i}", f"face {row[0]}")
-        f = root / row[0].strip()
+        name = row[0].strip()
+        f = root / name
+        # label.csv names the images of its own folder: a row reaching elsewhere (../test/x.png, an
+        # absolute path, a link out) would mix another split's faces into this one
+        if Path(os.path.realpath(root)) not in Path(os.path.realpath(f)).parents:
+            raise FerkitError(f"{path} row {i}: image {name} lies outside {root}; label.csv may only name "
+                              "images of its own folder")
+        if name in seen:   # the same face twice would count its votes twice: refused, not guessed at
+            raise FerkitError(f"{path} row {i}: image {name} is listed twice (first in row {seen[name]}); "
+                              "each image may have one row")
+        seen[name] = i
         if not f.is_file():
             raise FerkitError(f"{path} row {i}: image {f} does not exist")
         files.append(f)
@@ -449,7 +460,12 @@ class ImageSet:
                                   + (" (by the majority protocol)" if self.majority is not None else ""))
             idx += [faces] * n
         idx = np.concatenate(idx)
-        targets, majority, domain = (None if a is None else a[idx] for a in (self.targets, self.majority, self.domain))
+        from .failures import check_fits  # the copies are real arrays: refuse what cannot fit, naming why
+
+        check_fits(len(idx) * self.images[:1].nbytes, f"--oversample ({len(idx)} faces after copying)",
+                   "--oversample sets it: ask for fewer copies")
+        targets, majority, domain = (None if a is None else a[idx]
+                                     for a in (self.targets, self.majority, self.domain))
         return ImageSet(self.images[idx], self.labels[idx], [self.paths[i] for i in idx], self.classes,
                         list(self.skipped), targets, self.protocol, majority, domain, self.domain_weights)
 

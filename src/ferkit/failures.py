@@ -102,9 +102,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 #: What sets the size of the big allocations of each command.
 _MEMORY_HINTS = {
-    "train": "--batch-size, --image-size and the model's size (--arch, --model-arg) set it",
+    "train": "--batch-size, --image-size, --oversample and the model's size (--arch, --model-arg) set it",
     "study": "--batch-size, --image-size, --jobs and the model's size set it",
-    "gan": "--batch-size, --image-size, --g-width, --d-width and --per-class set it",
+    "gan train": "--batch-size, --image-size, --g-width, --d-width, --guide-views and the data's size set it",
+    "gan evaluate": "--per-class and the model's size set it",
     "evaluate": "--batch-size and the test data's size set it",
     "predict": "--batch-size and the size of the images and videos set it",
     "synth": "--per-class, --size, --workers and --batch-size set it",
@@ -123,7 +124,9 @@ def out_of_memory_line(exc: BaseException, command: str | None) -> str:
         parts.append(f"an allocation of {asked.group(1)} failed")
     if total:
         parts.append(f"this machine has {human_bytes(total)}")
-    hint = _MEMORY_HINTS.get(command or "", "the sizes given to this command set it")
+    command = command or ""   # "gan train", else the first word: "synth faces" -> "synth"
+    hint = _MEMORY_HINTS.get(command) or _MEMORY_HINTS.get(command.split(" ")[0],
+                                                            "the sizes given to this command set it")
     return f"{parts[0]}{' (' + '; '.join(parts[1:]) + ')' if len(parts) > 1 else ''}: {hint}"
 
 

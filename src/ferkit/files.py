@@ -170,6 +170,19 @@ def _resolved(path) -> Path:
         return Path(os.path.abspath(path))
 
 
+def refuse_non_regular(path, what: str = "file") -> None:
+    """One line for a path that exists but is not a regular file or folder (a FIFO, socket or
+    device): opening one can block forever (a FIFO waits for a writer), so it is never opened."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return                                  # missing or unreadable: the caller says which
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise FerkitError(f"{what} {path} is not a regular file (a FIFO, socket or device); not read")
+
+
 def is_within(path, folder) -> bool:
     """Is ``path`` the same as ``folder`` or inside it (symlinks resolved)?"""
     p, f = _resolved(path), _resolved(folder)
@@ -349,32 +362,43 @@ class OutputLock:
 
     The lock is an OS advisory lock (``flock``) on ``LOCK_NAME`` inside a folder, or on a hidden
     ``.<name>.lock`` beside a file. The OS releases it when its process dies, so a lock left by a
-    killed process is simply taken over. A lock file inside a folder stays (removing it would race);
-    one beside an output is removed on release, so a dataset leaves nothing next to it.
+    killed process is simply taken over. A lock file inside a run folder stays; one beside an output,
+    or inside a folder locked with ``tidy`` (predict's output folder), is removed on release, so the
+    output holds only what the command wrote. Such a lock checks, once it holds the file, that the
+    file is still the one under the name (a holder may have removed it meanwhile) and otherwise
+    locks again.
     """
 
-    def __init__(self, target: str | os.PathLike, what: str = "output", beside: bool = False, wait: bool = False):
+    def __init__(self, target: str | os.PathLike, what: str = "output", beside: bool = False, wait: bool = False,
+                 tidy: bool = False):
         target = Path(target)
         self.wait = wait   # block until the holder is done instead of stopping (for short, shared steps)
         inside = target.is_dir() and not beside   # beside: for a folder that is replaced whole when done
         self.path = target / LOCK_NAME if inside else target.with_name(f".{target.name}.lock")
         self.target, self.what, self._fh = target, what, None
+        # tidy: the lock file inside the folder is removed on release too (predict's output folder);
+        # acquire then checks that the file it locked is still the one under the name
+        self.tidy = tidy or not inside
 
     def acquire(self) -> OutputLock:
         import fcntl
 
-        try:
-            fh = open(self.path, "a+")
-        except OSError as exc:
-            raise FerkitError(f"cannot lock {self.what} {self.target}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise FerkitError(f"{self.what} {self.target} is being written by another ferkit process ({holder}); "
-                              "wait for it to finish, or choose another output") from None
+        while True:
+            try:
+                fh = open(self.path, "a+")
+            except OSError as exc:
+                raise FerkitError(f"cannot lock {self.what} {self.target}: {exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                fh.close()
+                raise FerkitError(f"{self.what} {self.target} is being written by another ferkit process ({holder}); "
+                                  "wait for it to finish, or choose another output") from None
+            if not self.tidy or self._still_named(fh):
+                break
+            fh.close()        # its holder removed the file as we locked it: lock the one under the name now
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}\n")
@@ -384,10 +408,16 @@ class OutputLock:
 
     def release(self) -> None:
         if self._fh is not None:
-            if self.path.parent != self.target:   # a lock beside an output leaves nothing behind
+            if self.tidy:     # a lock beside an output (or a tidy one) leaves nothing behind
                 self.path.unlink(missing_ok=True)
             self._fh.close()          # closing the file releases the flock
             self._fh = None
+
+    def _still_named(self, fh) -> bool:
+        try:
+            return os.path.samestat(os.fstat(fh.fileno()), os.stat(self.path))
+        except OSError:
+            return False
 
     def __enter__(self) -> OutputLock:
         return self.acquire() if self._fh is None else self
@@ -397,7 +427,8 @@ class OutputLock:
 
 
 def output_lock(target: str | os.PathLike, what: str = "output", beside: bool = False,
-                wait: bool = False) -> OutputLock:
+                wait: bool = False, tidy: bool = False) -> OutputLock:
     """``with output_lock(path):`` hold :class:`OutputLock` on ``path`` (a folder or a file); ``wait``
-    blocks until another holder releases it instead of stopping with one line."""
-    return OutputLock(target, what, beside, wait)
+    blocks until another holder releases it instead of stopping with one line; ``tidy`` removes the
+    lock file inside a folder on release (an output folder that is not a run folder)."""
+    return OutputLock(target, what, beside, wait, tidy)

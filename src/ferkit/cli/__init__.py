@@ -53,7 +53,8 @@ def run(argv: list[str] | None, parser: argparse.ArgumentParser | None = None) -
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return report_errors(lambda: args.func(args), command=args.command)
+    sub = getattr(args, "gan_command", None) or getattr(args, "synth_command", None)   # "gan train", "synth faces"
+    return report_errors(lambda: args.func(args), command=f"{args.command} {sub}" if sub else args.command)
 
 
 def report_errors(fn, prog: str = "ferkit", command: str | None = None) -> int:

@@ -136,7 +136,8 @@ GAN_OPTIONS = {
     "d_width": "discriminator base width",
     "d_layers": "discriminator stride-2 layers",
     "flip": "random horizontal flips of the real faces",
-    "held_out": "real faces kept out of training and shown in the sample grids",
+    "held_out": "real faces kept out of training and shown in the sample grids (0: none; the grids then show "
+                "training faces)",
     "log_every": "iterations per history row",
     "sample_every": "iterations per sample grid (samples/iter_NNNNNN.png)",
     "checkpoint_every": "iterations per saved state and generator.safetensors (a multiple of --log-every)",

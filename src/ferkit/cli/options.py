@@ -94,7 +94,7 @@ def config_option(group, f, text: str, shown: str) -> None:
                "precision": PRECISIONS, "labels": LABEL_MODES}.get(f.name)
     if f.type == "bool":
         group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-    elif f.name in ("seed", "patience"):
+    elif f.name in ("seed", "patience", "held_out"):
         group.add_argument(flag, type=random_seed if f.name == "seed" else nonneg_int, default=None,
                            help=text)
     else:

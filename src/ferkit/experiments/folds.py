@@ -33,7 +33,7 @@ import numpy as np
 
 from ..data import ImageSet, load_dataset
 from ..errors import FerkitError
-from ..files import atomic_path, csv_uncell, csv_writer, make_dir
+from ..files import atomic_path, csv_uncell, csv_writer, make_dir, refuse_non_regular
 
 #: Columns of the fold manifests (readable as training data: path and class, plus the group).
 FOLD_MANIFEST_FIELDS = ("path", "class", "source", "group")
@@ -96,11 +96,55 @@ def _manifest_columns(source) -> tuple[list[str], list[dict]] | None:
     if not (path.is_file() and path.suffix.lower() == ".csv"):
         return None
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = [{k: csv_uncell(v) for k, v in r.items()} for r in csv.DictReader(fh)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise FerkitError(f"cannot read manifest {path}: {exc}") from None
     return (list(rows[0]) if rows else []), rows
+
+
+#: Seconds that matching --group-by against all the file names may take. A pattern with nested
+#: repetition (``^(a+)+$`` on a name of 40 a's) backtracks exponentially in Python's ``re``, which
+#: neither stops nor hears Ctrl-C while it runs; so the matching runs in a child process, stopped at
+#: this limit (or at Ctrl-C). Ordinary patterns match 100,000 names in well under a second.
+GROUP_BY_SECONDS = 5.0
+
+_MATCH_NAMES = ("import json, re, sys\n"
+                "job = json.load(sys.stdin)\n"
+                "rx = re.compile(job['pattern'])\n"
+                "out = []\n"
+                "for name in job['names']:\n"
+                "    m = rx.search(name)\n"
+                "    out.append('' if m is None else (m.group(1) if rx.groups else m.group(0)) or '')\n"
+                "json.dump(out, sys.stdout)\n")
+
+
+def _match_groups(pattern: str, names: list[str], seconds: float = GROUP_BY_SECONDS) -> list[str]:
+    """The first capture group (or the whole match; "" for none) of ``pattern`` in each name,
+    computed in a child process that is killed after ``seconds`` or on Ctrl-C."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-I", "-c", _MATCH_NAMES], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, encoding="utf-8")
+    try:
+        out, _ = proc.communicate(json.dumps({"pattern": pattern, "names": names}), timeout=seconds)
+    except subprocess.TimeoutExpired:
+        raise FerkitError(f"--group-by '{pattern}' took more than {seconds:g} s to match {len(names)} file names "
+                          "and was stopped: a pattern with nested repetition such as (a+)+ backtracks "
+                          "exponentially; write it without (e.g. '^(S\\d+)_')") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    try:
+        groups = json.loads(out) if proc.returncode == 0 else None
+    except ValueError:
+        groups = None
+    if not isinstance(groups, list) or len(groups) != len(names):
+        raise FerkitError(f"--group-by '{pattern}': matching the file names failed (exit {proc.returncode})")
+    return groups
 
 
 def image_groups(paths: list[str], group_by: str, source=None) -> list[str]:
@@ -127,14 +171,11 @@ def image_groups(paths: list[str], group_by: str, source=None) -> list[str]:
         what = f"column {group_by}"
     else:
         try:
-            rx = re.compile(group_by)
+            re.compile(group_by)   # its error, in one line; matching runs in a child (_match_groups)
         except re.error as exc:
             what = f"neither a column of {source} nor" if manifest is not None else "not"
             raise FerkitError(f"--group-by '{group_by}' is {what} a valid regular expression ({exc})") from None
-        groups = []
-        for p in paths:
-            m = rx.search(Path(p).name)
-            groups.append("" if m is None else (m.group(1) if rx.groups else m.group(0)) or "")
+        groups = _match_groups(group_by, [Path(p).name for p in paths])
         unmatched = [p for p, g in zip(paths, groups) if not g]
         if len(unmatched) == len(paths):
             raise FerkitError(f"--group-by '{group_by}' matches no file name (e.g. {Path(paths[0]).name}); give a "
@@ -152,8 +193,9 @@ def image_groups(paths: list[str], group_by: str, source=None) -> list[str]:
 
 
 def _read_assignment(path: Path) -> dict[str, int]:
+    refuse_non_regular(path, "--folds")
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise FerkitError(f"cannot read --folds {path}: {exc}") from None

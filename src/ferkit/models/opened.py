@@ -35,7 +35,7 @@ from ..bundled import BUNDLED, bundled_names, resolve_model_path
 from ..choices import PRECISIONS, check_choice, check_device_name
 from ..console import log
 from ..errors import FerkitError
-from ..files import file_sha256
+from ..files import file_sha256, refuse_non_regular
 from ..runtime import forward_logits, fuse_for_inference, require_finite, resolve_precision, select_device, tta_logits
 from .record import (
     CheckpointRecord,
@@ -74,6 +74,7 @@ def model_file(name_or_path=None, kind: str = "classifier") -> Path:
             raise kind_mismatch(BUNDLED[name_or_path].kind, kind, f"bundled model {name_or_path}")
     p = resolve_model_path(name_or_path)
     if _is_onnx(p):
+        refuse_non_regular(p, "ONNX model")
         if not p.is_file():
             raise FerkitError(f"ONNX model {p} does not exist")
         return p

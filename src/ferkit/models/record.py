@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import FerkitError
-from ..files import write_safetensors
+from ..files import refuse_non_regular, write_safetensors
 from .registry import create_model
 
 FORMAT_VERSION = 2
@@ -157,14 +157,21 @@ class CheckpointRecord:
             raise FerkitError(f"{where}: {exc}") from None
 
 
+#: The temperatures a checkpoint may carry (a fitted one lies in 0.05-20). Far outside, the logits
+#: divided by it are all ~0 (every probability 1/classes, the first class always "wins") or one-hot.
+TEMPERATURE_LIMITS = (0.01, 100.0)
+
+
 def check_temperature(value, what: str = "temperature") -> float:
-    """A softmax temperature as a float; anything but a positive finite number is one clear error."""
+    """A softmax temperature as a float; anything but a finite number within
+    :data:`TEMPERATURE_LIMITS` is one clear error."""
     try:
         t = float(value)
     except (TypeError, ValueError):
         t = float("nan")
-    if isinstance(value, bool) or not math.isfinite(t) or t <= 0:
-        raise FerkitError(f"{what} must be a positive finite number (got {value!r})")
+    lo, hi = TEMPERATURE_LIMITS
+    if isinstance(value, bool) or not math.isfinite(t) or not lo <= t <= hi:
+        raise FerkitError(f"{what} must be a number from {lo:g} to {hi:g} (1 = uncalibrated; got {value!r})")
     return t
 
 
@@ -246,6 +253,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         raise FerkitError(f"{p} is a folder without best.safetensors or last.safetensors: not a ferkit run folder")
     if not p.exists():
         raise FerkitError(f"checkpoint {p} does not exist")
+    refuse_non_regular(p, "checkpoint")   # a FIFO would block the read forever
     if p.suffix.lower() in (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"):
         raise FerkitError(f"{p} is a pickled PyTorch file: ferkit never unpickles files (loading one can run any "
                           "code); it reads ferkit checkpoints (.safetensors), run folders and .onnx files")

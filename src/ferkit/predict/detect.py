@@ -171,6 +171,10 @@ def create_detector(kind: str | None = None, **args):
 
 #: Retries for an image where nothing is found: pad + upscale, then turned by these angles (degrees)
 RETRY_ANGLES = (20.0, -20.0, 40.0, -40.0)
+#: No retry for an image whose shorter side is below this (no face fits) or that is more than
+#: RETRY_MAX_ASPECT times longer than wide (a strip, not a photo); the padded copy of a retry
+#: holds at most RETRY_MAX_PIXELS (a 4000x3000 photo's is 35 MP)
+RETRY_MIN_SIDE, RETRY_MAX_ASPECT, RETRY_MAX_PIXELS = 16, 10.0, 40e6
 
 
 def find_faces(detector, gray: np.ndarray, retry: bool = True) -> list[tuple[tuple[int, int, int, int], float]]:
@@ -189,7 +193,11 @@ def find_faces(detector, gray: np.ndarray, retry: bool = True) -> list[tuple[tup
         return [(b, 0.0) for b in boxes]
     cv2 = _cv2()
     h, w = gray.shape[:2]
+    if min(h, w) < RETRY_MIN_SIDE or max(h, w) > RETRY_MAX_ASPECT * min(h, w):
+        return []   # no face fits (a 100000x1 strip: its padded, upscaled copy asked OpenCV for 153 GB)
     scale = min(4.0, max(1.0, 240.0 / min(h, w)))
+    # the padded copy is (h + 0.6 max) x (w + 0.6 max) times scale^2: kept under RETRY_MAX_PIXELS
+    scale = min(scale, (RETRY_MAX_PIXELS / ((h + 0.6 * max(h, w)) * (w + 0.6 * max(h, w)))) ** 0.5)
     min_size = max(24, round(getattr(detector, "min_face", 0.1) * min(h, w) * scale))
     pad = int(round(0.3 * max(h, w) * scale))
     work = gray if scale == 1 else cv2.resize(gray, (round(w * scale), round(h * scale)),

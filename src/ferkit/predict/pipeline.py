@@ -11,12 +11,16 @@ Example::
 
 Output folder (default ``<run folder>/eval-detect-<test folder name>``)::
 
-    metrics.json          accuracy (no face = wrong), detection rate, accuracy on the photos with a
-                          face, macro-F1, per-class report, confusion matrix (photos with a face),
-                          the photos without a face, the skipped files
+    metrics.json          accuracy (no face = wrong), detection rate (faces the detector found; a
+                          photo classified whole by ``--fallback whole`` is not one), accuracy on the
+                          photos with a detected face, the fallback's count and accuracy, macro-F1,
+                          per-class report, confusion matrix (photos with a detected face), the
+                          photos without a face and why, the skipped files, the pipeline's settings
+                          (detector, min_face, align, fallback, tta)
     report.txt            the same in words, and scikit-learn's report
-    confusion_matrix.png  counts and row-normalised (photos with a face)
-    predictions.csv       file, true, predicted (empty: no face), confidence, x, y, w, h, p_<class>...
+    confusion_matrix.png  counts and row-normalised (photos with a detected face)
+    predictions.csv       file, true, predicted (empty: no face), confidence, x, y, w, h, face (detected,
+                          whole or none), reason (why no face was found), p_<class>...
 """
 from __future__ import annotations
 
@@ -35,13 +39,16 @@ from .detect import DEFAULT_DETECTOR
 from .recognizer import Recognizer
 from .runner import check_min_face
 
+#: The smallest face side (px) the detectors look for.
+MIN_DETECTABLE = 24
+
 
 @dataclass
 class PipelineResult:
     accuracy: float             # photos whose largest face got the true label / all photos
     macro_f1: float
-    detection_rate: float       # photos with a face found
-    accuracy_detected: float    # among the photos with a face
+    detection_rate: float       # photos where the detector found a face (not the --fallback whole guesses)
+    accuracy_detected: float    # among the photos with a detected face
     n: int
     classes: tuple[str, ...]
     confusion: np.ndarray       # photos with a face; rows true, columns predicted
@@ -49,6 +56,8 @@ class PipelineResult:
     no_face: list[str]
     skipped: list[tuple[str, str]]
     out_dir: Path | None
+    fallback: int = 0                        # photos without a face classified whole (--fallback whole)
+    accuracy_fallback: float | None = None   # among those
 
     def text(self) -> str:
         """What ``ferkit evaluate --detect`` prints: the per-class report, the summary lines, where the
@@ -80,14 +89,16 @@ def evaluate_pipeline(model, test_dir, out_dir=None, shared_only: bool = False, 
     files = [source.files[i] for i in keep]
     y_true = np.array([rec.classes.index(source.labels[i]) for i in keep], np.int64)
     mask = np.array([0.0 if c in classes else -np.inf for c in rec.classes])   # predict among shared classes
-    probs, boxes, ok, skipped, no_face = _read_photos(rec, files, mask, batch_size, progress)
+    probs, boxes, ok, skipped, no_face, whole, reasons = _read_photos(rec, files, mask, batch_size, progress)
     if not ok.any():
         raise FerkitError(f"none of the {len(files)} test photos could be decoded (first: {skipped[0][0]}: "
                           f"{skipped[0][1]})" if skipped else f"{test_dir} has no photos of the model's classes")
-    files, y_true, probs = [f for f, k in zip(files, ok) if k], y_true[ok], probs[ok]
+    files, y_true, probs, whole = [f for f, k in zip(files, ok) if k], y_true[ok], probs[ok], whole[ok]
     boxes = [b for b, k in zip(boxes, ok) if k]
-    found = np.array([b is not None for b in boxes])
-    y_pred = np.where(found, np.nan_to_num(probs, nan=-1.0).argmax(1), -1)
+    reasons = [r for r, k in zip(reasons, ok) if k]
+    answered = np.array([b is not None for b in boxes])   # a detected face, or the whole photo (--fallback)
+    found = answered & ~whole                               # what the detector found
+    y_pred = np.where(answered, np.nan_to_num(probs, nan=-1.0).argmax(1), -1)
 
     # score in the space of the evaluated classes (model order); a photo without a face is -1: wrong
     order = [rec.classes.index(c) for c in rec.classes if c in classes]
@@ -95,17 +106,21 @@ def evaluate_pipeline(model, test_dir, out_dir=None, shared_only: bool = False, 
     position[order] = np.arange(len(order))
     eval_classes = tuple(rec.classes[i] for i in order)
     m = compute_metrics(position[y_true], position[y_pred], eval_classes)
+    confusion = compute_metrics(position[y_true], position[np.where(found, y_pred, -1)], eval_classes)["confusion"]
     correct = y_pred == y_true
     result = PipelineResult(m["accuracy"], m["macro_f1"], float(found.mean()),
                             float(correct[found].mean()) if found.any() else 0.0, len(files), eval_classes,
-                            m["confusion"], m["report_text"], no_face, skipped, None)
+                            confusion, m["report_text"], no_face, skipped, None, int(whole.sum()),
+                            float(correct[whole].mean()) if whole.any() else None)
     if skipped:
         log(f"note: {len(skipped)} file(s) could not be decoded and are left out (listed in metrics.json)")
     if out_dir is False:
         return result
+    settings = {"detector": detector_args.get("detector") or DEFAULT_DETECTOR,
+                "min_face": getattr(rec.detector, "min_face", detector_args.get("min_face")),
+                "align": align, "fallback": fallback, "tta": tta, "largest_face": True}
     result.out_dir = _write_reports(result, m, rec, out_dir, test_dir, files, y_true, y_pred, probs, boxes,
-                                    {"detector": detector_args.get("detector") or DEFAULT_DETECTOR, "align": align,
-                                     "fallback": fallback, "tta": tta, "largest_face": True})
+                                    whole, reasons, settings)
     return result
 
 
@@ -115,6 +130,7 @@ def _read_photos(rec, files, mask: np.ndarray, batch_size: int, progress: bool):
     probs = np.full((len(files), len(rec.classes)), np.nan, np.float32)
     boxes: list[tuple | None] = [None] * len(files)
     skipped, no_face, ok = [], [], np.zeros(len(files), bool)
+    whole, reasons = np.zeros(len(files), bool), [""] * len(files)
     chunk: list[tuple[int, np.ndarray]] = []
 
     def classify() -> None:
@@ -134,17 +150,18 @@ def _read_photos(rec, files, mask: np.ndarray, batch_size: int, progress: bool):
         prepared = rec.prepare(gray)
         if not prepared.boxes or prepared.whole:
             no_face.append(str(path))
+            whole[i], reasons[i] = prepared.whole, miss_reason(rec, gray)
         if prepared.boxes:
             boxes[i] = prepared.boxes[0]
             chunk.append((i, prepared.faces[0]))
         if len(chunk) >= batch_size:
             classify()
     classify()
-    return probs, boxes, ok, skipped, no_face
+    return probs, boxes, ok, skipped, no_face, whole, reasons
 
 
 def _write_reports(result: PipelineResult, m: dict, rec, out_dir, test_dir, files, y_true, y_pred, probs, boxes,
-                   settings: dict) -> Path:
+                   whole, reasons, settings: dict) -> Path:
     """metrics.json, report.txt, confusion_matrix.png and predictions.csv; returns their folder."""
     path = Path(getattr(rec.backend, "path", "model"))
     default = (Path(f"eval-detect-{path.stem}-{Path(test_dir).stem}") if path.parent == WEIGHTS_DIR
@@ -154,29 +171,53 @@ def _write_reports(result: PipelineResult, m: dict, rec, out_dir, test_dir, file
     write_json(out / "metrics.json", {
         "accuracy": result.accuracy, "macro_f1": result.macro_f1, "detection_rate": result.detection_rate,
         "accuracy_on_detected": result.accuracy_detected, "n": result.n, "no_face_count": len(no_face),
+        "fallback_count": result.fallback, "accuracy_on_fallback": result.accuracy_fallback,
         "classes": list(eval_classes), "model": str(path), "test_data": str(test_dir), "pipeline": settings,
         "per_class": m["report"], "confusion_matrix_detected": result.confusion.tolist(),
-        "no_face": no_face, "skipped": skipped})
+        "no_face": no_face, "no_face_reasons": {str(f): r for f, r in zip(files, reasons) if r},
+        "skipped": skipped})
     write_text(out / "report.txt", result_text(result) + f"\npipeline: {settings}\n\n{m['report_text']}")
     plot_confusion(result.confusion, eval_classes, out / "confusion_matrix.png",
                    title=f"{Path(test_dir).name}, detect + classify: accuracy {result.accuracy:.4f} "
                          f"(faces found in {result.detection_rate:.1%})")
     with atomic_path(out / "predictions.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv_writer(fh)
-        w.writerow(["file", "true", "predicted", "confidence", "x", "y", "w", "h", *[f"p_{c}" for c in rec.classes]])
-        for f, t, p, row, b in zip(files, y_true, y_pred, probs, boxes):
+        w.writerow(["file", "true", "predicted", "confidence", "x", "y", "w", "h", "face", "reason",
+                    *[f"p_{c}" for c in rec.classes]])
+        for f, t, p, row, b, is_whole, why in zip(files, y_true, y_pred, probs, boxes, whole, reasons):
             if b is None:
-                w.writerow([str(f), rec.classes[t], "", "", "", "", "", "", *[""] * len(rec.classes)])
+                w.writerow([str(f), rec.classes[t], "", "", "", "", "", "", "none", why, *[""] * len(rec.classes)])
             else:
-                w.writerow([str(f), rec.classes[t], rec.classes[p], f"{row[p]:.6f}", *b, *[f"{v:.6f}" for v in row]])
+                w.writerow([str(f), rec.classes[t], rec.classes[p], f"{row[p]:.6f}", *b,
+                            "whole" if is_whole else "detected", why, *[f"{v:.6f}" for v in row]])
     return out
+
+
+def miss_reason(rec, gray: np.ndarray) -> str:
+    """Why no face was found in ``gray``: too small an image for any face, a face smaller than
+    ``--min-face`` (searched for again without that limit), or none at all."""
+    h, w = gray.shape[:2]
+    if min(h, w) < MIN_DETECTABLE:
+        return f"image smaller than the smallest face the detector finds ({MIN_DETECTABLE} px)"
+    min_face = getattr(rec.detector, "min_face", None)
+    if min_face is not None and min_face * min(h, w) > MIN_DETECTABLE:
+        small = rec.detector.detect(gray, min_size=MIN_DETECTABLE)
+        if small:
+            side = max(max(b[2], b[3]) for b in small)
+            return (f"a face of {side} px, below --min-face {min_face:g} ({round(min_face * min(h, w))} px in "
+                    "this photo)")
+    return "no face found (also in padded, upscaled and turned copies)"
 
 
 def result_text(r: PipelineResult) -> str:
     """The summary lines ``ferkit evaluate --detect`` prints."""
     lines = [f"photos: {r.n}; a face found in {r.n - len(r.no_face)} ({r.detection_rate:.1%}); "
-             f"accuracy on those: {r.accuracy_detected:.4f}",
-             f"accuracy (no face = wrong): {r.accuracy:.4f}", f"macro_f1: {r.macro_f1:.4f}"]
+             f"accuracy on those: {r.accuracy_detected:.4f}"]
+    if r.fallback:
+        lines.append(f"classified whole (--fallback whole, no face found): {r.fallback}; accuracy on those: "
+                     f"{r.accuracy_fallback:.4f}")
+    lines += [f"accuracy (no face = wrong{', whole-photo guesses included' if r.fallback else ''}): "
+              f"{r.accuracy:.4f}", f"macro_f1: {r.macro_f1:.4f}"]
     if r.no_face:
         lines.append(f"no face found in: {', '.join(r.no_face[:10])}{' ...' if len(r.no_face) > 10 else ''}")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from .blazeface import KEYPOINT_NAMES
 from .detect import DEFAULT_DETECTOR, cv2_silenced, draw_faces
 from .recognizer import FacePrediction, Recognizer, read_color, read_gray
 from .track import DEFAULT_SMOOTH_S, FrameSizeError, FrameTracker, VideoSummary, read_frames
+from .video_writer import open_video_writer
 
 FORMATS = ("csv", "json")
 #: columns of predictions.csv after the probabilities (empty where not computed)
@@ -380,14 +381,8 @@ class _VideoStream:
             p.w.flush()
 
     def _open_writer(self, frame: np.ndarray):
-        target = self.p.ann.name(self.name + ".mp4")
-        h, w = frame.shape[:2]
-        with cv2_silenced() as cv2:
-            vw = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), float(self.fps or 25.0), (w, h))
-        if not vw.isOpened():
-            log(f"warning: cannot write annotated video {target} (no mp4v encoder?)")
-            return None
-        return vw
+        h, w = frame.shape[:2]   # H.264 with the video extra, else mp4v
+        return open_video_writer(self.p.ann.name(self.name + ".mp4"), float(self.fps or 25.0), (w, h))
 
     def close(self) -> None:
         try:
@@ -425,6 +420,9 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
         raise FerkitError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")
     if not inputs and camera is None:
         raise FerkitError("nothing to predict on: give image/video files or folders, or --camera IDX")
+    if any(not str(p).strip() for p in inputs):   # Path("") is the current folder: never read it unasked
+        raise FerkitError("an input is an empty path (''); give image/video files or folders (. for the current "
+                          "folder)")
     if annotate and out is None:
         raise FerkitError("--annotate needs an output folder (--out DIR), not stdout")
     if annotate:   # annotated copies inside an input folder would be read as photos by the next run
@@ -440,7 +438,8 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
     camera_opened = Predictor.open_camera(camera) if camera is not None else None  # fail before any work
     out_dir = None if out is None else make_dir(out)   # only once the model and inputs are good
     # one writer per output folder: a second predict on the same --out stops in one line
-    lock = None if out_dir is None else output_lock(out_dir, "output folder").acquire()
+    # (removed when done: the folder then holds the predictions and summary only)
+    lock = None if out_dir is None else output_lock(out_dir, "output folder", tidy=True).acquire()
     writer = PredictionWriter(out_dir, fmt, rec.classes, keypoints=landmarks)
     pred = Predictor(rec, writer, (out_dir / "annotated") if annotate else None, detect=detect, every=every,
                      progress=progress, smooth=smooth, summaries_dir=None if out_dir is None else out_dir / "videos")

@@ -767,8 +767,34 @@ def _render_task(task: tuple) -> dict:
     return _meta_row(rel, params, index, size, color)
 
 
+class _QuietOrphanStderr:
+    """A worker's stderr that says nothing once its parent is gone: a parent killed with SIGKILL
+    left each worker printing a BrokenPipeError traceback (~30 lines each) onto the terminal."""
+
+    def __init__(self, stream, parent: int):
+        self._stream, self._parent = stream, parent
+
+    def write(self, text):
+        return self._stream.write(text) if os.getppid() == self._parent else len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _init_worker() -> None:
+    import signal
+    import sys
+
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads only contend
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle: it stops the pool
+    sys.stderr = _QuietOrphanStderr(sys.stderr, os.getppid())
+    if sys.platform.startswith("linux"):   # and die with the parent (PR_SET_PDEATHSIG = 1)
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
 
 
 def _check_args(per_class: int, size: int, intensity) -> None:
@@ -797,6 +823,13 @@ def _run_tasks(tasks: list[tuple], workers: int | None, progress: bool, desc: st
                 bar.update()
         else:
             import multiprocessing as mp
+            import sys
+
+            # the resource tracker (started with the pool, with these -W options) would warn about
+            # "leaked semaphore objects" on the terminal after a parent killed with SIGKILL
+            quiet = "ignore:resource_tracker:UserWarning"
+            if quiet not in sys.warnoptions:
+                sys.warnoptions.append(quiet)
             # spawn, not fork: forking a process that already runs torch/OpenMP or OpenCV threads
             # can deadlock the children (seen under pytest after a training test).
             with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:

@@ -239,6 +239,10 @@ class TrainConfig(ResumableConfig, Machine):
                 raise FerkitError(f"{name.replace('_', '-')} must be 0 or positive (got {getattr(self, name)})")
         if not (math.isfinite(self.photo) and 0 <= self.photo <= 1):
             raise FerkitError(f"photo must be a probability in [0, 1] (got {self.photo})")
+        if self.warmup_epochs > self.epochs and self.warmup_epochs != RECIPES[self.recipe].get("warmup_epochs"):
+            # a warm-up longer than the run trains at a fraction of --lr throughout (1e308: at ~0); a
+            # recipe's own warm-up with a shortened --epochs is kept as it was (runs resume)
+            raise FerkitError(f"warmup-epochs ({self.warmup_epochs:g}) must be at most epochs ({self.epochs})")
         if not (math.isfinite(self.input_std) and self.input_std > 0):
             raise FerkitError(f"input-std must be positive (got {self.input_std})")
         from ..models import resolve_model_args  # checks the architecture, its arguments and the image size
@@ -340,6 +344,10 @@ def config_fields() -> list:
     return list(fields(TrainConfig))
 
 
+#: The most extra copies ``--oversample`` may ask for of one class's faces.
+MAX_OVERSAMPLE = 100
+
+
 def parse_oversample(spec: str) -> dict[str, int]:
     """``"disgusted=5,fearful=5"`` -> {class: extra copies}: canonical class names (aliases such as
     "fear" accepted), whole numbers >= 1. Raises FerkitError with the bad part named."""
@@ -352,6 +360,9 @@ def parse_oversample(spec: str) -> dict[str, int]:
         if canon is None or not count.strip().isdecimal() or int(count) < 1:
             raise FerkitError(f"--oversample: expected CLASS=N pairs with N >= 1 extra copies, e.g. "
                               f"disgusted=5,fearful=5 (got {part!r})")
+        if int(count) > MAX_OVERSAMPLE:   # each copy is held in memory: 1e8 copies asked for terabytes
+            raise FerkitError(f"--oversample {canon}={int(count)}: at most {MAX_OVERSAMPLE} extra copies of a class "
+                              "(5 already makes a rare class as frequent as a common one in FER2013)")
         if canon in out:
             raise FerkitError(f"--oversample lists class {canon!r} twice")
         out[canon] = int(count)

@@ -76,6 +76,9 @@ GUIDE_SHIFT = 0.0625
 GPU_BATCH = 64
 #: Fewer real faces per class than this cannot train an expression editor (and leave faces to sample).
 MIN_PER_CLASS = 10
+#: The most augmented views of each edit the guide may read (each is a copy of the batch; 100000
+#: filled 24 GB before the kernel stopped it)
+MAX_GUIDE_VIEWS = 16
 #: The generator's input contract: gray faces scaled to [-1, 1] (tanh's range).
 GAN_INPUT = dict(channels=1, pixel_max=255.0, mean=(0.5,), std=(0.5,))
 
@@ -144,8 +147,8 @@ class GanConfig(ResumableConfig, Machine):
             raise FerkitError("--mask and --residual are two ways to keep the input: choose one")
         if int(self.mask_warmup) < 0:
             raise FerkitError(f"mask-warmup must be 0 or positive (got {self.mask_warmup})")
-        if int(self.guide_views) < 1:
-            raise FerkitError(f"guide-views must be at least 1 (got {self.guide_views})")
+        if not 1 <= int(self.guide_views) <= MAX_GUIDE_VIEWS:   # each view is a batch in memory
+            raise FerkitError(f"guide-views must be 1 to {MAX_GUIDE_VIEWS} (got {self.guide_views})")
         if self.guide is not None and not str(self.guide).strip():
             raise FerkitError("--guide is empty: give a classifier (run folder, checkpoint or bundled name)")
         for name, needs, on in (("lambda_guide", "--guide MODEL", self.guide is not None),
@@ -207,7 +210,9 @@ def split_held_out(data: ImageSet, n: int, seed: int) -> tuple[np.ndarray, np.nd
         if len(faces) - taken < MIN_PER_CLASS:
             raise FerkitError(f"--held-out {n} is too many for this data: {data.classes[c]} has {len(faces)} faces "
                               f"and would keep {max(len(faces) - taken, 0)} to train on (at least {MIN_PER_CLASS} "
-                              f"needed); hold out at most {max_held_out(data)}")
+                              f"needed); hold out at most {max_held_out(data)}"
+                              + (" (--held-out 0 trains on every face; the sample grids then show training faces)"
+                                 if max_held_out(data) == 0 else ""))
     held = [per_class[i % len(per_class)][i // len(per_class)] for i in range(n)]
     mask = np.ones(len(data), bool)
     mask[held] = False
@@ -582,6 +587,9 @@ def _train_gan_in(folder: RunFolder, cfg: GanConfig, overwrite: bool, data, dist
     dist.barrier()
     check_world(saved, dist, folder.path)
     train_idx, held = split_held_out(data, cfg.held_out, cfg.seed)
+    # the sample grids' rows: the held-out faces, or with --held-out 0 the first training face of each class
+    shown = held if len(held) else np.asarray([train_idx[np.flatnonzero(data.labels[train_idx] == c)[0]]
+                                               for c in range(len(cfg.classes))], np.int64)
     images = torch.from_numpy(data.images[train_idx]).to(device)
     labels = torch.from_numpy(data.labels[train_idx]).to(device)
     tr = GanTrainer(cfg, len(cfg.classes), device, dist, guide)
@@ -636,7 +644,7 @@ def _train_gan_in(folder: RunFolder, cfg: GanConfig, overwrite: bool, data, dist
                     log(_history_line(row, cfg.iterations))
             if dist.main and (tr.iteration % cfg.sample_every == 0 or tr.iteration == cfg.iterations):
                 write_png(folder.path / "samples" / f"iter_{tr.iteration:06d}.png",
-                           sample_grid(tr.G, data.images[held], data.labels[held], cfg.classes, tr.spec, device))
+                           sample_grid(tr.G, data.images[shown], data.labels[shown], cfg.classes, tr.spec, device))
             if tr.iteration % cfg.checkpoint_every == 0 or tr.iteration == cfg.iterations:
                 save()
     except KeyboardInterrupt:
