@@ -424,7 +424,7 @@ def test_generator_bad_input_is_one_clear_line(lab, tmp_path, capsys):
         assert len(err) == 1 and first in err[0] and message in err[0] and "Traceback" not in err[0], (argv, err)
     for name in ("g1", "g2", "g3", "g4", "g5", "g6", "g8", "g9", "q"):
         assert not (tmp_path / name).exists(), name
-    with pytest.raises(FerkitError, match="guide-views must be at least 1"):
+    with pytest.raises(FerkitError, match="guide-views must be 1 to 16"):
         GanConfig(faces, str(tmp_path / "g7"), guide=str(lab["guide"]), guide_views=0)
     # the bundling script: a classifier, or a run without a generator yet, is one line and writes nothing
     for bad, message in ((lab["judge"], "is a classifier run"), (tmp_path / "nowhere", "does not exist")):
