@@ -263,3 +263,29 @@ def test_tiles_stay_few_whatever_the_photo_and_tiny_images_find_nothing(monkeypa
         assert det.detect_faces(np.zeros(shape, np.uint8)) == []
         assert 0 < sum(seen) <= 25, (shape, seen)
     assert det.detect_faces(np.zeros((0, 0), np.uint8)) == [] and det.detect_faces(np.zeros((4, 900), np.uint8)) == []
+
+
+def test_blazeface_retries_skip_images_no_face_fits(monkeypatch):
+    """The padded, turned retries are not made for a strip (100000x1) or a copy over the pixel cap."""
+    import numpy as np
+
+    from ferkit.predict import detect
+
+    made = []
+
+    class Detector:
+        def detect_faces(self, gray, **kw):
+            made.append(gray.shape)
+            return []
+
+    for shape in ((1, 100000), (20, 5000)):
+        assert detect.locate_faces(Detector(), np.zeros(shape, np.uint8)) == []
+    assert made == [(1, 100000), (20, 5000)]          # the first look only, no padded copies
+    monkeypatch.setattr(detect, "RETRY_MAX_PIXELS", 1e4)
+    made.clear()
+    assert detect.locate_faces(Detector(), np.zeros((100, 100), np.uint8)) == []
+    assert made == [(100, 100)]
+    monkeypatch.setattr(detect, "RETRY_MAX_PIXELS", 40e6)
+    made.clear()
+    detect.locate_faces(Detector(), np.zeros((100, 100), np.uint8))
+    assert len(made) > 1                                # an ordinary photo does get its retries

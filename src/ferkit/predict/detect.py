@@ -177,6 +177,12 @@ RETRY_ANGLES = (20.0, -20.0, 40.0, -40.0)
 RETRY_MIN_SIDE, RETRY_MAX_ASPECT, RETRY_MAX_PIXELS = 16, 10.0, 40e6
 
 
+def _worth_a_retry(h: int, w: int) -> bool:
+    """Can a face fit in an h x w image at all? (A 100000x1 strip cannot: its padded, upscaled copy
+    once asked OpenCV for 153 GB.)"""
+    return min(h, w) >= RETRY_MIN_SIDE and max(h, w) <= RETRY_MAX_ASPECT * min(h, w)
+
+
 def find_faces(detector, gray: np.ndarray, retry: bool = True) -> list[tuple[tuple[int, int, int, int], float]]:
     """(box, roll) of each face in ``gray``: roll is 0 for a face found upright, else the angle
     (degrees, see :mod:`ferkit.predict.align`) at which a turned copy of the image showed it.
@@ -193,8 +199,8 @@ def find_faces(detector, gray: np.ndarray, retry: bool = True) -> list[tuple[tup
         return [(b, 0.0) for b in boxes]
     cv2 = _cv2()
     h, w = gray.shape[:2]
-    if min(h, w) < RETRY_MIN_SIDE or max(h, w) > RETRY_MAX_ASPECT * min(h, w):
-        return []   # no face fits (a 100000x1 strip: its padded, upscaled copy asked OpenCV for 153 GB)
+    if not _worth_a_retry(h, w):
+        return []
     scale = min(4.0, max(1.0, 240.0 / min(h, w)))
     # the padded copy is (h + 0.6 max) x (w + 0.6 max) times scale^2: kept under RETRY_MAX_PIXELS
     scale = min(scale, (RETRY_MAX_PIXELS / ((h + 0.6 * max(h, w)) * (w + 0.6 * max(h, w)))) ** 0.5)
@@ -265,6 +271,8 @@ def locate_faces(detector, gray: np.ndarray, retry: bool = True) -> list[FoundFa
 
     cv2 = _cv2()
     h, w = gray.shape[:2]
+    if not _worth_a_retry(h, w) or (h + 0.5 * max(h, w)) * (w + 0.5 * max(h, w)) > RETRY_MAX_PIXELS:
+        return found   # Haar's bounds; its padded copy is not scaled down, so a huge one is not made
     min_size = max(24, round(getattr(detector, "min_face", 0.1) * min(h, w)))
     pad = int(round(0.25 * max(h, w)))
     work = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
