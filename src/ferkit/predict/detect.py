@@ -177,6 +177,18 @@ RETRY_ANGLES = (20.0, -20.0, 40.0, -40.0)
 RETRY_MIN_SIDE, RETRY_MAX_ASPECT, RETRY_MAX_PIXELS = 16, 10.0, 40e6
 
 
+def _turned_copies(work: np.ndarray, angles):
+    """(angle, centre, ``work`` turned by angle about its centre, borders replicated) for the upright
+    image and then each of ``angles``: the retries of both kinds of detector."""
+    cv2 = _cv2()
+    H, W = work.shape[:2]
+    centre = (W / 2.0, H / 2.0)
+    for angle in (0.0, *angles):
+        yield angle, centre, (work if not angle else cv2.warpAffine(
+            work, cv2.getRotationMatrix2D(centre, angle, 1.0), (W, H), flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE))
+
+
 def _worth_a_retry(h: int, w: int) -> bool:
     """Can a face fit in an h x w image at all? (A 100000x1 strip cannot: its padded, upscaled copy
     once asked OpenCV for 153 GB.)"""
@@ -209,11 +221,7 @@ def find_faces(detector, gray: np.ndarray, retry: bool = True) -> list[tuple[tup
     work = gray if scale == 1 else cv2.resize(gray, (round(w * scale), round(h * scale)),
                                               interpolation=cv2.INTER_LINEAR)
     work = cv2.copyMakeBorder(work, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    H, W = work.shape[:2]
-    centre = (W / 2.0, H / 2.0)
-    for angle in (0.0, *RETRY_ANGLES):
-        turned = work if not angle else cv2.warpAffine(work, cv2.getRotationMatrix2D(centre, angle, 1.0), (W, H),
-                                                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    for angle, centre, turned in _turned_copies(work, RETRY_ANGLES):
         found = detector.detect(turned, min_size=min_size, thorough=True)
         if not found:
             continue
@@ -276,11 +284,7 @@ def locate_faces(detector, gray: np.ndarray, retry: bool = True) -> list[FoundFa
     min_size = max(24, round(getattr(detector, "min_face", 0.1) * min(h, w)))
     pad = int(round(0.25 * max(h, w)))
     work = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    H, W = work.shape[:2]
-    centre = (W / 2.0, H / 2.0)
-    for angle in (0.0, *BLAZE_RETRY_ANGLES):
-        turned = work if not angle else cv2.warpAffine(work, cv2.getRotationMatrix2D(centre, angle, 1.0), (W, H),
-                                                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    for angle, centre, turned in _turned_copies(work, BLAZE_RETRY_ANGLES):
         out = []
         for d in detector.detect_faces(turned, min_size=min_size, thorough=True):
             kps = rotate_points(d.keypoints, centre, angle) - pad
