@@ -222,23 +222,24 @@ def cmd_folds(a) -> dict:
                 oof[d.name][pick] = z
             if not a.no_stability:
                 stab[d.name].append((len(pick), stability(model, ds.images[pick], d.classes)))
-    # temperature for fold k: fitted on the other folds' faces (FER+ valid: the other fold models' logits)
-    temps = []
-    for k in range(a.folds):
+    def pooled_temperature(skip: int | None = None) -> float:
+        """The temperature fitted on every domain's out-of-fold logits (without fold ``skip``'s faces:
+        FER+ valid's logits of the other fold models), every domain weighing the same."""
         zs, ys, doms = [], [], []
         for j, d in enumerate(DOMAINS):
             ds = data[d.name]
             if d.group_by is None:
-                z = np.concatenate([fer[i] for i in range(a.folds) if i != k]) if a.folds > 1 else fer[0]
-                y = np.tile(ds.labels, max(1, a.folds - 1))
+                used = [z for i, z in enumerate(fer) if i != skip] or fer
+                z, y = np.concatenate(used), np.tile(ds.labels, len(used))
             else:
-                other = folds[d.name] != k
+                other = folds[d.name] != skip
                 z, y = oof[d.name][other], ds.labels[other]
-            zs.append(np.pad(z, ((0, 0), (0, 8 - z.shape[1])), constant_values=-np.inf))
+            zs.append(np.pad(z, ((0, 0), (0, 8 - z.shape[1])), constant_values=-np.inf))   # absent classes
             ys.append(y)
             doms.append(np.full(len(y), j))
-        weights = domain_weights(np.concatenate(doms))
-        temps.append(fit_temperature(np.concatenate(zs), np.concatenate(ys), weights=weights))
+        return fit_temperature(np.concatenate(zs), np.concatenate(ys), weights=domain_weights(np.concatenate(doms)))
+
+    temps = [pooled_temperature(skip=k) for k in range(a.folds)]   # fold k: fitted on the other folds' faces
     rows = {"uncalibrated": {}, "cross-fitted temperature": {}}
     for d in DOMAINS:
         ds = data[d.name]
@@ -255,15 +256,7 @@ def cmd_folds(a) -> dict:
         mean_stab = float(sum(n * v for n, v in s) / sum(n for n, _ in s)) if s else None
         for r in rows.values():
             r[d.name]["stability"] = mean_stab
-    # the temperature for a model trained on everything: fitted on all out-of-fold logits
-    zs, ys, doms = [], [], []
-    for j, d in enumerate(DOMAINS):
-        ds = data[d.name]
-        z, y = (np.concatenate(fer), np.tile(ds.labels, a.folds)) if d.group_by is None else (oof[d.name], ds.labels)
-        zs.append(np.pad(z, ((0, 0), (0, 8 - z.shape[1])), constant_values=-np.inf))
-        ys.append(y)
-        doms.append(np.full(len(y), j))
-    final_t = fit_temperature(np.concatenate(zs), np.concatenate(ys), weights=domain_weights(np.concatenate(doms)))
+    final_t = pooled_temperature()   # for a model trained on everything: all out-of-fold logits
     rows["_temperatures"] = {"per_fold": temps, "final": final_t}
     print(f"temperatures: per fold {', '.join(f'{t:.3f}' for t in temps)}; for the final model {final_t:.4f}")
     if a.final and not (work / "final" / "summary.json").is_file():
