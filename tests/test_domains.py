@@ -185,3 +185,28 @@ def test_calibrate_on_several_domains_reports_each(tmp_path, capsys):
                 str(tmp_path / "cli.safetensors")]) == 0
     printed = capsys.readouterr().out
     assert f"{a} (18 faces): ECE" in printed and f"{b} (12 faces): ECE" in printed
+
+
+# ----------------------------------------------------------------------------- fine-tuning with frozen batch norm
+def test_freeze_bn_keeps_the_initial_statistics_and_trains_the_rest(tiny_splits, tmp_path):
+    from safetensors.torch import load_file
+
+    train_dir, val_dir = tiny_splits
+    first = tmp_path / "first"
+    train(TrainConfig(str(train_dir), str(val_dir), str(first), arch="vgg", model_args={"width": 8}, epochs=1, **FAST))
+    start = load_file(str(first / "last.safetensors"))
+    bn = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert bn, "the vgg has batch-norm layers"
+
+    def tune(name, freeze):
+        train(TrainConfig(str(train_dir), str(val_dir), str(tmp_path / name), arch="vgg", model_args={"width": 8},
+                          init=str(first), epochs=1, freeze_bn=freeze, **FAST))
+        return load_file(str(tmp_path / name / "last.safetensors"))
+
+    frozen, free = tune("frozen", True), tune("free", False)
+    affine = [k[:-len("running_mean")] + w for k in bn if k.endswith("running_mean") for w in ("weight", "bias")]
+    for k in bn + affine:
+        assert torch.equal(frozen[k], start[k]), k
+    assert any(not torch.equal(free[k], start[k]) for k in bn)          # without the flag they move
+    convs = [k for k in start if k.endswith("weight") and start[k].dim() == 4]
+    assert all(not torch.equal(frozen[k], start[k]) for k in convs)      # the rest still learns

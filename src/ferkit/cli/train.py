@@ -15,7 +15,7 @@ TRAIN_OPTIONS = {
     "model and data": ("arch", "init", "image_size", "classes", "input_mean", "input_std"),
     "schedule of the run": ("epochs", "batch_size", "patience", "monitor", "seed", "train_limit", "val_limit"),
     "optimiser": ("optimizer", "lr", "momentum", "weight_decay", "schedule", "lr_decay", "warmup_epochs",
-                  "plateau_patience", "grad_clip", "ema"),
+                  "plateau_patience", "grad_clip", "ema", "freeze_bn"),
     "loss": ("label_smoothing", "class_weights", "oversample", "labels", "teacher", "distill_alpha",
              "distill_temperature", "consistency", "consistency_shift"),
     "augmentation (in torch, on whole batches)": ("augment", "rotate", "shift", "zoom", "aspect", "erase", "mixup",

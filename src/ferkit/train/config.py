@@ -155,6 +155,9 @@ class TrainConfig(ResumableConfig, Machine):
     grad_clip: float = setting(0.0, "clip the gradient norm to this; 0 = off")
     ema: float = setting(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
                               "validate/save it; 0 = off")
+    freeze_bn: bool = setting(False, "keep the batch-norm layers' running statistics (and their affine weights) as "
+                                     "--init left them, so fine-tuning on other data does not move the statistics the"
+                                     " model's first domain relies on; the rest of the network still learns")
     # loss
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
     class_weights: bool = setting(False, "weight the loss by inverse class frequency (for rare classes such as "

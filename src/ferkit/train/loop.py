@@ -103,6 +103,13 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def batch_norms(model: torch.nn.Module, frozen: bool = False):
+    """The model's batch-norm layers, or with ``frozen`` their affine parameters (--freeze-bn)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            yield from (m.parameters() if frozen else (m,))
+
+
 # ----------------------------------------------------------------------------- one epoch
 @dataclass
 class Trainer:
@@ -172,6 +179,9 @@ class Trainer:
         same number of steps); the returned figures are over all ranks."""
         cfg, model, dist = self.cfg, self.net, self.dist
         model.train()
+        if cfg.freeze_bn:   # running statistics stay as --init left them (eval mode); weights have no grad
+            for m in batch_norms(model):
+                m.eval()
         if self.domain is not None:   # several sources: each drawn by its weight (ferkit.train.domains)
             order = epoch_order(self.domain, self.domain_weights, self.gen)
         else:
@@ -358,6 +368,9 @@ def build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, d
             log(note)
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
+    if cfg.freeze_bn:
+        for p in batch_norms(model, frozen=True):
+            p.requires_grad_(False)
     n = epoch_size(train_set.domain, train_set.domain_weights) or len(train_set)
     n = n if cfg.train_limit is None else min(cfg.train_limit, n)
     weight = None
