@@ -16,6 +16,9 @@ Two ways to use it:
         --init ferplus-vgg16 --labels soft --epochs 8 \\
         --train-dir {ferplus}:0.25 --train-dir {sfew}:6 --train-dir {ckplus}:3 --val-dir {ferplus_valid}
 
+    # the same folds scored with their weights moved 25% back towards the model they started from
+    python benchmarks/bench_domains.py folds --work ~/runs/domains-a --blend-with ferplus-vgg16:0.75 -- ...
+
 In ``folds`` mode every argument after ``--`` goes to ``ferkit train`` (``{ferplus}``, ``{ferplus_valid}``,
 ``{sfew}``, ``{ckplus}`` become this fold's paths; ``--out`` is set per fold). Each fold is an ordinary
 run folder, so an interrupted benchmark resumes where it stopped: run the same command again. The
@@ -192,6 +195,29 @@ def run_fold(args: list[str]) -> None:
     print(f"  {time.time() - t0:.0f} s", flush=True)
 
 
+def blended(checkpoint: Path, blend: str | None, work: Path) -> Path:
+    """``checkpoint`` itself, or with ``--blend-with MODEL:ALPHA`` its weights interpolated towards
+    MODEL's (ALPHA x checkpoint + (1 - ALPHA) x MODEL, batch-norm statistics too: WiSE-FT, Wortsman
+    et al. 2022), written beside the fold's run as ``<fold>-blend-<ALPHA>.safetensors``."""
+    if not blend:
+        return checkpoint
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ferkit.models import model_file
+
+    name, _, alpha = blend.rpartition(":")
+    alpha = float(alpha)
+    out = work / f"{checkpoint.parent.name}-blend-{name.replace('/', '_')}-{alpha:g}.safetensors"
+    mixed = {}
+    with safe_open(str(checkpoint), "pt") as tuned, safe_open(str(model_file(name)), "pt") as base:
+        for k in tuned.keys():
+            t = tuned.get_tensor(k)
+            mixed[k] = alpha * t + (1 - alpha) * base.get_tensor(k).to(t.dtype) if t.is_floating_point() else t
+        save_file(mixed, str(out), metadata=tuned.metadata())
+    return out
+
+
 def cmd_folds(a) -> dict:
     from ferkit.models import open_model
     from ferkit.train.calibrate import domain_weights, fit_temperature
@@ -209,7 +235,7 @@ def cmd_folds(a) -> dict:
     fer = []
     stab = {d.name: [] for d in DOMAINS}
     for k in range(a.folds):
-        model = open_model(work / f"fold{k}" / a.checkpoint, precision="fp32")
+        model = open_model(blended(work / f"fold{k}" / a.checkpoint, a.blend_with, work), precision="fp32")
         for d in DOMAINS:
             ds = data[d.name]
             pick = np.arange(len(ds)) if d.group_by is None else np.flatnonzero(folds[d.name] == k)
@@ -284,6 +310,9 @@ def main(argv=None) -> int:
     f.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     f.add_argument("--checkpoint", default="best.safetensors", help="which checkpoint of each run to score")
     f.add_argument("--final", action="store_true", help="then train the recipe on everything (work/final)")
+    f.add_argument("--blend-with", metavar="MODEL:ALPHA",
+                   help="score each fold model with its weights interpolated towards MODEL's (the model it was "
+                        "fine-tuned from): ALPHA x fold + (1 - ALPHA) x MODEL; the runs themselves are untouched")
     f.add_argument("train", nargs=argparse.REMAINDER, help="after --: the ferkit train arguments")
     a = ap.parse_args(argv)
     if a.cmd == "folds":
