@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import csv
 import os
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +92,25 @@ def interrupt_gan_at(monkeypatch, iteration: int):
         return real_step(self, *a)
     monkeypatch.setattr(GanTrainer, "step", flaky)
     return real_step
+
+
+@contextlib.contextmanager
+def running_server(app, log_level: str = "warning"):
+    """A uvicorn server for ``app`` in a thread on 127.0.0.1 (a free port); yields its socket and
+    stops the server on leaving."""
+    from ferkit.serve import bind_socket, uvicorn_server
+
+    sock = bind_socket("127.0.0.1", 0)
+    srv = uvicorn_server(app, log_level=log_level)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield sock
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import running_server
 
 from ferkit.bundled import DEFAULT_MODEL
 
@@ -77,21 +76,10 @@ def media(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server():
     from ferkit import Recognizer
-    from ferkit.serve import bind_socket, create_app, url_of, uvicorn_server
+    from ferkit.serve import create_app, url_of
 
-    app = create_app(Recognizer.load())
-    sock = bind_socket("127.0.0.1", 0)
-    srv = uvicorn_server(app, log_level="warning")
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield url_of(sock)
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    with running_server(create_app(Recognizer.load())) as sock:
+        yield url_of(sock)
 
 
 @pytest.fixture(scope="module")

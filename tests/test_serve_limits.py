@@ -6,6 +6,7 @@ mid-upload (one log line, no traceback)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import socket
 import threading
@@ -17,6 +18,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'ferkit[serve]'")
 import test_serve as _base  # noqa: E402 - its fixtures and helpers
+from conftest import running_server  # noqa: E402
 from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 _block, _wait = _base._block, _base._wait
@@ -223,28 +225,11 @@ def test_websocket_really_busy_queue(make_client, face_jpeg):
 @pytest.fixture
 def live_server(recognizer):
     """make(**options) -> (host, port) of a uvicorn server in a thread; stopped after the test."""
-    from ferkit.serve import bind_socket, create_app, uvicorn_server
+    from ferkit.serve import create_app
 
-    started = []
-
-    def make(**options):
-        app = create_app(recognizer, **options)
-        sock = bind_socket("127.0.0.1", 0)
-        srv = uvicorn_server(app, log_level="info")
-        thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not srv.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-            time.sleep(0.02)
-        started.append((srv, thread, sock))
-        return sock.getsockname()[:2]
-
-    yield make
-    for srv, thread, sock in started:
-        srv.should_exit = True
-        thread.join(10)
-        sock.close()
+    with contextlib.ExitStack() as servers:
+        yield lambda **options: servers.enter_context(
+            running_server(create_app(recognizer, **options), log_level="info")).getsockname()[:2]
 
 
 def _recv_all(s: socket.socket, seconds: float = 10) -> bytes:
