@@ -42,6 +42,7 @@ SAMPLES = {
     "plateau_patience": ("plateau_patience=4", 4),
     "grad_clip": ("grad_clip=5", 5.0),
     "ema": ("ema=0.999", 0.999),
+    "freeze_bn": ("freeze_bn", True),
     "label_smoothing": ("label_smoothing=0.1", 0.1),
     "class_weights": ("class_weights", True),
     "oversample": ("oversample=disgusted=5,fearful=5", "disgusted=5,fearful=5"),
