@@ -170,6 +170,18 @@ def test_pose_solver_recovers_known_turns_of_the_canonical_mesh():
         assert head_pose(seen) == pytest.approx((yaw, pitch, roll), abs=1.5)
 
 
+def test_pose_reads_the_turn_from_x_y_when_the_mesh_depth_is_flattened():
+    """The mesh model flattens depth on turned faces; the pose fit reads the turn from x, y (a 3D
+    fit would read 35 degrees here)."""
+    from ferkit.predict.mesh import canonical, euler, head_pose, rotation, similarity
+
+    seen = 80 * canonical() @ rotation(40, 5, -10).T
+    seen[:, 2] *= 0.7
+    seen += [300, 200, 0]
+    assert euler(similarity(canonical(), seen)[1])[0] < 36
+    assert head_pose(seen) == pytest.approx((40, 5, -10), abs=0.5)
+
+
 def test_yaw_sign_nose_to_the_images_left_is_positive():
     from ferkit.predict.mesh import canonical, head_pose, rotation
 
