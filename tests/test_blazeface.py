@@ -342,3 +342,24 @@ def test_a_face_that_fills_the_image_is_found_on_the_framed_copy():
     assert f.score >= 0.6
     (rx, ry), (lx, ly) = f.keypoints[:2]
     assert 0 <= rx < lx < crop.shape[1] and 0 <= ry < crop.shape[0] / 2      # the eyes, in the crop's pixels
+
+
+def test_graphs_run_on_one_thread_and_put_the_count_back():
+    import torch
+
+    from ferkit.predict.blazeface import _graph
+    from ferkit.predict.tflite_graph import one_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread():
+            assert torch.get_num_threads() == 1
+            with one_thread():
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1       # the outer block still runs
+        assert torch.get_num_threads() == 2
+        _graph("short").run(np.zeros((1, 128, 128, 3), np.float32))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
