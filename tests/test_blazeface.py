@@ -170,6 +170,18 @@ def test_pose_solver_recovers_known_turns_of_the_canonical_mesh():
         assert head_pose(seen) == pytest.approx((yaw, pitch, roll), abs=1.5)
 
 
+def test_pose_reads_the_turn_from_x_y_when_the_mesh_depth_is_flattened():
+    """The mesh model flattens depth on turned faces; the pose fit reads the turn from x, y (a 3D
+    fit would read 35 degrees here)."""
+    from ferkit.predict.mesh import canonical, euler, head_pose, rotation, similarity
+
+    seen = 80 * canonical() @ rotation(40, 5, -10).T
+    seen[:, 2] *= 0.7
+    seen += [300, 200, 0]
+    assert euler(similarity(canonical(), seen)[1])[0] < 36
+    assert head_pose(seen) == pytest.approx((40, 5, -10), abs=0.5)
+
+
 def test_yaw_sign_nose_to_the_images_left_is_positive():
     from ferkit.predict.mesh import canonical, head_pose, rotation
 
@@ -255,7 +267,7 @@ def test_video_summary_has_each_tracks_mean_pose():
 def test_tiles_stay_few_whatever_the_photo_and_tiny_images_find_nothing(monkeypatch):
     det = BlazeFaceDetector(min_face=0.02)
     seen = []
-    monkeypatch.setattr(det, "_run", lambda name, images, min_score: [[] for _ in images])
+    monkeypatch.setattr(det, "_run", lambda name, images, min_score, margin=0.0: [[] for _ in images])
     monkeypatch.setattr(det, "_run_batched", lambda name, crops, min_score: seen.append(len(crops)) or
                         [[] for _ in crops])
     for shape in ((480, 640), (3000, 4000), (30, 4000)):
@@ -289,3 +301,65 @@ def test_blazeface_retries_skip_images_no_face_fits(monkeypatch):
     made.clear()
     detect.locate_faces(Detector(), np.zeros((100, 100), np.uint8))
     assert len(made) > 1                                # an ordinary photo does get its retries
+
+
+# ----------------------------------------------------------------------------- a face that fills the image
+def test_letterbox_margin_frames_the_image_and_still_maps_back():
+    img = np.zeros((100, 80, 3), np.uint8)
+    img[40:60, 30:50] = 255
+    sq, scale, px, py = letterbox(img, 150, margin=0.25)
+    assert scale == pytest.approx(150 / 150) and (px, py) == (35, 25)    # 100 + 2 x 25 = 150 px square
+    ys, xs = np.nonzero(sq[:, :, 0] > 128)
+    assert xs.mean() / scale - px == pytest.approx(40, abs=1) and ys.mean() / scale - py == pytest.approx(50, abs=1)
+
+
+def test_mirror_detection_swaps_sides_and_maps_back():
+    from ferkit.predict.blazeface import mirror_detection
+
+    box = np.array([10.0, 5.0, 40.0, 45.0])
+    kps = np.array([[15, 20], [35, 21], [25, 30], [25, 38], [8, 25], [42, 26]], np.float64)
+    b, k, s = mirror_detection((box, kps, 0.8), 100)
+    assert np.allclose(b, [60, 5, 90, 45]) and s == 0.8
+    assert np.allclose(k[0], [100 - 35, 21]) and np.allclose(k[1], [100 - 15, 20])    # right eye stays left
+    assert k[0][0] < k[1][0] and k[4][0] < k[5][0]
+    b2, k2, _ = mirror_detection((b, k, s), 100)
+    assert np.allclose(b2, box) and np.allclose(k2, kps)
+
+
+def test_a_face_that_fills_the_image_is_found_on_the_framed_copy():
+    import cv2
+
+    det = BlazeFaceDetector()
+    img = cv2.imread(str(face_photo()), cv2.IMREAD_GRAYSCALE)
+    (d,) = det.detect_faces(img)
+    x, y, w, h = d.box
+    side = 0.6 * w                       # a crop tighter than the face: brows to chin, cheek to cheek
+    cx, cy = x + w / 2, y + h / 2
+    crop = np.ascontiguousarray(img[int(cy - side / 2):int(cy + side * 0.64), int(cx - side / 2):int(cx + side / 2)])
+    rgb = cv2.cvtColor(crop, cv2.COLOR_GRAY2RGB)
+    assert not det._run("full", [rgb], 0.5)[0] and not det._run("short", [rgb], 0.6)[0]    # as it is: nothing
+    (f,) = det.detect_faces(crop)
+    assert f.score >= 0.6
+    (rx, ry), (lx, ly) = f.keypoints[:2]
+    assert 0 <= rx < lx < crop.shape[1] and 0 <= ry < crop.shape[0] / 2      # the eyes, in the crop's pixels
+
+
+def test_graphs_run_on_one_thread_and_put_the_count_back():
+    import torch
+
+    from ferkit.predict.blazeface import _graph
+    from ferkit.predict.tflite_graph import one_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread():
+            assert torch.get_num_threads() == 1
+            with one_thread():
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1       # the outer block still runs
+        assert torch.get_num_threads() == 2
+        _graph("short").run(np.zeros((1, 128, 128, 3), np.float32))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

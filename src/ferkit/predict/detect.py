@@ -1,4 +1,5 @@
-"""Finding faces: OpenCV's bundled Haar cascade (offline), square crops, and drawing results.
+"""Finding faces: the detectors by name (the bundled BlazeFace, the default, in :mod:`.blazeface`;
+OpenCV's bundled Haar cascade; dlib's HOG), their retries, square crops, and drawing results.
 
 Limits of the Haar detector (measured, see the project notes): frontal and near-frontal faces
 only — profile faces (beyond roughly 30-45 degrees of yaw), strongly tilted heads (beyond
@@ -149,13 +150,15 @@ def _blazeface(**args):
 
 
 DETECTORS = {"haar": FaceDetector, "dlib": DlibDetector, "blazeface": _blazeface}
-DEFAULT_DETECTOR = "haar"
+# BlazeFace since it found 0.977 of SFEW train's film crops (Haar 0.741), no false positive on 52
+# face-free photos (Haar 0.096 per photo), less CPU per photo and per video frame (docs/predict.md)
+DEFAULT_DETECTOR = "blazeface"
 _OWN_ARGS = {"dlib": ("min_face", "max_side"), "blazeface": ("min_face", "max_side", "model", "min_score")}
 
 
 def create_detector(kind: str | None = None, **args):
-    """A face detector by name: ``haar`` (OpenCV's cascade), ``dlib`` (HOG) or ``blazeface``
-    (MediaPipe's detectors, bundled: boxes, scores and six keypoints); None: :data:`DEFAULT_DETECTOR`.
+    """A face detector by name: ``blazeface`` (MediaPipe's detectors, bundled: boxes, scores and six
+    keypoints), ``haar`` (OpenCV's cascade) or ``dlib`` (HOG); None: :data:`DEFAULT_DETECTOR` (blazeface).
     Haar takes ``cascade``, ``scale_factor`` and ``min_neighbors`` as well; BlazeFace ``model`` (auto,
     short, full) and ``min_score``; all take ``min_face`` and ``max_side``."""
     kind = kind or DEFAULT_DETECTOR

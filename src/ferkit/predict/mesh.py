@@ -5,8 +5,8 @@ MediaPipe frames it from the detection), is resized to 192x192 and given to the 
 PyTorch (:mod:`ferkit.predict.tflite_graph`). Its 468 (x, y, z) points are mapped back to image
 pixels; z is depth in the same pixel scale (smaller = nearer the camera).
 
-Head pose: the similarity transform (scale, rotation, shift; Umeyama/Kabsch least squares) that
-best maps a canonical frontal mesh onto the face's mesh, its rotation split into degrees as
+Head pose: the rotation, scale and shift that best map a canonical frontal mesh onto the x, y of
+the face's mesh (weak perspective, least squares, started from the 3D Umeyama fit), split into degrees as
 ``R = Rz(roll) Ry(yaw) Rx(pitch)`` in image axes (x right, y down, z away from the camera):
 
 - ``yaw`` > 0: the nose points to the image's left (the person turns to their own right);
@@ -28,6 +28,7 @@ MESH_SIZE = 192
 ROI_SCALE = 1.4      # the mesh region's side / the (Haar-framed) face box side
 ROI_DOWN = 0.1       # its centre this fraction of the box side below the box centre (along the face)
 CANONICAL_FILE = "face-mesh-canonical.safetensors"
+POSE_ITERATIONS = 30  # Gauss-Newton steps of the head pose fit (it settles in 3-6)
 _CANONICAL: list = []
 
 
@@ -124,9 +125,29 @@ def canonical() -> np.ndarray:
 
 
 def head_pose(mesh: np.ndarray, reference: np.ndarray | None = None) -> tuple[float, float, float]:
-    """(yaw, pitch, roll) degrees of one (468, 3) mesh against ``reference`` (default: :func:`canonical`)."""
-    _, rot, _ = similarity(canonical() if reference is None else reference, mesh)
-    return euler(rot)
+    """(yaw, pitch, roll) degrees of one (468, 3) mesh against ``reference`` (default: :func:`canonical`):
+    the turned, scaled and shifted reference whose x, y best match the mesh's (weak perspective, least
+    squares; Gauss-Newton from the 3D similarity fit). The mesh's own depth only starts the fit: the
+    mesh model flattens it on turned faces (0.65-0.8 of the true depth spread at 45 degrees of yaw in
+    ``benchmarks/bench_pose.py``), which made the 3D fit read about half the yaw."""
+    ref = canonical() if reference is None else np.asarray(reference, np.float64)
+    target = np.asarray(mesh, np.float64)[:, :2]
+    scale, rot, shift = similarity(ref, mesh)
+    x = np.array([*euler(rot), scale, shift[0], shift[1]])
+
+    def residual(p):
+        return ((p[3] * ref @ rotation(*p[:3]).T)[:, :2] + p[4:6] - target).ravel()
+
+    steps = np.array([1e-3, 1e-3, 1e-3, 1e-4 * max(scale, 1e-9), 1e-3, 1e-3])
+    for _ in range(POSE_ITERATIONS):
+        r = residual(x)
+        jac = np.stack([(residual(x + np.eye(6)[k] * steps[k]) - r) / steps[k] for k in range(6)], 1)
+        step = np.linalg.lstsq(jac, -r, rcond=None)[0]
+        x = x + step
+        if np.abs(step[:3]).max() < 1e-4:
+            break
+    yaw, pitch, roll = euler(rotation(*x[:3]))    # back to the principal range
+    return yaw, pitch, roll
 
 
 def make_canonical(meshes: list[np.ndarray], mirrored: list[np.ndarray]) -> np.ndarray:

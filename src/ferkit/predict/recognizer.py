@@ -183,7 +183,7 @@ class Recognizer:
         runs an .onnx file, or a checkpoint's export beside it, on onnxruntime when installed, else
         PyTorch: see :func:`ferkit.models.open_model`). ``tta``: none, flip or crops (the default of
         :meth:`probabilities`). ``detector_args``
-        go to the face detector: ``detector`` ("haar", the default, or "dlib"), cascade, min_face, ...
+        go to the face detector: ``detector`` ("blazeface", the default, "haar" or "dlib"), min_face, ...
         It is loaded now, so a bad cascade fails before any work; ``detect=False`` (cropped faces
         only) loads it on first use instead. ``align``: turn each face crop so its eyes are level
         (:mod:`ferkit.predict.align`); ``fallback="whole"``: an image without a detected face is

@@ -10,11 +10,38 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# The graphs run on one thread: their inputs are small (128-192 px), so a second thread gains little,
+# and on a busy machine every operator's thread barrier waits for a core (bench_video.py, 2 threads,
+# other jobs running: BlazeFace's video pipeline at 1.7 frames/s of CPU time against 24.2 on one).
+# Process-wide in torch, so counted: the first run in sets 1, the last one out puts the count back.
+_THREADS_LOCK = threading.Lock()
+_threads = {"inside": 0, "outside": 1}
+
+
+@contextmanager
+def one_thread():
+    """torch on one intra-op thread for the block (nested and concurrent blocks share one setting)."""
+    with _THREADS_LOCK:
+        if _threads["inside"] == 0:
+            _threads["outside"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads["inside"] += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _threads["inside"] -= 1
+            if _threads["inside"] == 0:
+                torch.set_num_threads(_threads["outside"])
+
 
 _ACT = {"NONE": lambda x: x, None: lambda x: x, "RELU": F.relu, "RELU6": lambda x: F.relu6(x)}
 _NHWC_TO_NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1}
@@ -131,5 +158,6 @@ class TFLiteGraph(torch.nn.Module):
         return outs
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """``batch``: float32 NHWC array; the outputs as float32 numpy arrays."""
-        return [o.numpy() for o in self.forward(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))]
+        """``batch``: float32 NHWC array; the outputs as float32 numpy arrays (run on one thread)."""
+        with one_thread():
+            return [o.numpy() for o in self.forward(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))]
