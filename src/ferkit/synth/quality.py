@@ -158,7 +158,7 @@ def load_real_faces(real, grec, classes=None, progress: bool = True) -> RealFace
                      domain_classes, [str(s) for s in sources])
 
 
-def _plan(real: RealFaces, grec, per_class: int, seed: int) -> dict[int, np.ndarray]:
+def plan_domain_edits(real: RealFaces, grec, per_class: int, seed: int) -> dict[int, np.ndarray]:
     """:func:`plan_edits` in each domain (``per_class`` edits into each of its classes, from its own
     faces), as indices into all the real faces; one domain plans exactly as :func:`plan_edits`."""
     plan: dict[int, list] = {}
@@ -192,9 +192,11 @@ def _kid_or_none(a: np.ndarray, b: np.ndarray, seed: int) -> dict | None:
     return dict(zip(("mean", "std"), kid(a, b, seed=seed)))
 
 
-def _domain_reports(real: RealFaces, src, targets, edited, gen_pred, f_gen, f_real, seed: int) -> dict:
-    """Per domain (``--real`` source): its faces and edits, target read, source kept, KID of its
-    edits against its real faces (and of two halves of its real faces), and its realism figures."""
+def _domain_reports(grec, real: RealFaces, src, targets, edited, gen_pred, real_pred, f_gen, f_real, distances,
+                    seed: int) -> dict:
+    """Per domain (``--real`` source): its faces and edits, target read (overall and per target),
+    source kept, the judge's accuracy on its real faces, cycle and edit L1, KID of its edits
+    against its real faces (and of two halves of its real faces), and its realism figures."""
     reports = {}
     for d, name in enumerate(real.names):
         sel, mine = real.domain[src] == d, real.domain == d
@@ -203,6 +205,10 @@ def _domain_reports(real: RealFaces, src, targets, edited, gen_pred, f_gen, f_re
             "real": real.sources[d], "classes": list(real.classes[d]), "real_faces": int(mine.sum()),
             "generated_faces": int(sel.sum()), "target_read": _mean(gen_pred[sel] == targets[sel]),
             "source_kept": _mean(gen_pred[sel] == real.labels[src][sel]),
+            "per_class_target_read": {grec.classes[t]: _mean(gen_pred[sel & (targets == t)] == t)
+                                      for t in np.unique(targets[sel])},
+            "real_read": _mean(real_pred[mine] == real.labels[mine]),
+            "cycle_l1": _mean(distances[0][sel]), "edit_l1": _mean(distances[1][sel]),
             "kid": _kid_or_none(f_gen[sel], f_real[mine], seed),
             "kid_real_halves": _kid_or_none(f_real[half[:len(half) // 2]], f_real[half[len(half) // 2:]], seed),
             "realism": paired_realism(real.images, src[sel], edited[sel], seed=seed)}
@@ -267,7 +273,7 @@ def evaluate_gan(gan_run, real, judge=None, out=None, per_class: int = 200, seed
     real_faces = load_real_faces(real, grec, classes, progress)
     classes = tuple(c for c in grec.classes if any(c in cls for cls in real_faces.classes))
     images, labels = real_faces.images, real_faces.labels
-    plan = _plan(real_faces, grec, per_class, seed)
+    plan = plan_domain_edits(real_faces, grec, per_class, seed)
     src, targets, edited, cycled, own, same = _edit_sets(G, grec, images, labels, plan, classes, per_class,
                                                          seed, dev)
 
@@ -307,7 +313,8 @@ def evaluate_gan(gan_run, real, judge=None, out=None, per_class: int = 200, seed
         "realism": paired_realism(images, src, edited, seed=seed),
         "per_class": _class_reports(grec, plan, real_faces, src, targets, gen_pred, real_pred, f_gen, f_real,
                                     distances, own, seed),
-        "domains": _domain_reports(real_faces, src, targets, edited, gen_pred, f_gen, f_real, seed),
+        "domains": _domain_reports(grec, real_faces, src, targets, edited, gen_pred, real_pred, f_gen, f_real,
+                                   distances, seed),
         "measures": f"{MEASURES}; {REALISM_MEASURES}",
     }
     out = make_dir(Path(out) if out else Path(gpath).parent / "quality", "quality report folder")
