@@ -241,8 +241,8 @@ def _grids(G, grec, real: RealFaces, out: Path, seed: int, dev) -> list[Path]:
     paths = []
     for d, name in enumerate(real.names):
         rng = np.random.default_rng([seed, 3, d])
-        rows = [rng.choice(np.flatnonzero((real.domain == d) & (real.labels == grec.classes.index(c))))
-                for c in real.classes[d]]
+        pools = [np.flatnonzero((real.domain == d) & (real.labels == grec.classes.index(c))) for c in real.classes[d]]
+        rows = [rng.choice(pool) for pool in pools if len(pool)]
         grid = sample_grid(G, real.images[rows], real.labels[rows], tuple(grec.classes), grec.input, dev)
         paths.append(out / f"edits-{''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in name)}.png")
         write_png(paths[-1], grid)
