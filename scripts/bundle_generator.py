@@ -78,14 +78,18 @@ def quality_card(path: Path) -> dict:
     """The figures of a `ferkit gan evaluate` report that the card keeps."""
     try:
         q = read_json(path)
-        acc = q["expression_accuracy"]
+        acc, real = q["expression_accuracy"], q["real"]
         card = {"judge": "/".join(Path(q["classifier"]).parts[-2:]),
                 "judge_sha256": (q.get("judge") or {}).get("sha256"),
-                "real": Path(str(q["real"])).name, "generated_faces": q["generated_faces"],
+                "real": ", ".join(Path(str(r)).name for r in (real if isinstance(real, list) else [real])),
+                "generated_faces": q["generated_faces"],
                 "target_read": acc["generated"], "source_kept": acc["generated_read_as_source"],
                 "judge_on_real_faces": acc["real"], "kid": q["kid"]["mean"],
                 "kid_real_halves": q["kid_real_halves"]["mean"],
                 "cycle_l1": q["identity"]["cycle_l1"], "identity_l1": q["identity"].get("identity_l1")}
+        if q.get("realism"):      # reports since issue 34
+            card["realism_auc"] = (q["realism"]["auc"] or {}).get("mean")
+            card["hf_ratio"] = q["realism"]["hf_ratio"]
         if q.get("per_class"):
             card["per_class"] = {c: {k: r[k] for k in ("target_read", "source_kept")}
                                  for c, r in q["per_class"].items()}

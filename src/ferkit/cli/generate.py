@@ -179,16 +179,22 @@ def add_gan(sub):
     t.add_argument("--overwrite", action="store_true", help="replace what --out holds and start over")
     t.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     t.set_defaults(func=_cmd_gan_train)
-    e = ss.add_parser("evaluate", help="expression accuracy, KID and identity of a generator's faces",
+    e = ss.add_parser("evaluate", help="expression accuracy, KID, identity and realism of a generator's faces",
                       description="Moves real faces to every other expression and reports, overall and per target "
                                   "class, (a) how often a classifier trained on real faces, the judge (the bundled "
                                   "model by default), reads the target and how often still the source face's "
                                   "expression, beside its accuracy on the real faces; (b) KID between generated and "
                                   "real faces on the judge's penultimate features; (c) L1 between a face and its cycle "
-                                  "reconstruction and its own-class edit G(x, y). A judge that is the generator's "
-                                  "--guide is refused. Writes quality.json and quality.png.")
+                                  "reconstruction and its own-class edit G(x, y); (d) realism: the cross-validated "
+                                  "AUC of a classifier telling real faces from their edits (0.5 = cannot tell) and "
+                                  "the edits' high-frequency energy over the real faces' (1 = same texture). With "
+                                  "several --real sources, each is a domain with its own figures. A judge that is "
+                                  "the generator's --guide is refused. Writes quality.json, quality.png and "
+                                  "edits-<domain>.png (real faces and their edits: keep it with the data).")
     e.add_argument("gan_run", help="GAN run folder, generator checkpoint or bundled generator name")
-    e.add_argument("--real", required=True, help="real faces (class folders or manifest), ideally not trained on")
+    e.add_argument("--real", required=True, action="append",
+                   help="real faces (class folders or manifest), ideally not trained on; repeat for several "
+                        "domains (e.g. lab faces and film faces), each edited and measured on its own too")
     e.add_argument("--judge", "--classifier", dest="judge", default=None,
                    help="the classifier that reads the edits: run folder, checkpoint or bundled name (default: the "
                         "bundled model); not the generator's --guide (refused), ideally one trained on other data")
