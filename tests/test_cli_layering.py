@@ -142,3 +142,29 @@ def test_the_checker_finds_an_import_circle(tmp_path):
     (pkg / "predict" / "track.py").write_text("from .recognizer import R\n")
     assert import_circles(import_graph(tmp_path)) == [["ferkit.data", "ferkit.files"],
                                                       ["ferkit.predict.recognizer", "ferkit.predict.track"]]
+
+
+# ----------------------------------------------------------------------------- function length
+MAX_FUNCTION_LINES = 80   # a longer function hides parts that deserve a name (issue 34)
+
+
+def long_functions(root: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``path:name (lines)`` of every function (nested ones included) longer than ``limit`` lines."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    out.append(f"{path.relative_to(root)}:{node.name} ({lines})")
+    return out
+
+
+def test_no_function_is_longer_than_80_lines():
+    assert long_functions(SRC) == []
+
+
+def test_the_length_checker_finds_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "m.py").write_text(f"def short():\n    return 1\n\n\ndef long():\n{body}\n")
+    assert long_functions(tmp_path) == [f"m.py:long ({MAX_FUNCTION_LINES + 1})"]

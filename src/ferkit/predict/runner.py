@@ -399,6 +399,25 @@ def check_min_face(min_face) -> None:
         raise FerkitError(f"--min-face must be between 0 and 1, got {min_face}")
 
 
+def _checked_inputs(inputs: list[str], out, fmt: str, annotate: bool, camera: int | None):
+    """predict_inputs' arguments checked before anything is loaded: (items, bad) of the inputs."""
+    if fmt not in FORMATS:
+        raise FerkitError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")
+    if not inputs and camera is None:
+        raise FerkitError("nothing to predict on: give image/video files or folders, or --camera IDX")
+    if any(not str(p).strip() for p in inputs):   # Path("") is the current folder: never read it unasked
+        raise FerkitError("an input is an empty path (''); give image/video files or folders (. for the current "
+                          "folder)")
+    if annotate and out is None:
+        raise FerkitError("--annotate needs an output folder (--out DIR), not stdout")
+    if annotate:   # annotated copies inside an input folder would be read as photos by the next run
+        refuse_output_over_input(out, [p for p in inputs if Path(p).is_dir()], input_option="input folder")
+    items, bad = collect_inputs(inputs)
+    if not items and camera is None:
+        raise FerkitError("no usable input: " + "; ".join(f"{p}: {why}" for p, why in bad))
+    return items, bad
+
+
 def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "predictions", fmt: str = "csv",
                    annotate: bool = False, detect: bool = True, every: int = 1, camera: int | None = None,
                    backend: str = "auto", batch_size: int = 64, device: str = "auto", progress: bool = True,
@@ -416,20 +435,7 @@ def predict_inputs(model, inputs: list[str], out: str | os.PathLike | None = "pr
     :class:`ferkit.errors.Interrupted` on Ctrl-C, after writing what was done and a summary saying so.
     """
     check_min_face(detector_args.get("min_face"))
-    if fmt not in FORMATS:
-        raise FerkitError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")
-    if not inputs and camera is None:
-        raise FerkitError("nothing to predict on: give image/video files or folders, or --camera IDX")
-    if any(not str(p).strip() for p in inputs):   # Path("") is the current folder: never read it unasked
-        raise FerkitError("an input is an empty path (''); give image/video files or folders (. for the current "
-                          "folder)")
-    if annotate and out is None:
-        raise FerkitError("--annotate needs an output folder (--out DIR), not stdout")
-    if annotate:   # annotated copies inside an input folder would be read as photos by the next run
-        refuse_output_over_input(out, [p for p in inputs if Path(p).is_dir()], input_option="input folder")
-    items, bad = collect_inputs(inputs)
-    if not items and camera is None:
-        raise FerkitError("no usable input: " + "; ".join(f"{p}: {why}" for p, why in bad))
+    items, bad = _checked_inputs(inputs, out, fmt, annotate, camera)
     smooth = DEFAULT_SMOOTH_S if smooth is None else smooth
     if not (smooth >= 0 and smooth < float("inf")):
         raise FerkitError(f"--smooth must be a number of seconds >= 0, got {smooth}")

@@ -564,15 +564,48 @@ async def _serve_stream(ws, service: Service, config: ServeConfig, authorise) ->
             return
 
 
+async def _submit_job(request, service: Service, config: ServeConfig, kind: str, smooth: float, every: int):
+    """Store an uploaded video (raw body or multipart field ``file``) as a new job and queue it; the
+    job, or a Problem (503 when no job can start or the disk fails, 413 too long, 415 not a video)."""
+    from starlette.concurrency import run_in_threadpool
+
+    from .jobs import VideoTooLong
+
+    name = None
+    try:
+        job = service.jobs.new(None, ".video")
+    except FerkitError as exc:
+        raise Problem(503, str(exc), {"Retry-After": "10"}) from None
+    try:
+        if kind == "multipart/form-data":
+            name = await _store_form_file(request, job.video, config.video_bytes, config.timeout_s * 10)
+        else:
+            with open(job.video, "wb") as fh:
+                await read_body(request, config.video_bytes, config.timeout_s * 10, sink=fh.write)
+        job.filename = name
+        job.smooth, job.every = smooth, every
+        await run_in_threadpool(service.jobs.submit, job)
+    except VideoTooLong as exc:
+        raise Problem(413, str(exc)) from None
+    except OSError as exc:                 # this machine's disk, not the client's fault; said in one line
+        service.jobs.discard(job)
+        raise Problem(503, f"cannot store the video: {exc.strerror or exc}", {"Retry-After": "60"}) from None
+    except FerkitError as exc:
+        raise Problem(415, str(exc)) from None
+    except BaseException:
+        service.jobs.discard(job)
+        raise
+    return job
+
+
 def _add_jobs(app, service: Service, config: ServeConfig, authorise) -> None:
     import re
 
     from fastapi import Path as PathParam
     from fastapi import Query, Request
     from fastapi.responses import FileResponse, JSONResponse
-    from starlette.concurrency import run_in_threadpool
 
-    from .jobs import JOB_FILES, VideoTooLong
+    from .jobs import JOB_FILES
     from .schemas import Job
 
     good_id = re.compile(r"[0-9a-f]{16}")
@@ -604,30 +637,7 @@ def _add_jobs(app, service: Service, config: ServeConfig, authorise) -> None:
         if kind and not (kind in ("multipart/form-data", "application/octet-stream") or kind.startswith("video/")):
             raise Problem(415, f"unsupported Content-Type {kind}: send the video as the raw body (video/mp4, "
                                "application/octet-stream) or as multipart field 'file'")
-        name = None
-        try:
-            job = service.jobs.new(None, ".video")
-        except FerkitError as exc:
-            raise Problem(503, str(exc), {"Retry-After": "10"}) from None
-        try:
-            if kind == "multipart/form-data":
-                name = await _store_form_file(request, job.video, config.video_bytes, config.timeout_s * 10)
-            else:
-                with open(job.video, "wb") as fh:
-                    await read_body(request, config.video_bytes, config.timeout_s * 10, sink=fh.write)
-            job.filename = name
-            job.smooth, job.every = smooth, every
-            await run_in_threadpool(service.jobs.submit, job)
-        except VideoTooLong as exc:
-            raise Problem(413, str(exc)) from None
-        except OSError as exc:                 # this machine's disk, not the client's fault; said in one line
-            service.jobs.discard(job)
-            raise Problem(503, f"cannot store the video: {exc.strerror or exc}", {"Retry-After": "60"}) from None
-        except FerkitError as exc:
-            raise Problem(415, str(exc)) from None
-        except BaseException:
-            service.jobs.discard(job)
-            raise
+        job = await _submit_job(request, service, config, kind, smooth, every)
         return JSONResponse(service.jobs.describe(job), 202)
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], summary="A video job's state (and its files' URLs when done)",

@@ -109,57 +109,73 @@ def _json_error(status: int, message: str) -> bytes:
             "connection: close\r\n\r\n").encode() + body
 
 
+class _HeaderDeadline:
+    """The connection-level guard of :func:`guarded_protocol`'s protocol (uvicorn-free, so it can
+    live at module level): a deadline for a request's line and headers, refusals as JSON."""
+
+    header_timeout: float = 10.0
+    metrics = None
+    _deadline = None
+    _head = b""
+
+    def count(self, event: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count(event)
+
+    def _waiting(self) -> bool:          # between requests: no request line and headers yet
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm(self) -> None:
+        self._head = b""
+        self._deadline = self.loop.call_later(self.header_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self._waiting() and not self.transport.is_closing():
+            self.count("header_timeout")
+            _log().debug("closed a connection from %s: no complete request within %g s (--header-timeout)",
+                         (self.client or ("?",))[0], self.header_timeout)
+            self.transport.close()
+
+    def _refuse(self, status: int, message: str) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(_json_error(status, message))
+            self.transport.close()
+
+
+def _log():
+    import logging
+
+    return logging.getLogger("ferkit.serve")
+
+
 def guarded_protocol(limits, metrics=None):
     """uvicorn's h11 protocol with what uvicorn lacks: a deadline for a request's line and headers
     (also for a connection that never sends anything, which uvicorn keeps open for ever), a cap on
     header bytes answered 431, a hard cap on open connections, and malformed requests (a bad
     Content-Length ...) answered as JSON like every other error."""
-    import logging
-
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    log = logging.getLogger("ferkit.serve")
-    header_timeout = float(limits.header_timeout_s)
     max_header = int(limits.max_header_kb) * 1024
     max_connections = int(limits.max_connections)
 
-    def count(event: str) -> None:
-        if metrics is not None:
-            metrics.count(event)
-
-    class GuardedH11Protocol(H11Protocol):
-        _deadline = None
-        _head = b""
+    class GuardedH11Protocol(_HeaderDeadline, H11Protocol):
+        header_timeout = float(limits.header_timeout_s)
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             if len(self.connections) > max_connections:
-                count("connection_refused")
-                log.warning("closed a connection from %s: %d connections are open (--max-connections)",
-                            (self.client or ("?",))[0], len(self.connections) - 1)
+                self.count("connection_refused")
+                _log().warning("closed a connection from %s: %d connections are open (--max-connections)",
+                               (self.client or ("?",))[0], len(self.connections) - 1)
                 transport.close()
                 return
             self._arm()
-
-        def _waiting(self) -> bool:          # between requests: no request line and headers yet
-            return self.cycle is None or self.cycle.response_complete
-
-        def _arm(self) -> None:
-            self._head = b""
-            self._deadline = self.loop.call_later(header_timeout, self._expire)
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _expire(self) -> None:
-            self._deadline = None
-            if self._waiting() and not self.transport.is_closing():
-                count("header_timeout")
-                log.debug("closed a connection from %s: no complete request within %g s (--header-timeout)",
-                          (self.client or ("?",))[0], header_timeout)
-                self.transport.close()
 
         def data_received(self, data: bytes) -> None:
             if self._deadline is None and self._waiting():
@@ -168,7 +184,7 @@ def guarded_protocol(limits, metrics=None):
                 self._head += data[:max_header + 4 - len(self._head)]
                 if len(self._head) > max_header and b"\r\n\r\n" not in self._head:
                     self._disarm()
-                    count("header_too_large")
+                    self.count("header_too_large")
                     self._refuse(431, f"request line and headers above {max_header // 1024} KB (--max-header-kb)")
                     return
             super().data_received(data)
@@ -183,17 +199,13 @@ def guarded_protocol(limits, metrics=None):
             self._disarm()
             super().connection_lost(exc)
 
-        def _refuse(self, status: int, message: str) -> None:
-            if not self.transport.is_closing():
-                self.transport.write(_json_error(status, message))
-                self.transport.close()
-
         def send_400_response(self, msg: str) -> None:
             """h11 refused the request (bad Content-Length, header too large, garbage): JSON, one log line."""
             self._disarm()
             status, why = 400, "malformed HTTP request (bad request line, header or Content-Length)"
-            log.debug("refused a malformed request from %s: %s", (self.client or ("?",))[0], why)
-            count("malformed")
+            _log().debug("refused a malformed request from %s: %s", (self.client or ("?",))[0], why)
+            self.count("malformed")
             self._refuse(status, why)
 
+    GuardedH11Protocol.metrics = metrics
     return GuardedH11Protocol
