@@ -190,6 +190,22 @@ def test_an_arm_may_run_more_seeds_than_the_study(tmp_path):
     assert runs == ["nall_ft_s0", "nall_ft_s1", "nall_ft_s2", "nall_k0_s0", "nall_over_s0"]
 
 
+def test_steps_count_the_copies_oversampling_adds(tmp_path):
+    """--steps gives an oversampling arm about as many updates as real only, not more."""
+    import csv
+
+    real = make_folder(tmp_path / "real", ["angry", "happy"], 6)
+    out = tmp_path / "s"
+    args = ["study", "--real-train", str(real), "--val", str(real), "--test", str(real), "--out", str(out),
+            "--ratios", "0", "--seeds", "1", "--no-augment-arm", "--no-synthetic-arm", "--arch", "tiny",
+            "--steps", "6", "--image-size", "16", "--batch-size", "4", "--arm", "over:oversample=happy=2",
+            "--no-progress"]
+    assert run(args) == 0
+    with open(out / "runs.csv", newline="") as fh:
+        epochs = {r["setting"]: int(r["epochs"]) for r in csv.DictReader(fh)}
+    assert epochs == {"k0": 2, "over": 1}   # 12 faces = 3 batches an epoch; 12 + 2 x 6 copies = 6 batches
+
+
 def test_study_cli_takes_train_options_and_arms(tmp_path, capsys):
     classes = ["angry", "happy"]
     real = make_folder(tmp_path / "real", classes, 6)

@@ -903,8 +903,22 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     return _tabulate(cfg, out, rows, results, trained=len(jobs), skipped=len(done))
 
 
-def _run_row(cfg: StudyConfig, spec: RunSpec) -> dict:
-    """runs.csv's row of a run, before its results."""
+def _seen_per_epoch(cfg: StudyConfig, spec: RunSpec, labels: np.ndarray, classes) -> int:
+    """How many faces one epoch of the run shows: its training faces (class indices ``labels``) and the
+    copies its ``oversample`` setting adds, so that ``--steps`` gives an oversampling arm the same
+    number of updates as the others, not more."""
+    from ..train.config import parse_oversample
+
+    over = spec.arm.train["oversample"] if "oversample" in spec.arm.train else cfg.base.oversample
+    if not over:
+        return len(labels)
+    counts = np.bincount(labels, minlength=len(classes))
+    return len(labels) + sum(n * int(counts[classes.index(c)]) for c, n in parse_oversample(over).items()
+                             if c in classes)
+
+
+def _run_row(cfg: StudyConfig, spec: RunSpec, seen: int | None = None) -> dict:
+    """runs.csv's row of a run, before its results (``seen``: faces an epoch shows, default its faces)."""
     n_real, n_syn = len(spec.real_idx), len(spec.synth_idx)
     on_line = spec.arm.real and not spec.arm.augment and not spec.arm.custom
     return {"run_id": spec.run_id, "fold": "" if spec.fold is None else spec.fold,
@@ -913,7 +927,7 @@ def _run_row(cfg: StudyConfig, spec: RunSpec) -> dict:
             "k": spec.arm.k if on_line else "",
             "gen_per_real": spec.arm.k, "seed": spec.seed, "n_real": n_real,
             "n_synthetic": n_syn, "n_train": n_real + n_syn, "duplicates": spec.duplicates,
-            "epochs": cfg.run_epochs(n_real + n_syn)}
+            "epochs": cfg.run_epochs(seen or n_real + n_syn)}
 
 
 def _prepare_runs(cfg: StudyConfig, out: Path, plans, classes, threads) -> tuple[dict, dict, dict]:
@@ -926,7 +940,10 @@ def _prepare_runs(cfg: StudyConfig, out: Path, plans, classes, threads) -> tuple
             real, pools = part.real_for(spec.labels), part.pools
             run_dir = out / "runs" / spec.run_id
             manifest = out / "manifests" / f"{spec.run_id}.csv"
-            rows[spec.run_id] = _run_row(cfg, spec)
+            hard = real.majority if real.majority is not None else real.labels   # as --oversample counts them
+            labels = np.concatenate([hard[spec.real_idx], pools[spec.arm.source].labels[spec.synth_idx]
+                                     if spec.arm.source else np.zeros(0, np.int64)])
+            rows[spec.run_id] = _run_row(cfg, spec, _seen_per_epoch(cfg, spec, labels, classes))
             metrics = _finished(run_dir)
             if metrics is not None:
                 done[spec.run_id] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
