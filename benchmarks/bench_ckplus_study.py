@@ -203,13 +203,30 @@ def baselines(setting: str, settings) -> list[str]:
     return [b for b in found if b in settings and b != setting]
 
 
-def compare(study: Path, out: Path, title: str = "study") -> str:
-    """compare.md and compare.png: the claims of the issue as paired 95% intervals over (fold, seed)."""
+def read_runs(studies) -> list[dict]:
+    """The finished runs of one or more study folders of the same split (``study`` column: the run's
+    folder). A run in several folders (the same run id: the same data, settings and seed) must have
+    the same accuracy in each, as the runs are deterministic; it is counted once."""
+    runs: dict[str, dict] = {}
+    for study in map(Path, studies):
+        with open(study / "runs.csv", newline="") as fh:
+            for r in csv.DictReader(fh):
+                if not r.get("accuracy"):
+                    continue
+                first = runs.setdefault(r["run_id"], {**r, "study": str(study)})
+                if abs(float(first["accuracy"]) - float(r["accuracy"])) > 1e-9:
+                    sys.exit(f"{r['run_id']}: accuracy {r['accuracy']} in {study}, {first['accuracy']} in "
+                             f"{first['study']}: not the same run; compare studies of the same split and settings")
+    return list(runs.values())
+
+
+def compare(study: Path, out: Path, title: str = "study", also=()) -> str:
+    """compare.md and compare.png: the claims of the issue as paired 95% intervals over (fold, seed),
+    over the runs of ``study`` and the study folders ``also`` (the same split, other arms)."""
     from ferkit.experiments import compare_settings, format_ci
     from ferkit.files import new_figure, save_figure, write_text
 
-    with open(study / "runs.csv", newline="") as fh:
-        runs = [r for r in csv.DictReader(fh) if r.get("accuracy")]
+    runs = read_runs([study, *also])
     settings = list(dict.fromkeys(r["setting"] for r in runs))
     labels = {r["setting"]: r["label"] for r in runs}
 
@@ -288,6 +305,9 @@ def main() -> None:
     ap.add_argument("--model-arg", action="append", default=None)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--work", default="/tmp/ferkit-bench/ckplus-study")
+    ap.add_argument("--also", action="append", default=[], metavar="STUDY",
+                    help="another study folder of the same split (e.g. a previous --work's study/) whose runs join "
+                         "compare.md and rare-table.md; runs in both must agree")
     ap.add_argument("--print-commands", action="store_true", help="print the ferkit commands; run nothing")
     a = ap.parse_args()
     a.arms = [x.strip() for x in a.arms.split(",") if x.strip()]
@@ -383,12 +403,12 @@ def main() -> None:
     if use_gan:
         n = sum(check_edits(gan_dir / f"fold{i}", paths) for i, paths in folds.items())
         print(f"checked: all {n} GAN edits come from their own fold's training faces")
-    print(compare(work / "study", work, f"{data.name}, {plan.k} folds, {a.seeds} seed(s)"))
+    print(compare(work / "study", work, f"{data.name}, {plan.k} folds", a.also))
     if a.oversample:   # the rare classes' recalls, per arm
         from bench_rare_classes import rare_table
 
         rare = [part.split("=")[0].strip() for part in a.oversample.split(",")]
-        print(rare_table(work / "study", rare, work / "rare-table.md"))
+        print(rare_table(work / "study", rare, work / "rare-table.md", a.also))
     minutes = (time.time() - t0) / 60
     print(f"results: {work / 'study'} (table.md, accuracy_vs_k.png), {work / 'compare.md'}, {work / 'compare.png'}")
     print(f"wall time {minutes:.1f} min on {machine()}")

@@ -28,7 +28,6 @@ own table, with the rare classes' recalls from each run's ``eval-test/metrics.js
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shlex
 import subprocess
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from bench_ckplus_study import extract, stale_edits  # noqa: E402
+from bench_ckplus_study import extract, read_runs, stale_edits  # noqa: E402
 from common import machine  # noqa: E402
 
 #: FER+'s eight classes in the order of the bundled ferplus models
@@ -100,19 +99,18 @@ def edit_command(a, root: Path, work: Path, per_class: int) -> tuple[list[str], 
             str(per_class), "--classes", ",".join(MADE), "--no-progress"], edits
 
 
-def rare_table(out: Path, rare=RARE, dest: Path | None = None) -> str:
+def rare_table(out: Path, rare=RARE, dest: Path | None = None, also=()) -> str:
     """rare-table.md (in ``out`` or at ``dest``): per arm the accuracy, macro-F1 and the ``rare``
     classes' recalls (mean ± sd over seeds, and folds in a grouped study), and the differences to the
-    real-only arm (95% intervals paired by seed, and fold)."""
+    real-only arm (95% intervals paired by seed, and fold); ``also``: more study folders of the same split."""
     import numpy as np
 
     from ferkit.experiments import compare_settings, format_ci
     from ferkit.files import read_json, write_text
 
-    with open(out / "runs.csv", newline="") as fh:
-        runs = list(csv.DictReader(fh))
+    runs = read_runs([out, *also])
     for r in runs:
-        m = read_json(out / "runs" / r["run_id"] / "eval-test" / "metrics.json")
+        m = read_json(Path(r["study"]) / "runs" / r["run_id"] / "eval-test" / "metrics.json")
         r.update({f"recall_{c}": m["per_class"][c]["recall"] for c in rare})
         r.update(accuracy=float(r["accuracy"]), macro_f1=float(r["macro_f1"]))
     metrics = ["accuracy", "macro_f1"] + [f"recall_{c}" for c in rare]

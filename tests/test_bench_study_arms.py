@@ -53,3 +53,18 @@ def test_each_generated_arm_is_compared_with_its_own_baselines():
     assert bench.baselines("ft-gan1+over", settings) == ["ft", "ft-over", "ft-gan1"]
     assert bench.baselines("ft-over", settings) == ["ft"]
     assert bench.baselines("over", settings) == [] and bench.baselines("ft", settings) == []
+
+
+def test_runs_of_two_studies_join_once_and_must_agree(tmp_path):
+    def write(study, rows):
+        study.mkdir()
+        (study / "runs.csv").write_text("run_id,setting,accuracy\n" + "".join(f"{r},{s},{a}\n" for r, s, a in rows))
+
+    write(tmp_path / "a", [("f1_k0_s0", "k0", "0.5"), ("f1_ft_s0", "ft", "0.7"), ("f1_x_s0", "x", "")])
+    write(tmp_path / "b", [("f1_k0_s0", "k0", "0.5"), ("f1_gan5_s0", "gan5", "0.4")])
+    runs = bench.read_runs([tmp_path / "a", tmp_path / "b"])
+    assert [(r["run_id"], Path(r["study"]).name) for r in runs] == [("f1_k0_s0", "a"), ("f1_ft_s0", "a"),
+                                                                     ("f1_gan5_s0", "b")]
+    write(tmp_path / "c", [("f1_k0_s0", "k0", "0.6")])
+    with pytest.raises(SystemExit, match="not the same run"):
+        bench.read_runs([tmp_path / "a", tmp_path / "c"])
