@@ -258,7 +258,7 @@ def compare(study: Path, out: Path, title: str = "study", also=()) -> str:
     err = np.asarray([[x[0] - x[1], x[2] - x[0]] for x in diffs]).T
     ax.errorbar(d, y, xerr=np.nan_to_num(err), fmt="o", capsize=3)
     ax.axvline(0, color="0.3", lw=0.8)
-    ax.set_yticks(y, [labels[s] for s in others], fontsize=8)
+    ax.set_yticks(y, [labels[s] if len(labels[s]) <= 40 else s for s in others], fontsize=8)   # a long one: its name
     ax.set_xlabel(f"accuracy − real only ({mean('k0'):.3f}), 95% CI paired by (fold, seed)")
     ax.set_title(f"{title}: each arm against real only", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
