@@ -190,7 +190,8 @@ def study_command(a, data: Path, work: Path, sources: dict[str, str], gan_only: 
 def baselines(setting: str, settings) -> list[str]:
     """The settings a generated-data arm is compared with besides real only: edits against
     augmentation, FER2013 faces and procedural faces at the same k; edits + oversampling against
-    oversampling and edits alone; a fine-tuned arm against fine-tuning alone and the same twins."""
+    oversampling and edits alone; a fine-tuned arm against fine-tuning alone, the same twins and the
+    arm trained from scratch."""
     import re
 
     m = re.fullmatch(r"(ft-)?gan([0-9.]+)(\+over)?", setting)
@@ -200,6 +201,8 @@ def baselines(setting: str, settings) -> list[str]:
         found += [f"{ft}over", f"{ft}gan{m.group(2)}"]
     elif m:
         found += [f"{ft}aug" if ft else "aug", f"{ft}fer{m.group(2)}", f"{ft}proc{m.group(2)}"]
+    if ft:
+        found.append(setting[3:])   # the same data from scratch
     return [b for b in found if b in settings and b != setting]
 
 
@@ -235,17 +238,18 @@ def compare(study: Path, out: Path, title: str = "study", also=()) -> str:
 
     def line(a: str, b: str) -> list[str]:
         d, lo, hi, method = compare_settings(runs, a, b)
+        f1 = compare_settings(runs, a, b, metric="macro_f1")
         verdict = "–" if math.isnan(lo) else ("yes" if lo > 0 else "no (worse)" if hi < 0 else "no (CI holds 0)")
-        n = len({(r["fold"], r["seed"]) for r in runs if r["setting"] == a})
-        return [f"{labels[a]}", f"{labels[b]}", format_ci(d, lo, hi), verdict, f"{n} ({method})"]
+        n = len(set.intersection(*({(r["fold"], r["seed"]) for r in runs if r["setting"] == s} for s in (a, b))))
+        return [f"`{a}`", f"`{b}`", format_ci(d, lo, hi), format_ci(*f1[:3]), verdict, f"{n} ({method})"]
 
     pairs = [(s, "k0") for s in settings if s != "k0"]
     pairs += [(s, b) for s in settings for b in baselines(s, settings)]
     rows = [line(a, b) for a, b in pairs]
-    head = ["arm", "against", "Δ accuracy [95% CI]", "better?", "pairs (fold, seed)"]
+    head = ["arm", "against", "Δ accuracy [95% CI]", "Δ macro-F1 [95% CI]", "accuracy better?", "pairs (fold, seed)"]
     md = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
-    means = ["", "| setting | accuracy (mean over folds and seeds) |", "|---|---|"]
-    means += [f"| {labels[s]} | {mean(s):.4f} |" for s in settings]
+    means = ["", "| setting | what | accuracy (mean over folds and seeds) |", "|---|---|---|"]
+    means += [f"| `{s}` | {labels[s].split(': ', 1)[-1]} | {mean(s):.4f} |" for s in settings]
     text = "\n".join(md + means) + "\n"
     write_text(out / "compare.md", text)
 
