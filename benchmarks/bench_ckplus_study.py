@@ -1,17 +1,23 @@
-"""The paper's experiment with open data: does a generator trained on wild faces help a small lab dataset?
+"""The paper's experiment with open data: does a generator trained on wild faces help a small dataset?
 
-A small posed dataset (default: the 71-subject CK+ sample, six classes, no contempt) is split into
-subject-disjoint folds (``ferkit study --folds``); for every fold and seed a classifier is trained
-on the fold's training subjects with
+A small grouped dataset (default: the 71-subject CK+ sample, six classes, no contempt; ``--data``
+with ``--group-by`` and ``--classes`` takes any other, e.g. SFEW's films) is split into
+group-disjoint folds (``ferkit study --folds``); for every fold and seed a classifier is trained
+on the fold's training groups with
 
 - real only; real + classic augmentation;
-- real + k x GAN edits: the generator (``--generator``, e.g. one trained on FER2013's train split)
-  edits *that fold's training faces* into the other expressions (``ferkit synth edit GENERATOR
-  --source <fold>/train.csv``), so no test or validation subject reaches training through an edit;
-- real + k x FER2013 real faces (the large wild dataset added directly: other domain, other people);
-- real + k x procedural faces (``ferkit synth faces``);
-- fine-tuning a FER2013-trained classifier (``--init``, default the bundled fer2013-vgg) on the real
-  faces, alone and with k x GAN edits;
+- real + oversampling of the rare classes (``--oversample CLASS=N,...``: arm ``over``);
+- real + k x GAN edits (``gan<k>``): the generator (``--generator``, e.g. one trained on FER2013's
+  train split) edits *that fold's training faces* into the other expressions (``ferkit synth edit
+  GENERATOR --source <fold>/train.csv``), so no test or validation group reaches training through
+  an edit; a generator that lacks one of the classes (the bundled editor knows no neutral) edits
+  the faces of its classes and adds edits of those classes only (``only=``);
+- real + k x edits + oversampling (``gan<k>+over``, k the smallest of ``--ratios``; with ``--oversample``);
+- real + k x FER2013 real faces (``fer<k>``; the large wild dataset added directly: other domain, other people);
+- real + k x procedural faces (``proc<k>``, ``ferkit synth faces``; k from ``--procedural-ratios``);
+- fine-tuning a classifier (``--init``, default the bundled fer2013-vgg): ``ft-<arm>``, the same
+  data and settings as an arm named in ``--finetune-arms`` (default ``real,gan``: ``ft`` and
+  ``ft-gan<k>``) but starting from that model;
 
 and tested on the fold's test subjects. Output (under ``--work``): the study folder (``study/``:
 table.md, table.csv, runs.csv, accuracy_vs_k.png, summary.md, the fold manifests), and
@@ -26,6 +32,8 @@ names its person; ``--folds``: K, or a group,fold CSV such as a previous study's
 
     .venv/bin/python benchmarks/bench_ckplus_study.py --generator runs/gan-fer2013 [--seeds 3] [--folds 5]
         [--ratios 1,2,5] [--arms real,aug,gan,fer2013,procedural,finetune] [--epochs 60 | --steps N]
+        [--data DIR --group-by REGEX --classes A,B,...] [--oversample disgusted=5,fearful=5]
+        [--finetune-arms real,aug,over,gan,gan+over,procedural]
     .venv/bin/python benchmarks/bench_ckplus_study.py ... --print-commands     # the commands, nothing run
 """
 from __future__ import annotations
@@ -50,7 +58,9 @@ from common import fer2013_dir, machine  # noqa: E402
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_DATA = SHARED / "ckplus48-dev.tar.gz"
 CLASSES = "angry,disgusted,fearful,happy,sad,surprised"
-ARMS = ("real", "aug", "gan", "fer2013", "procedural", "finetune")
+#: the arm name of each generated-data source: gan2 is real + 2x GAN edits, fer1, proc5 ...
+SHORT = {"gan": "gan", "fer2013": "fer", "procedural": "proc"}
+ARMS = ("real", "aug", "over", "gan", "gan+over", "fer2013", "procedural", "finetune")
 
 
 def extract(data: Path, root: Path = Path("/tmp/ferkit-data")) -> Path:
@@ -125,12 +135,41 @@ def check_edits(edits: Path, fold_paths: dict[str, Path]) -> int:
     return len(sources)
 
 
-def study_command(a, data: Path, work: Path, sources: dict[str, str]) -> list[str]:
-    arms = set(a.arms)
+def arm_specs(a, sources: dict[str, str], gan_only: tuple[str, ...] = ()) -> dict[str, str]:
+    """The study's named arms, ``{name: spec}`` (``ferkit study --arm NAME:SPEC``): oversampling, each
+    source at each k (``gan_only``: the classes the generator makes, when it lacks some), edits +
+    oversampling at the smallest k, and a fine-tuned twin ``ft-<name>`` of each arm ``--finetune-arms``
+    names (``ft`` for real only, ``ft-aug`` for augmentation)."""
+    chosen = set(a.arms)
     ratios = [r for r in a.ratios.split(",") if r.strip()]
+    specs: dict[str, str] = {}
+    kinds: dict[str, str] = {"real": "real", "aug": "aug"}   # arm name -> the --arms entry it belongs to
+    over = f"oversample={a.oversample}" if a.oversample else ""
+    if over and "over" in chosen:
+        specs["over"], kinds["over"] = over, "over"
+    only = f",only={','.join(gan_only)}" if gan_only else ""
+    for src in (x for x in sources if x in chosen):
+        for k in (ratios if src != "procedural" else a.procedural_ratios.split(",")):
+            name = f"{SHORT[src]}{k}"
+            specs[name], kinds[name] = f"source={src},k={k}" + (only if src == "gan" else ""), src
+    if over and "gan" in sources and "gan+over" in chosen:
+        k = min(ratios, key=float)
+        specs[f"gan{k}+over"], kinds[f"gan{k}+over"] = f"source=gan,k={k}{only},{over}", "gan+over"
+    if "finetune" in chosen and a.init:
+        extra = f",lr={a.ft_lr}" if a.ft_lr else ""
+        extra += f",seeds={a.seeds}" if a.scratch_seeds not in (None, a.seeds) else ""   # more seeds than the study
+        twins = {name: spec for name, spec in [("real", ""), ("aug", "augment"), *specs.items()]
+                 if kinds[name] in a.finetune_arms and (name == "real" or kinds[name] in chosen)}
+        specs.update({("ft" if name == "real" else f"ft-{name}"): ",".join(x for x in (f"init={a.init}", spec) if x)
+                      + extra for name, spec in twins.items()})
+    return specs
+
+
+def study_command(a, data: Path, work: Path, sources: dict[str, str], gan_only: tuple[str, ...] = ()) -> list[str]:
+    arms = set(a.arms)
     cmd = ["study", "--real", str(data), "--folds", str(a.folds), "--group-by", a.group_by,
            "--fold-seed", str(a.fold_seed), "--classes", a.classes, "--image-size", str(a.image_size),
-           "--ratios", ",".join(["0", *ratios]), "--seeds", str(a.seeds), "--no-synthetic-arm",
+           "--ratios", "0", "--seeds", str(a.scratch_seeds or a.seeds), "--no-synthetic-arm",
            "--recipe", a.recipe, "--jobs", str(a.jobs), "--out", str(work / "study"), "--no-progress"]
     for name, path in sources.items():
         cmd += ["--synthetic", f"{name}={path}"]
@@ -143,21 +182,54 @@ def study_command(a, data: Path, work: Path, sources: dict[str, str]) -> list[st
             cmd += ["--" + flag.replace("_", "-"), str(value)]
     for arg in a.model_arg or []:
         cmd += ["--model-arg", arg]
-    if "finetune" in arms and a.init:
-        lr = f",lr={a.ft_lr}" if a.ft_lr else ""
-        cmd += ["--arm", f"ft:init={a.init}{lr}"]
-        if "gan" in sources:
-            cmd += [x for k in ratios for x in ("--arm", f"ft-gan{k}:init={a.init},source=gan,k={k}{lr}")]
+    for name, spec in arm_specs(a, sources, gan_only).items():
+        cmd += ["--arm", f"{name}:{spec}"]
     return cmd
 
 
-def compare(study: Path, ratios: list[str], out: Path, title: str = "study") -> str:
-    """compare.md and compare.png: the claims of the issue as paired 95% intervals over (fold, seed)."""
+def baselines(setting: str, settings) -> list[str]:
+    """The settings a generated-data arm is compared with besides real only: edits against
+    augmentation, FER2013 faces and procedural faces at the same k; edits + oversampling against
+    oversampling and edits alone; a fine-tuned arm against fine-tuning alone, the same twins and the
+    arm trained from scratch."""
+    import re
+
+    m = re.fullmatch(r"(ft-)?gan([0-9.]+)(\+over)?", setting)
+    ft = (m.group(1) or "") if m else ("ft-" if setting.startswith("ft-") else "")
+    found = ["ft"] if ft else []
+    if m and m.group(3):
+        found += [f"{ft}over", f"{ft}gan{m.group(2)}"]
+    elif m:
+        found += [f"{ft}aug" if ft else "aug", f"{ft}fer{m.group(2)}", f"{ft}proc{m.group(2)}"]
+    if ft:
+        found.append(setting[3:])   # the same data from scratch
+    return [b for b in found if b in settings and b != setting]
+
+
+def read_runs(studies) -> list[dict]:
+    """The finished runs of one or more study folders of the same split (``study`` column: the run's
+    folder). A run in several folders (the same run id: the same data, settings and seed) must have
+    the same accuracy in each, as the runs are deterministic; it is counted once."""
+    runs: dict[str, dict] = {}
+    for study in map(Path, studies):
+        with open(study / "runs.csv", newline="") as fh:
+            for r in csv.DictReader(fh):
+                if not r.get("accuracy"):
+                    continue
+                first = runs.setdefault(r["run_id"], {**r, "study": str(study)})
+                if abs(float(first["accuracy"]) - float(r["accuracy"])) > 1e-9:
+                    sys.exit(f"{r['run_id']}: accuracy {r['accuracy']} in {study}, {first['accuracy']} in "
+                             f"{first['study']}: not the same run; compare studies of the same split and settings")
+    return list(runs.values())
+
+
+def compare(study: Path, out: Path, title: str = "study", also=()) -> str:
+    """compare.md and compare.png: the claims of the issue as paired 95% intervals over (fold, seed),
+    over the runs of ``study`` and the study folders ``also`` (the same split, other arms)."""
     from ferkit.experiments import compare_settings, format_ci
     from ferkit.files import new_figure, save_figure, write_text
 
-    with open(study / "runs.csv", newline="") as fh:
-        runs = [r for r in csv.DictReader(fh) if r.get("accuracy")]
+    runs = read_runs([study, *also])
     settings = list(dict.fromkeys(r["setting"] for r in runs))
     labels = {r["setting"]: r["label"] for r in runs}
 
@@ -166,22 +238,18 @@ def compare(study: Path, ratios: list[str], out: Path, title: str = "study") -> 
 
     def line(a: str, b: str) -> list[str]:
         d, lo, hi, method = compare_settings(runs, a, b)
+        f1 = compare_settings(runs, a, b, metric="macro_f1")
         verdict = "–" if math.isnan(lo) else ("yes" if lo > 0 else "no (worse)" if hi < 0 else "no (CI holds 0)")
-        n = len({(r["fold"], r["seed"]) for r in runs if r["setting"] == a})
-        return [f"{labels[a]}", f"{labels[b]}", format_ci(d, lo, hi), verdict, f"{n} ({method})"]
+        n = len(set.intersection(*({(r["fold"], r["seed"]) for r in runs if r["setting"] == s} for s in (a, b))))
+        return [f"`{a}`", f"`{b}`", format_ci(d, lo, hi), format_ci(*f1[:3]), verdict, f"{n} ({method})"]
 
     pairs = [(s, "k0") for s in settings if s != "k0"]
-    for k in ratios:
-        gan = f"k{k}-gan"
-        if gan in settings:
-            pairs += [(gan, b) for b in ("aug", f"k{k}-fer2013", f"k{k}-procedural") if b in settings]
-        if f"ft-gan{k}" in settings and "ft" in settings:
-            pairs.append((f"ft-gan{k}", "ft"))
+    pairs += [(s, b) for s in settings for b in baselines(s, settings)]
     rows = [line(a, b) for a, b in pairs]
-    head = ["arm", "against", "Δ accuracy [95% CI]", "better?", "pairs (fold, seed)"]
+    head = ["arm", "against", "Δ accuracy [95% CI]", "Δ macro-F1 [95% CI]", "accuracy better?", "pairs (fold, seed)"]
     md = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
-    means = ["", "| setting | accuracy (mean over folds and seeds) |", "|---|---|"]
-    means += [f"| {labels[s]} | {mean(s):.4f} |" for s in settings]
+    means = ["", "| setting | what | accuracy (mean over folds and seeds) |", "|---|---|---|"]
+    means += [f"| `{s}` | {labels[s].split(': ', 1)[-1]} | {mean(s):.4f} |" for s in settings]
     text = "\n".join(md + means) + "\n"
     write_text(out / "compare.md", text)
 
@@ -194,7 +262,7 @@ def compare(study: Path, ratios: list[str], out: Path, title: str = "study") -> 
     err = np.asarray([[x[0] - x[1], x[2] - x[0]] for x in diffs]).T
     ax.errorbar(d, y, xerr=np.nan_to_num(err), fmt="o", capsize=3)
     ax.axvline(0, color="0.3", lw=0.8)
-    ax.set_yticks(y, [labels[s] for s in others], fontsize=8)
+    ax.set_yticks(y, [labels[s] if len(labels[s]) <= 40 else s for s in others], fontsize=8)   # a long one: its name
     ax.set_xlabel(f"accuracy − real only ({mean('k0'):.3f}), 95% CI paired by (fold, seed)")
     ax.set_title(f"{title}: each arm against real only", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
@@ -215,8 +283,19 @@ def main() -> None:
     ap.add_argument("--fold-seed", type=int, default=0)
     ap.add_argument("--classes", default=CLASSES, help=f"default {CLASSES} (no contempt)")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--ratios", default="1,2,5", help="k values of the generated/added arms (default 1,2,5)")
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"which arms (default all: {','.join(ARMS)})")
+    ap.add_argument("--scratch-seeds", type=int, default=None, help="seeds of the arms trained from scratch (default "
+                                                                    "--seeds; the fine-tuned arms keep --seeds)")
+    ap.add_argument("--ratios", default="1,2,5", help="k values of the GAN and FER2013 arms (default 1,2,5)")
+    ap.add_argument("--pool-k", type=float, default=None,
+                    help="make the GAN and FER2013 pools for k up to this (default the largest of --ratios), so a "
+                         "later rerun with a larger k finds the same faces and resumes the same study")
+    ap.add_argument("--procedural-ratios", default=None, help="k values of the procedural arms (default: --ratios)")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"which arms (default all: {','.join(ARMS)}; "
+                                                                   "over and gan+over need --oversample)")
+    ap.add_argument("--oversample", default=None, help="the rare classes' oversampling of the over and gan+over arms, "
+                                                       "as `ferkit train --oversample` (e.g. disgusted=5,fearful=5)")
+    ap.add_argument("--finetune-arms", default="real,gan", help="the arms the finetune arm also runs fine-tuned "
+                                                                "(default real,gan: ft and ft-gan<k>)")
     ap.add_argument("--init", default="fer2013-vgg", help="the classifier the finetune arms start from")
     ap.add_argument("--ft-lr", type=float, default=None, help="learning rate of the finetune arms (default: the "
                                                               "recipe's)")
@@ -230,22 +309,32 @@ def main() -> None:
     ap.add_argument("--model-arg", action="append", default=None)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--work", default="/tmp/ferkit-bench/ckplus-study")
+    ap.add_argument("--also", action="append", default=[], metavar="STUDY",
+                    help="another study folder of the same split (e.g. a previous --work's study/) whose runs join "
+                         "compare.md and rare-table.md; runs in both must agree")
     ap.add_argument("--print-commands", action="store_true", help="print the ferkit commands; run nothing")
     a = ap.parse_args()
     a.arms = [x.strip() for x in a.arms.split(",") if x.strip()]
-    if not set(a.arms) <= set(ARMS) or not a.arms:
-        sys.exit(f"--arms: choose among {','.join(ARMS)}")
-    if "gan" in a.arms and not a.generator:
+    a.finetune_arms = [x.strip() for x in a.finetune_arms.split(",") if x.strip()]
+    if not set(a.arms) <= set(ARMS) or not a.arms or not set(a.finetune_arms) <= set(ARMS):
+        sys.exit(f"--arms, --finetune-arms: choose among {','.join(ARMS)}")
+    if {"gan", "gan+over"} & set(a.arms) and not a.generator:
         print("note: no --generator given: the GAN arms are left out", file=sys.stderr)
-        a.arms = [x for x in a.arms if x != "gan"]
+        a.arms = [x for x in a.arms if x not in ("gan", "gan+over")]
+    if {"over", "gan+over"} & set(a.arms) and not a.oversample:
+        a.arms = [x for x in a.arms if x not in ("over", "gan+over")]   # no --oversample: no oversampling arms
+    a.procedural_ratios = a.procedural_ratios or a.ratios
     if a.epochs and a.steps:
         sys.exit("give --epochs or --steps, not both")
-    try:
-        ratios = [f"{float(r):g}" for r in a.ratios.split(",") if r.strip()]   # as the study names its arms
-        if not ratios or min(float(r) for r in ratios) <= 0:
-            raise ValueError
-    except ValueError:
-        sys.exit(f"--ratios: positive numbers, e.g. 1,2,5 (got {a.ratios})")
+    for flag in ("ratios", "procedural_ratios"):
+        try:
+            ks = [f"{float(r):g}" for r in getattr(a, flag).split(",") if r.strip()]   # as arms are named
+            if not ks or min(float(r) for r in ks) <= 0:
+                raise ValueError
+        except ValueError:
+            sys.exit(f"--{flag.replace('_', '-')}: positive numbers, e.g. 1,2,5 (got {getattr(a, flag)})")
+        setattr(a, flag, ",".join(ks))
+    ratios = a.ratios.split(",")
 
     from ferkit.errors import FerkitError
     from ferkit.experiments.folds import describe, load_folds, write_fold_plan
@@ -263,8 +352,16 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     folds = write_fold_plan(work / "folds", dataset, plan)
     print("\n".join(describe(plan, dataset)), flush=True)
-    per_class, distinct = pool_size(folds, [float(r) for r in ratios])
-    if "gan" in a.arms and per_class > distinct:
+    per_class, distinct = pool_size(folds, [float(r) for r in ratios] + ([a.pool_k] if a.pool_k else []))
+    procedural = pool_size(folds, [float(r) for r in a.procedural_ratios.split(",")])[0]
+    use_gan = bool({"gan", "gan+over"} & set(a.arms))
+    gan_only = ()
+    if use_gan:   # a generator without one of the classes edits the faces of its own classes into them
+        from ferkit.synth.gan import load_generator
+
+        known = load_generator(a.generator, "cpu")[1].classes
+        gan_only = tuple(c for c in classes if c in known) if any(c not in known for c in classes) else ()
+    if use_gan and per_class > distinct:
         print(f"note: the largest k needs {per_class} edits of a class, but a fold's training part has only "
               f"{distinct} faces of the other classes to edit into it: some edits repeat a face (a deterministic "
               "generator then writes identical images)", flush=True)
@@ -273,33 +370,26 @@ def main() -> None:
     sources: dict[str, str] = {}
     faces = work / "faces"   # folders named by their size: another --ratios makes new ones
     gan_dir = faces / f"gan-{per_class}"
-    if "gan" in a.arms:
+    if use_gan:
+        made = ",".join(gan_only) or a.classes
         for i, paths in folds.items():
             old = stale_edits(gan_dir / f"fold{i}", a.generator)
             if old:
                 sys.exit(f"{gan_dir / f'fold{i}'} holds edits by another generator ({old}); use another --work")
             steps.append((["synth", "edit", a.generator, "--source", str(paths["train"]), "--out",
-                           str(gan_dir / f"fold{i}"), "--per-class", str(per_class),
-                           "--classes", a.classes, "--no-progress"], gan_dir / f"fold{i}" / "metadata.csv"))
+                           str(gan_dir / f"fold{i}"), "--per-class", str(per_class), "--classes", made,
+                           *(["--from-classes", made] if gan_only else []), "--no-progress"],
+                          gan_dir / f"fold{i}" / "metadata.csv"))
         sources["gan"] = str(gan_dir / "fold{fold}")
     if "fer2013" in a.arms:
         root = Path(a.fer2013) if a.fer2013 else (fer2013_dir() or sys.exit("FER2013 archive not found")) / "train"
         sources["fer2013"] = str(fer2013_pool(root, faces / f"fer2013-{per_class}.csv", per_class, classes))
     if "procedural" in a.arms:
-        steps.append((["synth", "faces", "--out", str(faces / f"procedural-{per_class}"), "--per-class",
-                       str(per_class), "--size", str(a.image_size), "--classes", a.classes, "--no-progress"],
-                      faces / f"procedural-{per_class}" / "metadata.csv"))
-        sources["procedural"] = str(faces / f"procedural-{per_class}")
-    if not sources:   # the study needs one generated-data source even when only real/aug/finetune run
-        steps.append((["synth", "faces", "--out", str(faces / "procedural-10"), "--per-class", "10",
-                       "--size", str(a.image_size), "--classes", a.classes, "--no-progress"],
-                      faces / "procedural-10" / "metadata.csv"))
-        sources["procedural"] = str(faces / "procedural-10")
-        study_ratios = []
-    else:
-        study_ratios = ratios
-    b = argparse.Namespace(**{**vars(a), "ratios": ",".join(study_ratios)})
-    steps.append((study_command(b, data, work, sources), work / "study" / "summary.md"))
+        steps.append((["synth", "faces", "--out", str(faces / f"procedural-{procedural}"), "--per-class",
+                       str(procedural), "--size", str(a.image_size), "--classes", a.classes, "--no-progress"],
+                      faces / f"procedural-{procedural}" / "metadata.csv"))
+        sources["procedural"] = str(faces / f"procedural-{procedural}")
+    steps.append((study_command(a, data, work, sources, gan_only), work / "study" / "summary.md"))
     for args, done in steps:
         line = "ferkit " + shlex.join(args)
         if a.print_commands:
@@ -314,10 +404,15 @@ def main() -> None:
         return
     if (work / "folds" / "groups.csv").read_text() != (work / "study" / "folds" / "groups.csv").read_text():
         sys.exit(f"the study split {data} differently from {work / 'folds'}: the edits were made for another split")
-    if "gan" in a.arms:
+    if use_gan:
         n = sum(check_edits(gan_dir / f"fold{i}", paths) for i, paths in folds.items())
         print(f"checked: all {n} GAN edits come from their own fold's training faces")
-    print(compare(work / "study", study_ratios, work, f"{data.name}, {plan.k} folds, {a.seeds} seed(s)"))
+    print(compare(work / "study", work, f"{data.name}, {plan.k} folds", a.also))
+    if a.oversample:   # the rare classes' recalls, per arm
+        from bench_rare_classes import rare_table
+
+        rare = [part.split("=")[0].strip() for part in a.oversample.split(",")]
+        print(rare_table(work / "study", rare, work / "rare-table.md", a.also))
     minutes = (time.time() - t0) / 60
     print(f"results: {work / 'study'} (table.md, accuracy_vs_k.png), {work / 'compare.md'}, {work / 'compare.png'}")
     print(f"wall time {minutes:.1f} min on {machine()}")

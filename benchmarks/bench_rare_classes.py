@@ -28,7 +28,6 @@ own table, with the rare classes' recalls from each run's ``eval-test/metrics.js
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shlex
 import subprocess
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from bench_ckplus_study import extract, stale_edits  # noqa: E402
+from bench_ckplus_study import extract, read_runs, stale_edits  # noqa: E402
 from common import machine  # noqa: E402
 
 #: FER+'s eight classes in the order of the bundled ferplus models
@@ -100,32 +99,34 @@ def edit_command(a, root: Path, work: Path, per_class: int) -> tuple[list[str], 
             str(per_class), "--classes", ",".join(MADE), "--no-progress"], edits
 
 
-def rare_table(out: Path) -> str:
-    """rare-table.md: per arm the accuracy, macro-F1 and the rare classes' recalls (mean ± sd over
-    seeds), and the differences to the real-only arm (95% intervals paired by seed)."""
+def rare_table(out: Path, rare=RARE, dest: Path | None = None, also=()) -> str:
+    """rare-table.md (in ``out`` or at ``dest``): per arm the accuracy, macro-F1 and the ``rare``
+    classes' recalls (mean ± sd over seeds, and folds in a grouped study), and the differences to the
+    real-only arm (95% intervals paired by seed, and fold); ``also``: more study folders of the same split."""
     import numpy as np
 
     from ferkit.experiments import compare_settings, format_ci
     from ferkit.files import read_json, write_text
 
-    with open(out / "runs.csv", newline="") as fh:
-        runs = list(csv.DictReader(fh))
+    runs = read_runs([out, *also])
     for r in runs:
-        m = read_json(out / "runs" / r["run_id"] / "eval-test" / "metrics.json")
-        r.update({f"recall_{c}": m["per_class"][c]["recall"] for c in RARE})
+        m = read_json(Path(r["study"]) / "runs" / r["run_id"] / "eval-test" / "metrics.json")
+        r.update({f"recall_{c}": m["per_class"][c]["recall"] for c in rare})
         r.update(accuracy=float(r["accuracy"]), macro_f1=float(r["macro_f1"]))
-    metrics = ["accuracy", "macro_f1"] + [f"recall_{c}" for c in RARE]
-    head = ["arm", "faces (added)", "seeds"] + metrics + ["Δ macro-F1 vs k0 [95% CI]"]
+    metrics = ["accuracy", "macro_f1"] + [f"recall_{c}" for c in rare]
+    head = ["arm", "faces (added; mean of runs)", "runs"] + metrics
+    head += [f"Δ {m} vs k0 [95% CI]" for m in ("accuracy", "macro-F1")]
     md = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for arm in dict.fromkeys(r["setting"] for r in runs):
         rs = [r for r in runs if r["setting"] == arm]
         cells = [f"{np.mean([r[m] for r in rs]):.4f} ± {np.std([r[m] for r in rs], ddof=1) if len(rs) > 1 else 0:.4f}"
                  for m in metrics]
-        delta = "–" if arm == "k0" else format_ci(*compare_settings(runs, arm, "k0", metric="macro_f1")[:3])
-        md.append("| " + " | ".join([arm, f"{rs[0]['n_train']} ({rs[0]['n_synthetic']})", str(len(rs)), *cells,
-                                     delta]) + " |")
+        deltas = ["–" if arm == "k0" else format_ci(*compare_settings(runs, arm, "k0", metric=m)[:3])
+                  for m in ("accuracy", "macro_f1")]
+        faces = "{:.0f} ({:.0f})".format(*(np.mean([float(r[k]) for r in rs]) for k in ("n_train", "n_synthetic")))
+        md.append("| " + " | ".join([arm, faces, str(len(rs)), *cells, *deltas]) + " |")
     text = "\n".join(md) + "\n"
-    write_text(out / "rare-table.md", text)
+    write_text(dest or out / "rare-table.md", text)
     return text
 
 

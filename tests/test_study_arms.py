@@ -109,6 +109,8 @@ def test_every_train_setting_can_be_set_per_arm():
     ("x:lr=0.1,lr=0.2", "--arm x: lr is given twice"),
     ("x:image_size=64", "--arm x: image size 64 differs from the study's 48 px"),
     ("x:only=disgusted,k=0", "--arm x: only= picks the classes of the generated faces; give k > 0 too"),
+    ("x:lr=0.1,seeds=0", "--arm x: seeds must be 1 to 1000"),
+    ("x:lr=0.1,seeds=two", "--arm x: seeds 'two' is not a whole number"),
 ])
 def test_bad_arm_overrides_are_one_line(spec, words):
     with pytest.raises(FerkitError) as exc:
@@ -147,6 +149,62 @@ def test_an_arm_with_only_draws_k_times_each_named_class(tmp_path):
     specs = {s.run_id: s for s in plan_study(cfg, faces, {"gan": pool})}
     assert len(specs["nall_g2_s0"].synth_idx) == 12 and len(specs["nall_k0_s0"].synth_idx) == 0
     assert set(specs["nall_g2_s0"].synth_idx) != set(specs["nall_g2_s1"].synth_idx)   # each seed its own draw
+
+
+def test_a_source_needs_only_the_classes_its_arms_draw(tmp_path, capsys):
+    """A generator that knows no neutral: its edits feed arms with only=, the study trains neutral too."""
+    classes = ["angry", "happy", "neutral"]
+    real = make_folder(tmp_path / "real", classes, 4)
+    gen = make_folder(tmp_path / "gen", ["angry", "happy"], 8, seed=3)
+    base = dict(real_train=str(real), val=str(real), test=str(real), synthetic=[f"gan={gen}"], ratios="0",
+                classes=classes, augment_arm=False, synthetic_arm=False, train={"arch": "tiny", "image_size": 16})
+    cfg = StudyConfig(**base, out=str(tmp_path / "o"), arms=["g:source=gan,k=1,only=angry,happy", "o:augment"])
+    assert cfg.drawn_classes(tuple(classes)) == {"gan": ("angry", "happy")}
+    both = StudyConfig(**base, out=str(tmp_path / "o2"), arms=["g:source=gan,k=1"])
+    assert both.drawn_classes(tuple(classes)) == {"gan": tuple(classes)}
+    args = ["study", "--real-train", str(real), "--val", str(real), "--test", str(real), "--synthetic", f"gan={gen}",
+            "--ratios", "0", "--seeds", "1", "--no-augment-arm", "--no-synthetic-arm", "--classes", ",".join(classes),
+            "--arch", "tiny", "--epochs", "1", "--image-size", "16", "--batch-size", "8", "--no-progress"]
+    assert run([*args, "--out", str(tmp_path / "s"), "--arm", "g:source=gan,k=1,only=angry,happy"]) == 0
+    counts = json.loads((tmp_path / "s" / "runs" / "nall_g_s0" / "config.json").read_text())["train_counts"]
+    assert counts == {"angry": 8, "happy": 8, "neutral": 4}
+    capsys.readouterr()   # an arm that draws every class from it still needs neutral: one line, nothing run
+    assert run([*args, "--out", str(tmp_path / "t"), "--arm", "g:source=gan,k=1"]) == 1
+    err = capsys.readouterr().err
+    assert "no images of class neutral" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t" / "runs").exists()
+
+
+def test_an_arm_may_run_more_seeds_than_the_study(tmp_path):
+    """seeds=N: that arm's runs take seeds 0..N-1, the others the study's; not part of its definition."""
+    classes = ["angry", "happy"]
+    real = make_folder(tmp_path / "real", classes, 6)
+    from ferkit.data import load_dataset
+
+    arm = parse_arm("ft:lr=0.01,seeds=3")
+    assert arm.seeds == 3 and arm.definition() == parse_arm("ft:lr=0.01").definition()
+    cfg = StudyConfig(real_train=str(real), val=str(real), test=str(real), out=str(tmp_path / "o"), ratios="0",
+                      seeds=1, classes=classes, augment_arm=False, synthetic_arm=False,
+                      arms=["ft:lr=0.01,seeds=3", "over:oversample=happy=2"], train={"arch": "tiny", "image_size": 16})
+    faces = load_dataset(real, cfg.classes, 16, progress=False)
+    runs = sorted(s.run_id for s in plan_study(cfg, faces, {}))
+    assert runs == ["nall_ft_s0", "nall_ft_s1", "nall_ft_s2", "nall_k0_s0", "nall_over_s0"]
+
+
+def test_steps_count_the_copies_oversampling_adds(tmp_path):
+    """--steps gives an oversampling arm about as many updates as real only, not more."""
+    import csv
+
+    real = make_folder(tmp_path / "real", ["angry", "happy"], 6)
+    out = tmp_path / "s"
+    args = ["study", "--real-train", str(real), "--val", str(real), "--test", str(real), "--out", str(out),
+            "--ratios", "0", "--seeds", "1", "--no-augment-arm", "--no-synthetic-arm", "--arch", "tiny",
+            "--steps", "6", "--image-size", "16", "--batch-size", "4", "--arm", "over:oversample=happy=2",
+            "--no-progress"]
+    assert run(args) == 0
+    with open(out / "runs.csv", newline="") as fh:
+        epochs = {r["setting"]: int(r["epochs"]) for r in csv.DictReader(fh)}
+    assert epochs == {"k0": 2, "over": 1}   # 12 faces = 3 batches an epoch; 12 + 2 x 6 copies = 6 batches
 
 
 def test_study_cli_takes_train_options_and_arms(tmp_path, capsys):

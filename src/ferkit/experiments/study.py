@@ -129,8 +129,9 @@ def parse_sources(specs: list[str]) -> dict[str, list[str]]:
 #: plan decides the training faces, so the training sources and their weights too).
 PER_RUN_FIELDS = ("train_dir", "val_dir", "out", "seed", "classes", "progress", "num_threads", "train_weight",
                   "extra_train_dirs")
-#: The keys of an arm's data mix; every other key is a TrainConfig field (an override).
-MIX_KEYS = ("source", "k", "only")
+#: The keys of an arm's data mix (and ``seeds``, how many seeds it runs); every other key is a
+#: TrainConfig field (an override).
+MIX_KEYS = ("source", "k", "only", "seeds")
 _KEY_ALIASES = {"synthetic": "source"}
 _FOLD = "{fold}"
 _ARM_NAME = r"[A-Za-z][A-Za-z0-9_.+-]*"
@@ -150,6 +151,7 @@ class Arm:
     only: tuple[str, ...] = ()  # generated images only for these classes (k x each one's real count)
     train: dict = field(default_factory=dict, hash=False)   # TrainConfig overrides, e.g. {"oversample": ...}
     custom: bool = False      # named with --arm (not on the real + k x generated lines)
+    seeds: int = 0            # seeds 0..seeds-1 of this arm (0: the study's --seeds); not part of its definition
 
     @property
     def augment(self) -> bool:
@@ -274,6 +276,13 @@ def parse_arm(spec: str, sources=(UNNAMED_SOURCE,)) -> Arm:
             mix["source"] = (value or "").strip()
         elif key == "only":
             mix["only"] = parse_classes(value or "")
+        elif key == "seeds":
+            try:
+                mix["seeds"] = int((value or "").strip())
+            except ValueError:
+                raise FerkitError(f"{where}: seeds {value!r} is not a whole number") from None
+            if not 1 <= mix["seeds"] <= 1000:
+                raise FerkitError(f"{where}: seeds must be 1 to 1000 (got {mix['seeds']})")
         else:
             train[key] = parse_setting(key, value, where)
     sources = tuple(sources)
@@ -301,7 +310,7 @@ def parse_arm(spec: str, sources=(UNNAMED_SOURCE,)) -> Arm:
     parts += [f"lr {v:g}" if key == "lr" else (key if v is True else f"no {key}") if isinstance(v, bool)
               else f"{key} {_plain(v)}" for key, v in train.items() if key not in ("init", "augment")]
     return Arm(name, f"{name}: " + " + ".join(parts), k=k, source=source, only=tuple(mix.get("only", ())),
-               train=train, custom=True)
+               train=train, custom=True, seeds=mix.get("seeds", 0))
 
 
 def _plain(value) -> str:
@@ -480,6 +489,17 @@ class StudyConfig:
     def custom_arms(self) -> list[Arm]:
         return [parse_arm(spec, tuple(self.sources())) for spec in self.arms]
 
+    def drawn_classes(self, classes) -> dict[str, tuple[str, ...]]:
+        """Per generated-data source, the classes some arm draws from it: every class for the
+        built-in arms (real + k x, generated only) and for a named arm without ``only=``, else its
+        ``only`` classes. A source needs images of these classes only."""
+        builtin = self.synthetic_arm or any(k > 0 for k in self.ratios)
+        drawn = {name: set(classes) if builtin else set() for name in self.sources()}
+        for arm in self.custom_arms():
+            if arm.source:
+                drawn[arm.source] |= set(arm.only or classes)
+        return {name: tuple(c for c in classes if c in need) for name, need in drawn.items()}
+
     def labels_of(self, arm: Arm) -> str:
         """How an arm's runs read vote labels (majority or soft): the arm's setting, else the base's."""
         return arm.train.get("labels", self.base.labels)
@@ -619,18 +639,21 @@ def _concat(sets: list[ImageSet], classes) -> ImageSet:
                     [p for s in sets for p in s.paths], tuple(classes), [x for s in sets for x in s.skipped])
 
 
-def _check_pools(sources: dict[str, list[str]], classes) -> dict[str, dict[str, list[str]]]:
-    """Every generated-data folder exists and has the classes (one line if not); its classes by folder."""
+def _check_pools(sources: dict[str, list[str]], classes, drawn=None) -> dict[str, dict[str, list[str]]]:
+    """Every generated-data folder exists and its source has the classes the arms draw from it
+    (``drawn``: source -> classes, default every class; one line if not); its classes by folder."""
     found = {name: {d: scan_source(d, None, f"synthetic data {name}").found_classes for d in dirs}
              for name, dirs in sources.items()}
-    for by_dir in found.values():
-        _check_synthetic_classes(by_dir, classes, "generate them or restrict with --classes")
+    for name, by_dir in found.items():
+        need = classes if drawn is None else drawn.get(name, ())
+        _check_synthetic_classes(by_dir, need, "generate them, restrict with --classes, or draw from the "
+                                 "source with arms that name its classes (only=...)")
     return found
 
 
-def _load_pools(sources: dict[str, list[str]], classes, kw: dict, cache: dict) -> dict[str, ImageSet]:
+def _load_pools(sources: dict[str, list[str]], classes, kw: dict, cache: dict, drawn=None) -> dict[str, ImageSet]:
     """One pool per generated-data source (its folders pooled), decoding each folder once (``cache``)."""
-    found = _check_pools(sources, classes)
+    found = _check_pools(sources, classes, drawn)
     pools = {}
     for name, by_dir in found.items():
         parts = []
@@ -654,14 +677,15 @@ def _load_sources(cfg: StudyConfig):
     else:
         classes = cfg.classes
     kw = dict(image_size=cfg.image_size, progress=cfg.progress)
-    _check_pools(cfg.sources(), classes)   # before decoding anything: a missing class is one line
+    drawn = cfg.drawn_classes(classes)
+    _check_pools(cfg.sources(), classes, drawn)   # before decoding anything: a missing class is one line
     real = load_dataset(cfg.real_train, classes, role="real training data", **kw)
     soft = None
     if "soft" in cfg.label_modes():
         soft = load_dataset(cfg.real_train, classes, role="real training data", labels="soft", **kw)
     val = load_dataset(cfg.val, classes, role="validation data", **kw)
     test = load_dataset(cfg.test, classes, role="test data", **kw)
-    pools = _load_pools(cfg.sources(), classes, kw, {})
+    pools = _load_pools(cfg.sources(), classes, kw, {}, drawn)
     return tuple(classes), real, val, test, pools, soft
 
 
@@ -678,13 +702,14 @@ def _load_partitions(cfg: StudyConfig, out: Path):
     data, plan = load_folds(cfg.real, cfg.folds, cfg.group_by, cfg.classes, cfg.image_size, cfg.fold_seed,
                             cfg.val_fraction, cfg.progress)
     classes = data.classes
+    drawn = cfg.drawn_classes(classes)
     for fold in plan.folds:   # every fold's folders exist and have the classes, before decoding any
-        _check_pools(_fold_sources(cfg, fold.index), classes)
+        _check_pools(_fold_sources(cfg, fold.index), classes, drawn)
     parts, cache = [], {}
     for fold in plan.folds:
         paths = fold_manifest_paths(out / "folds", fold.index)
         parts.append(Partition(fold.index, subset(data, fold.train), subset(data, fold.val), subset(data, fold.test),
-                               _load_pools(_fold_sources(cfg, fold.index), classes, kw, cache),
+                               _load_pools(_fold_sources(cfg, fold.index), classes, kw, cache, drawn),
                                str(paths["val"]), str(paths["test"])))
     return classes, parts, (data, plan)
 
@@ -718,7 +743,7 @@ def plan_study(cfg: StudyConfig, real: ImageSet, pools: dict[str, ImageSet], fol
                                    for c, n in zip(classes, counts)], np.int64)
             else:
                 want = allocate(counts, math.floor(arm.k * len(sub) + 0.5), cfg.balance)
-            for seed in range(cfg.seeds):
+            for seed in range(arm.seeds or cfg.seeds):
                 pool = pools[arm.source].labels if arm.source else np.zeros(0, np.int64)
                 idx, dup = draw_per_class(pool, want, seed, classes, cfg.replace,
                                           where=f"{where}generated data for n={_size_name(n)} {arm.label}")
@@ -878,8 +903,22 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     return _tabulate(cfg, out, rows, results, trained=len(jobs), skipped=len(done))
 
 
-def _run_row(cfg: StudyConfig, spec: RunSpec) -> dict:
-    """runs.csv's row of a run, before its results."""
+def _seen_per_epoch(cfg: StudyConfig, spec: RunSpec, labels: np.ndarray, classes) -> int:
+    """How many faces one epoch of the run shows: its training faces (class indices ``labels``) and the
+    copies its ``oversample`` setting adds, so that ``--steps`` gives an oversampling arm the same
+    number of updates as the others, not more."""
+    from ..train.config import parse_oversample
+
+    over = spec.arm.train["oversample"] if "oversample" in spec.arm.train else cfg.base.oversample
+    if not over:
+        return len(labels)
+    counts = np.bincount(labels, minlength=len(classes))
+    return len(labels) + sum(n * int(counts[classes.index(c)]) for c, n in parse_oversample(over).items()
+                             if c in classes)
+
+
+def _run_row(cfg: StudyConfig, spec: RunSpec, seen: int | None = None) -> dict:
+    """runs.csv's row of a run, before its results (``seen``: faces an epoch shows, default its faces)."""
     n_real, n_syn = len(spec.real_idx), len(spec.synth_idx)
     on_line = spec.arm.real and not spec.arm.augment and not spec.arm.custom
     return {"run_id": spec.run_id, "fold": "" if spec.fold is None else spec.fold,
@@ -888,7 +927,7 @@ def _run_row(cfg: StudyConfig, spec: RunSpec) -> dict:
             "k": spec.arm.k if on_line else "",
             "gen_per_real": spec.arm.k, "seed": spec.seed, "n_real": n_real,
             "n_synthetic": n_syn, "n_train": n_real + n_syn, "duplicates": spec.duplicates,
-            "epochs": cfg.run_epochs(n_real + n_syn)}
+            "epochs": cfg.run_epochs(seen or n_real + n_syn)}
 
 
 def _prepare_runs(cfg: StudyConfig, out: Path, plans, classes, threads) -> tuple[dict, dict, dict]:
@@ -901,7 +940,10 @@ def _prepare_runs(cfg: StudyConfig, out: Path, plans, classes, threads) -> tuple
             real, pools = part.real_for(spec.labels), part.pools
             run_dir = out / "runs" / spec.run_id
             manifest = out / "manifests" / f"{spec.run_id}.csv"
-            rows[spec.run_id] = _run_row(cfg, spec)
+            hard = real.majority if real.majority is not None else real.labels   # as --oversample counts them
+            labels = np.concatenate([hard[spec.real_idx], pools[spec.arm.source].labels[spec.synth_idx]
+                                     if spec.arm.source else np.zeros(0, np.int64)])
+            rows[spec.run_id] = _run_row(cfg, spec, _seen_per_epoch(cfg, spec, labels, classes))
             metrics = _finished(run_dir)
             if metrics is not None:
                 done[spec.run_id] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
