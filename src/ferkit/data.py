@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,24 @@ def max_pixels() -> int:
 
 
 # ----------------------------------------------------------------------------- decoding
+_OPEN_LOCK = threading.Lock()
+
+
+def open_image(source):
+    """``PIL.Image.open`` without Pillow's DecompressionBombWarning (ferkit applies its own pixel
+    limit, :func:`max_pixels`, with a clear message). ``warnings.catch_warnings`` changes process-wide
+    state and is not thread-safe: with several decoding threads one thread's exit could restore the
+    filters while another opens a large image, and the warning would leak. So the opens (a header
+    read: fast; the decoding itself stays parallel) take one lock."""
+    import warnings
+
+    from PIL import Image
+
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(source)
+
+
 def decode_image(data: bytes | str | os.PathLike, color: bool = False) -> np.ndarray:
     """THE decoder: an image file (path or bytes) -> uint8 gray (H, W), or BGR (H, W, 3) with ``color``.
 
@@ -75,26 +94,22 @@ def decode_image(data: bytes | str | os.PathLike, color: bool = False) -> np.nda
 
     Raises ValueError with a short reason when the file is not a usable image.
     """
-    import warnings
-
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     limit = max_pixels()
     try:
         if not isinstance(data, bytes) and not _is_regular_file(data):   # a FIFO or device would block
             raise ValueError("not a regular file (a FIFO, socket or device); not read")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
-                w, h = im.size
-                if w * h > limit:
-                    raise ValueError(f"image too large: {w}x{h} = {w * h / 1e6:.0f} megapixels, above the limit "
-                                     f"of {limit / 1e6:.0f} (FERKIT_MAX_PIXELS)")
-                im.load()
-                im = _normalise_mode(ImageOps.exif_transpose(im))
-                if color:
-                    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8)[:, :, ::-1])
-                return np.asarray(im.convert("L"), dtype=np.uint8)
+        with open_image(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+            w, h = im.size
+            if w * h > limit:
+                raise ValueError(f"image too large: {w}x{h} = {w * h / 1e6:.0f} megapixels, above the limit "
+                                 f"of {limit / 1e6:.0f} (FERKIT_MAX_PIXELS)")
+            im.load()
+            im = _normalise_mode(ImageOps.exif_transpose(im))
+            if color:
+                return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8)[:, :, ::-1])
+            return np.asarray(im.convert("L"), dtype=np.uint8)
     except Image.DecompressionBombError:
         raise ValueError(f"image too large: above the limit of {limit / 1e6:.0f} megapixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, TypeError) as exc:

@@ -119,21 +119,19 @@ class TooLarge(ValueError):
 def image_size(data: bytes) -> tuple[str | None, int, int]:
     """(format, width, height) from the image's header only (nothing is decoded); ValueError when
     Pillow cannot identify it."""
-    import warnings
-
     from PIL import Image
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                return im.format, int(im.size[0]), int(im.size[1])
-        except Image.DecompressionBombError as exc:
-            import re
+    from ..data import open_image
 
-            n = re.search(r"\((\d+) pixels\)", str(exc))
-            size = f"{int(n.group(1)) / 1e6:.0f} megapixels" if n else "far above the limit"
-            raise TooLarge(f"image too large: {size} (--max-megapixels); refused before decoding") from None
+    try:
+        with open_image(io.BytesIO(data)) as im:
+            return im.format, int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError as exc:
+        import re
+
+        n = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(n.group(1)) / 1e6:.0f} megapixels" if n else "far above the limit"
+        raise TooLarge(f"image too large: {size} (--max-megapixels); refused before decoding") from None
 
 
 def decode_limited(data: bytes, max_pixels: int) -> tuple[np.ndarray, float]:
@@ -164,19 +162,17 @@ def decode_limited(data: bytes, max_pixels: int) -> tuple[np.ndarray, float]:
 
 
 def _decode_jpeg_reduced(data: bytes, w: int, h: int, k: int) -> tuple[np.ndarray, float]:
-    import warnings
+    from PIL import ImageOps
 
-    from PIL import Image, ImageOps
+    from ..data import open_image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                im.draft("L", (math.ceil(w / k), math.ceil(h / k)))
-                scale = w / im.size[0]
-                im.load()
-                gray = ImageOps.exif_transpose(im).convert("L")
-                return np.asarray(gray, dtype=np.uint8), float(scale)
+        with open_image(io.BytesIO(data)) as im:
+            im.draft("L", (math.ceil(w / k), math.ceil(h / k)))
+            scale = w / im.size[0]
+            im.load()
+            gray = ImageOps.exif_transpose(im).convert("L")
+            return np.asarray(gray, dtype=np.uint8), float(scale)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ValueError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
