@@ -195,7 +195,15 @@ def run_fold(args: list[str]) -> None:
     print(f"  {time.time() - t0:.0f} s", flush=True)
 
 
-def blended(checkpoint: Path, blend: str | None, work: Path) -> Path:
+def blend_spec(text: str) -> tuple[str, float]:
+    """``MODEL:ALPHA`` -> (MODEL, ALPHA); argparse turns a ValueError into one usage line."""
+    name, _, alpha = text.rpartition(":")
+    if not name or not 0 <= float(alpha) <= 1:
+        raise ValueError(text)
+    return name, float(alpha)
+
+
+def blended(checkpoint: Path, blend: tuple[str, float] | None, work: Path) -> Path:
     """``checkpoint`` itself, or with ``--blend-with MODEL:ALPHA`` its weights interpolated towards
     MODEL's (ALPHA x checkpoint + (1 - ALPHA) x MODEL, batch-norm statistics too: WiSE-FT, Wortsman
     et al. 2022), written beside the fold's run as ``<fold>-blend-<ALPHA>.safetensors``."""
@@ -206,8 +214,7 @@ def blended(checkpoint: Path, blend: str | None, work: Path) -> Path:
 
     from ferkit.models import model_file
 
-    name, _, alpha = blend.rpartition(":")
-    alpha = float(alpha)
+    name, alpha = blend
     out = work / f"{checkpoint.parent.name}-blend-{name.replace('/', '_')}-{alpha:g}.safetensors"
     mixed = {}
     with safe_open(str(checkpoint), "pt") as tuned, safe_open(str(model_file(name)), "pt") as base:
@@ -310,7 +317,7 @@ def main(argv=None) -> int:
     f.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     f.add_argument("--checkpoint", default="best.safetensors", help="which checkpoint of each run to score")
     f.add_argument("--final", action="store_true", help="then train the recipe on everything (work/final)")
-    f.add_argument("--blend-with", metavar="MODEL:ALPHA",
+    f.add_argument("--blend-with", metavar="MODEL:ALPHA", type=blend_spec,
                    help="score each fold model with its weights interpolated towards MODEL's (the model it was "
                         "fine-tuned from): ALPHA x fold + (1 - ALPHA) x MODEL; the runs themselves are untouched")
     f.add_argument("train", nargs=argparse.REMAINDER, help="after --: the ferkit train arguments")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
 
 from ..errors import FerkitError
+
+log = logging.getLogger("ferkit.serve")
 
 
 def require_serve_dependencies() -> None:
@@ -138,20 +141,14 @@ class _HeaderDeadline:
         self._deadline = None
         if self._waiting() and not self.transport.is_closing():
             self.count("header_timeout")
-            _log().debug("closed a connection from %s: no complete request within %g s (--header-timeout)",
-                         (self.client or ("?",))[0], self.header_timeout)
+            log.debug("closed a connection from %s: no complete request within %g s (--header-timeout)",
+                      (self.client or ("?",))[0], self.header_timeout)
             self.transport.close()
 
     def _refuse(self, status: int, message: str) -> None:
         if not self.transport.is_closing():
             self.transport.write(_json_error(status, message))
             self.transport.close()
-
-
-def _log():
-    import logging
-
-    return logging.getLogger("ferkit.serve")
 
 
 def guarded_protocol(limits, metrics=None):
@@ -171,8 +168,8 @@ def guarded_protocol(limits, metrics=None):
             super().connection_made(transport)
             if len(self.connections) > max_connections:
                 self.count("connection_refused")
-                _log().warning("closed a connection from %s: %d connections are open (--max-connections)",
-                               (self.client or ("?",))[0], len(self.connections) - 1)
+                log.warning("closed a connection from %s: %d connections are open (--max-connections)",
+                            (self.client or ("?",))[0], len(self.connections) - 1)
                 transport.close()
                 return
             self._arm()
@@ -203,7 +200,7 @@ def guarded_protocol(limits, metrics=None):
             """h11 refused the request (bad Content-Length, header too large, garbage): JSON, one log line."""
             self._disarm()
             status, why = 400, "malformed HTTP request (bad request line, header or Content-Length)"
-            _log().debug("refused a malformed request from %s: %s", (self.client or ("?",))[0], why)
+            log.debug("refused a malformed request from %s: %s", (self.client or ("?",))[0], why)
             self.count("malformed")
             self._refuse(status, why)
 

@@ -103,11 +103,9 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def batch_norms(model: torch.nn.Module, frozen: bool = False):
-    """The model's batch-norm layers, or with ``frozen`` their affine parameters (--freeze-bn)."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            yield from (m.parameters() if frozen else (m,))
+def batch_norms(model: torch.nn.Module):
+    """The model's batch-norm layers (what --freeze-bn keeps as --init left them)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -368,9 +366,9 @@ def build_trainer(cfg: TrainConfig, train_set: ImageSet, device: torch.device, d
             log(note)
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
-    if cfg.freeze_bn:
-        for p in batch_norms(model, frozen=True):
-            p.requires_grad_(False)
+    if cfg.freeze_bn:   # their affine weights get no gradient; train_one_epoch keeps them in eval mode
+        for m in batch_norms(model):
+            m.requires_grad_(False)
     n = epoch_size(train_set.domain, train_set.domain_weights) or len(train_set)
     n = n if cfg.train_limit is None else min(cfg.train_limit, n)
     weight = None
