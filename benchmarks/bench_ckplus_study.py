@@ -399,7 +399,9 @@ def main() -> None:
             print(f"done already: {line}", flush=True)
             continue
         print(f"running: {line}", flush=True)
-        subprocess.run([*ferkit, *args], check=True)
+        proc = subprocess.run([*ferkit, *args])
+        if proc.returncode:      # ferkit said why in one line above
+            raise SystemExit(f"bench_ckplus_study: ferkit {args[0]} failed (exit {proc.returncode})")
     if a.print_commands:
         return
     if (work / "folds" / "groups.csv").read_text() != (work / "study" / "folds" / "groups.csv").read_text():

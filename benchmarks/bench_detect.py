@@ -32,6 +32,8 @@ procedural ones: smooth noise, gradients, shapes, stripes):
   size     upright faces 16-200 px wide
   roll     faces 64-128 px turned by -60 ... +60 degrees
   edge     faces 64-160 px with 20-40% of their width outside the frame
+  copy-size, copy-roll  whole SFEW photos (the face with its surroundings), scaled so the face is
+           24-160 px wide or turned by +-30/45 degrees at 64-128 px (see :func:`photo_copies`)
   no-face  the backgrounds alone: every box is a false positive
 and the CPU time per 640x480 photo (process time, one thread).
 """
@@ -189,6 +191,45 @@ def photo_scenes(faces: list[np.ndarray], backgrounds: list[np.ndarray], per_cel
     return out
 
 
+def photo_copies(photos: list[np.ndarray], backgrounds: list[np.ndarray], per_cell: int, rng) -> list:
+    """(group, key, scene, truth): whole photos (SFEW crops: a film face with its hair, shoulders and
+    surroundings) scaled so their face is 24-160 px wide (``copy-size``) or turned by +-30/45 degrees
+    at 64-128 px (``copy-roll``), laid on a background. The truth is the face BlazeFace finds in the
+    photo as it is (photos where it finds none are skipped), moved with the copy: does the detector
+    still find a face it finds at full size once the photo is small or turned?"""
+    from ferkit.predict.blazeface import BlazeFaceDetector
+
+    ref = BlazeFaceDetector()
+    out = []
+    cells = [("copy-size", s, s, 0.0) for s in (24, 32, 48, 96, 160)]
+    cells += [("copy-roll", a, None, float(a)) for a in (-45, -30, 30, 45)]
+    for group, key, size, angle in cells:
+        made = 0
+        while made < per_cell:
+            photo = photos[int(rng.integers(len(photos)))]
+            found = ref.detect_faces(photo)
+            if not found:
+                continue
+            x, y, w, _ = found[0].box
+            side = size or int(rng.integers(64, 129))
+            k = side / w
+            ph, pw = photo.shape
+            reach = k * np.hypot(ph, pw) / 2 + 2
+            if 2 * reach >= 470:
+                continue
+            cx, cy = rng.uniform(reach, 640 - reach), rng.uniform(reach, 480 - reach)
+            m = cv2.getRotationMatrix2D((pw / 2, ph / 2), angle, k)
+            m[:, 2] += (cx - pw / 2, cy - ph / 2)
+            scene = backgrounds[int(rng.integers(len(backgrounds)))].copy()
+            warped = cv2.warpAffine(photo, m, (640, 480), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+            mask = cv2.warpAffine(np.ones_like(photo), m, (640, 480), flags=cv2.INTER_NEAREST) > 0
+            scene[mask] = warped[mask]
+            fx, fy = m @ np.array([x + w / 2, y + w / 2, 1.0])
+            out.append((group, key, scene, [(float(fx), float(fy), side)]))
+            made += 1
+    return out
+
+
 def photos_suite(a) -> None:
     from skimage import data
 
@@ -208,6 +249,7 @@ def photos_suite(a) -> None:
     n_photo = len(backgrounds)
     backgrounds += procedural_backgrounds(a.procedural, rng)
     scenes = photo_scenes(picks, backgrounds, a.per_cell, rng)
+    scenes += photo_copies(picks[200:], backgrounds, a.per_cell, rng)
     print(f"{machine()}; OpenCV {cv2.__version__} (1 thread), torch threads 1; {len(scenes)} scenes 640x480: faces "
           f"from {a.ferplus_dir} and {a.sfew_dir} (200 each), backgrounds {n_photo} scikit-image photos + "
           f"{a.procedural} procedural; --min-face {a.min_face}; locate_faces with retries (as predict on photos)")
@@ -227,7 +269,7 @@ def photos_suite(a) -> None:
             c[2] += fp
             c[3] += 1
         print(f"\n{name}: CPU ms per 640x480 photo: mean {np.mean(times):.0f}, median {np.median(times):.0f}")
-        for group in ("size", "roll", "edge", "no-face"):
+        for group in ("size", "roll", "edge", "copy-size", "copy-roll", "no-face"):
             keys = [k for g, k in cells if g == group]
             parts = []
             for k in keys:

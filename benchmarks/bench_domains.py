@@ -20,7 +20,9 @@ Two ways to use it:
     python benchmarks/bench_domains.py folds --work ~/runs/domains-a --blend-with ferplus-vgg16:0.75 -- ...
 
 In ``folds`` mode every argument after ``--`` goes to ``ferkit train`` (``{ferplus}``, ``{ferplus_valid}``,
-``{sfew}``, ``{ckplus}`` become this fold's paths; ``--out`` is set per fold). Each fold is an ordinary
+``{sfew}``, ``{ckplus}`` become this fold's paths, ``{run}`` its run name, ``fold0`` ... or ``final``,
+so that ``--teacher ~/runs/domains-g/{run}`` distils each fold from a teacher that never saw its
+held-out faces; ``--out`` is set per fold). Each fold is an ordinary
 run folder, so an interrupted benchmark resumes where it stopped: run the same command again. The
 table gives each domain's out-of-fold figures, and the calibration temperature fitted on the
 out-of-fold logits of the other folds (cross-fitted: no face is scored with a temperature fitted on
@@ -182,7 +184,8 @@ def train_args(a, fold: int | None, work: Path, data: dict, folds: dict) -> list
         tag = "all" if fold is None else f"fold{fold}"
         paths[key] = str(write_manifest(work / "manifests" / f"{key}-train-{tag}.csv",
                                         [ds.paths[i] for i in np.flatnonzero(keep)], ds.labels[keep], ds.classes))
-    run = work / ("final" if fold is None else f"fold{fold}")
+    paths["run"] = "final" if fold is None else f"fold{fold}"
+    run = work / paths["run"]
     return [arg.format(**paths) for arg in a.train] + ["--out", str(run), "--no-progress"]
 
 

@@ -14,7 +14,8 @@ patches), the best score of each look, one run each, no retries:
 
 then, per look and score threshold, the share of crops reaching it and the false positives.
 ``--found``: the found rate of :func:`ferkit.predict.detect.locate_faces` (all of BlazeFace's looks
-and retries, as ``ferkit predict`` runs on photos) on the crops, and the CPU time per crop.
+and retries, as ``ferkit predict`` runs on photos) on the crops, the CPU time per crop, and how many
+face-free images it finds a face in.
 """
 from __future__ import annotations
 
@@ -103,6 +104,11 @@ def main() -> None:
             ms.append(1000 * (time.process_time() - t0))
         print(f"locate_faces (as ferkit predict on photos): found {hits}/{len(crops)} = {hits / len(crops):.3f}; "
               f"CPU ms per crop median {np.median(ms):.0f}, mean {np.mean(ms):.0f}")
+        fp = {kind: 0 for kind in kinds}
+        for kind, img in face_free(np.random.default_rng(a.seed)):
+            fp[kind] += bool(locate_faces(det, img))
+        print("locate_faces on the face-free images, those with a detection: "
+              + ", ".join(f"{kind} {n}" for kind, n in fp.items()))
 
 
 if __name__ == "__main__":

@@ -273,8 +273,45 @@ def test_tiles_stay_few_whatever_the_photo_and_tiny_images_find_nothing(monkeypa
     for shape in ((480, 640), (3000, 4000), (30, 4000)):
         seen.clear()
         assert det.detect_faces(np.zeros(shape, np.uint8)) == []
-        assert 0 < sum(seen) <= 25, (shape, seen)
+        assert 0 < sum(seen) <= 36, (shape, seen)           # two levels: at most 6 + 30 tiles
+    seen.clear()
+    assert BlazeFaceDetector(min_face=0.1).detect_faces(np.zeros((181, 143), np.uint8)) == [] and not seen
     assert det.detect_faces(np.zeros((0, 0), np.uint8)) == [] and det.detect_faces(np.zeros((4, 900), np.uint8)) == []
+
+
+def test_tile_pyramid_reaches_the_smallest_face_and_every_face_lies_whole_in_a_tile():
+    from ferkit.predict.blazeface import TILE_REACH, tile_levels, tile_starts
+
+    assert tile_levels(480, 640, 96) == []                    # the whole image's look reaches 96 px
+    assert tile_levels(480, 640, 48) == [320]
+    assert tile_levels(480, 640, 24) == [320, 160]
+    assert tile_levels(3000, 4000, 150) == [2000, 1000]       # the same pyramid, scaled
+    assert tile_levels(181, 143, 24) == []                     # tiles under 128 px are never made
+    assert tile_levels(1080, 1920, 30) == [960, 480]          # never below a quarter of the longer side
+    rng = np.random.default_rng(0)
+    for h, w, want in ((480, 640, 24), (1080, 1920, 70), (500, 333, 36)):
+        levels = tile_levels(h, w, want)
+        assert levels and levels[-1] / TILE_REACH <= want      # the finest level reaches the smallest face
+        for tile in levels:
+            face = int(2 * tile / TILE_REACH)                  # the largest face the level is for
+            for _ in range(50):
+                x, y = rng.integers(0, w - face), rng.integers(0, h - face)
+                assert any(tx <= x and x + face <= tx + tile and ty <= y and y + face <= ty + tile
+                           for ty in tile_starts(h, tile) for tx in tile_starts(w, tile)), (tile, x, y)
+
+
+@pytest.mark.parametrize("width,min_face", [(140, 0.1), (60, 0.05)])
+def test_a_small_face_in_a_large_photo_is_found_where_it_is(width, min_face):
+    """Grace Hopper's photo shrunk so her face is about 58 px (12% of the shorter side: the default
+    --min-face asks for it) or 25 px (--min-face 0.05) in a 640x480 scene: the whole image's look sees
+    it at 17 or 8 px and misses it, the tile pyramid finds it."""
+    small = _gray(width)
+    scene = np.full((480, 640), 90, np.uint8)
+    scene[300:300 + small.shape[0], 420:420 + width] = small
+    (found,) = locate_faces(create_detector("blazeface", min_face=min_face), scene)
+    x, y, w, _ = found.box
+    assert 420 < x + w / 2 < 420 + width and 300 < y + w / 2 < 300 + small.shape[0]
+    assert 0.3 * width < w < 0.6 * width
 
 
 def test_blazeface_retries_skip_images_no_face_fits(monkeypatch):

@@ -267,6 +267,17 @@ def test_a_study_json_from_before_resumes_or_says_what_changed(tmp_path, capsys)
     _old_format(out / "study.json")
     with pytest.raises(FerkitError, match=r"different settings \(train.lr\)"):
         run_study(study(lr=0.5))
+    # a training setting added to TrainConfig after the study was written (freeze_bn was): its default
+    assert run_study(study()).trained == 0          # study.json as this ferkit writes it
+    saved = json.loads((out / "study.json").read_text())
+    del saved["identity"]["train"]["freeze_bn"]
+    (out / "study.json").write_text(json.dumps(saved))
+    assert run_study(study()).trained == 0
+    (out / "study.json").write_text(json.dumps(saved))
+    with pytest.raises(FerkitError, match=r"different settings \(train.freeze_bn\)"):
+        run_study(study(freeze_bn=True))
+    (out / "study.json").write_text(json.dumps(saved))
+    _old_format(out / "study.json")
     ident = json.loads((out / "study.json").read_text())
     ident["identity"]["arch"] = "no-such-arch"
     (out / "study.json").write_text(json.dumps(ident))

@@ -583,7 +583,9 @@ def migrate_identity(saved: dict) -> dict:
     """A study.json identity as this ferkit writes it: one written before studies took any training
     setting (``arch``, ``epochs``, ... and ``train_options`` at its top level) gets its base settings
     resolved into ``train``, as :meth:`StudyConfig.identity` records them."""
-    if "train" in saved or "recipe" not in saved:
+    if "train" in saved:
+        return _with_new_settings(saved)
+    if "recipe" not in saved:
         return saved
     from ..train import resolve_config
 
@@ -864,6 +866,23 @@ def _check_study_dir(out: Path, cfg: StudyConfig) -> None:
     elif any(p for p in out.iterdir() if not p.name.startswith(".")):
         raise FerkitError(f"{out} is not empty and is not a ferkit study; choose another --out")
     write_json(record, {"identity": ident, "config": asdict(cfg), "arms": arms})
+
+
+def _with_new_settings(saved: dict) -> dict:
+    """A saved identity whose ``train`` lacks a setting that TrainConfig gained since (``freeze_bn``,
+    ...) gets that setting's default: the study's runs trained as the default does, since before the
+    setting existed its behaviour was the only one. A study resumed with the setting changed from its
+    default still differs, and says so."""
+    from dataclasses import MISSING, fields
+
+    from ..train import TrainConfig
+
+    skip = {*PER_RUN_FIELDS, "device", "recipe", "epochs"}
+    train = dict(saved["train"])
+    for f in fields(TrainConfig):
+        if f.name not in train and f.name not in skip and f.default is not MISSING:
+            train[f.name] = json.loads(json.dumps(f.default))
+    return {**saved, "train": train}
 
 
 def _migrated(saved: dict, out: Path) -> dict:

@@ -39,9 +39,18 @@ RAW_SCORE_LIMIT = 80.0   # MediaPipe clips at 100; exp(100) overflows float32
 MIN_SCORE = 0.5
 NMS_IOU = 0.3
 # Each extra look is another chance of a false positive: tiles and short range on the whole image ask
-# for a higher score than full range's one look, the retries (padded, turned copies) higher still.
+# for a higher score than full range's one look, the retries (padded, turned copies) higher still, and
+# a level of many small tiles (more than MANY_TILES) as much as short range.
 # Chosen on pasted FER+/SFEW faces and face-free scenes of benchmarks/bench_detect.py (another seed).
 TILE_SCORE_LIFT, SHORT_SCORE_LIFT, RETRY_SCORE = 0.05, 0.1, 0.65
+MANY_TILES = 9
+# Full range finds a face down to about a seventh of what it looks at (27 px of its 192): smaller
+# faces asked for are looked for on a pyramid of overlapping square tiles, each level half the side
+# of the one above (the whole image, then halves, quarters) until a level reaches the smallest face
+# asked for, and never below a quarter of the longer side (at most 6 x 5 tiles a level) nor 128 px
+# (smaller ones are a small image's, whose whole look reaches its faces). Tiles
+# overlap by a third of their side, so a face as large as the level looks for lies whole in one.
+TILE_REACH, TILE_OVERLAP, MIN_TILE, MIN_TILE_PX, TILE_RATIO = 7.0, 1 / 3, 0.25, 128, 0.5
 # A face that fills the whole image (a tight crop) is larger than either model saw in training:
 # full range scores it low, short range often just under its threshold. Short range on a framed copy
 # (black margins of a quarter of the longer side, so the face spans two thirds of the input) finds it,
@@ -184,6 +193,24 @@ def keypoint_box(keypoints: np.ndarray) -> tuple[int, int, int, int]:
     return int(round(cx - side / 2)), int(round(cy - side / 2)), int(round(side)), int(round(side))
 
 
+def tile_levels(h: int, w: int, want: float) -> list[int]:
+    """The tile sides of the pyramid that finds faces down to ``want`` px in an ``h`` x ``w`` image
+    (see :data:`TILE_REACH`): empty when the whole image's look reaches them."""
+    longer, levels = max(h, w), []
+    side = float(longer)
+    while side / TILE_REACH > want and side * TILE_RATIO >= max(MIN_TILE * longer - 1e-6, MIN_TILE_PX):
+        side *= TILE_RATIO
+        levels.append(int(math.ceil(side)))
+    return levels
+
+
+def tile_starts(n: int, tile: int) -> list[int]:
+    """Where the tiles of side ``tile`` start along a side of ``n`` px: a step of two thirds of a
+    tile (:data:`TILE_OVERLAP`), the last one flush with the end; one when the side is shorter."""
+    step = max(1, int(tile * (1 - TILE_OVERLAP)))
+    return sorted({*range(0, max(1, n - tile + 1), step), max(0, n - tile)})
+
+
 _GRAPHS: dict[str, object] = {}
 
 
@@ -254,11 +281,12 @@ class BlazeFaceDetector:
         """Faces in a gray or BGR uint8 image, left to right. ``min_size``: smallest face side in
         ``image``'s pixels (default ``min_face`` of its shorter side).
 
-        Full range on the whole image; overlapping tiles (each seen at 192 px) where faces smaller
-        than it sees are asked for; short range on the whole image where nothing else was found or
-        the faces asked for are large (tight crops), and where still nothing was found, short range
-        on a framed copy and its mirror image (:data:`FRAME_MARGIN`: a face that fills the image). ``quick`` (video
-        frames): no tiles, no framed copy.
+        Full range on the whole image; a pyramid of overlapping tiles (:func:`tile_levels`, each seen
+        at 192 px) where faces smaller than that look reaches are asked for; short range on the whole
+        image where nothing else was found or the faces asked for are large (tight crops), and where
+        still nothing was found, short range on a framed copy and its mirror image
+        (:data:`FRAME_MARGIN`: a face that fills the image). ``quick`` (video frames): no tiles, no
+        framed copy.
         ``thorough`` (the retries on padded, turned copies): full and short range on the whole image
         (no tiles: their cost times five retries) with a higher score threshold (:data:`RETRY_SCORE`),
         as each retry is another chance of a false positive."""
@@ -273,12 +301,11 @@ class BlazeFaceDetector:
         found: list[tuple[np.ndarray, np.ndarray, float]] = []
         if self.model in ("auto", "full"):
             found += self._run("full", [rgb], self.min_score + lift)[0]
-        # full range sees faces down to about a tenth of its input: smaller ones asked for are looked
-        # for on overlapping tiles ten times their size (at least a quarter of the longer side: at
-        # most 5 x 5 tiles, whatever the photo's size)
-        tile = max(int(math.ceil(want * 10)), int(math.ceil(max(h, w) / 4)))
-        if self.model != "short" and not (quick or thorough) and tile < max(h, w) / 1.5:
-            found += self._tiles(rgb, tile, self.min_score + TILE_SCORE_LIFT + lift)
+        if self.model != "short" and not (quick or thorough):
+            for tile in tile_levels(h, w, want):
+                n = len(tile_starts(h, tile)) * len(tile_starts(w, tile))
+                lift_tiles = SHORT_SCORE_LIFT if n > MANY_TILES else TILE_SCORE_LIFT
+                found += self._tiles(rgb, tile, self.min_score + lift_tiles)
         short = self.min_score + SHORT_SCORE_LIFT + lift
         if self.model == "short" or (self.model == "auto" and (thorough or not found or want >= 0.3 * min(h, w))):
             found += self._run("short", [rgb], short)[0]
@@ -297,11 +324,9 @@ class BlazeFaceDetector:
 
     def _tiles(self, rgb: np.ndarray, tile: int, min_score: float) -> list:
         h, w = rgb.shape[:2]        # tiles are squares; along a side shorter than one, a single strip
-        step = max(1, int(tile * 0.75))
-        starts = lambda n: sorted({*range(0, max(1, n - tile + 1), step), max(0, n - tile)})  # noqa: E731
         crops, offsets = [], []
-        for y in starts(h):
-            for x in starts(w):
+        for y in tile_starts(h, tile):
+            for x in tile_starts(w, tile):
                 crops.append(rgb[y:y + tile, x:x + tile])
                 offsets.append((x, y))
         out = []
