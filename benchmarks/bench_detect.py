@@ -200,14 +200,19 @@ def photo_copies(photos: list[np.ndarray], backgrounds: list[np.ndarray], per_ce
     from ferkit.predict.blazeface import BlazeFaceDetector
 
     ref = BlazeFaceDetector()
-    out = []
+    out, faces = [], {}
     cells = [("copy-size", s, s, 0.0) for s in (24, 32, 48, 96, 160)]
     cells += [("copy-roll", a, None, float(a)) for a in (-45, -30, 30, 45)]
     for group, key, size, angle in cells:
-        made = 0
+        made = tries = 0
         while made < per_cell:
-            photo = photos[int(rng.integers(len(photos)))]
-            found = ref.detect_faces(photo)
+            tries += 1
+            if tries > 100 * per_cell:
+                raise SystemExit(f"bench_detect: no photo of the {len(photos)} given makes a {group} {key} copy")
+            i = int(rng.integers(len(photos)))
+            if i not in faces:         # each photo's face looked for once, however often it is drawn
+                faces[i] = ref.detect_faces(photos[i])
+            photo, found = photos[i], faces[i]
             if not found:
                 continue
             x, y, w, _ = found[0].box
