@@ -194,13 +194,13 @@ def baselines(setting: str, settings) -> list[str]:
     arm trained from scratch."""
     import re
 
-    m = re.fullmatch(r"(ft-)?gan([0-9.]+)(\+over)?", setting)
+    m = re.fullmatch(r"(ft-)?(gan|fer|proc)([0-9.]+)(\+over)?", setting)
     ft = (m.group(1) or "") if m else ("ft-" if setting.startswith("ft-") else "")
     found = ["ft"] if ft else []
-    if m and m.group(3):
-        found += [f"{ft}over", f"{ft}gan{m.group(2)}"]
+    if m and m.group(4):
+        found += [f"{ft}over", f"{ft}{m.group(2)}{m.group(3)}"]
     elif m:
-        found += [f"{ft}aug" if ft else "aug", f"{ft}fer{m.group(2)}", f"{ft}proc{m.group(2)}"]
+        found += [f"{ft}aug"] + [f"{ft}{src}{m.group(3)}" for src in ("gan", "fer", "proc")]
     if ft:
         found.append(setting[3:])   # the same data from scratch
     return [b for b in found if b in settings and b != setting]
@@ -244,7 +244,8 @@ def compare(study: Path, out: Path, title: str = "study", also=()) -> str:
         return [f"`{a}`", f"`{b}`", format_ci(d, lo, hi), format_ci(*f1[:3]), verdict, f"{n} ({method})"]
 
     pairs = [(s, "k0") for s in settings if s != "k0"]
-    pairs += [(s, b) for s in settings for b in baselines(s, settings)]
+    for s in settings:   # each pair once (procedural against edits, not also edits against procedural)
+        pairs += [(s, b) for b in baselines(s, settings) if (b, s) not in pairs]
     rows = [line(a, b) for a, b in pairs]
     head = ["arm", "against", "Δ accuracy [95% CI]", "Δ macro-F1 [95% CI]", "accuracy better?", "pairs (fold, seed)"]
     md = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
@@ -253,19 +254,24 @@ def compare(study: Path, out: Path, title: str = "study", also=()) -> str:
     text = "\n".join(md + means) + "\n"
     write_text(out / "compare.md", text)
 
-    fig = new_figure(figsize=(7.5, 0.35 * len(settings) + 1.6))
-    ax = fig.subplots()
-    others = [s for s in settings if s != "k0"]
-    diffs = [compare_settings(runs, s, "k0") for s in others]
-    y = np.arange(len(others))[::-1]
-    d = np.asarray([x[0] for x in diffs])
-    err = np.asarray([[x[0] - x[1], x[2] - x[0]] for x in diffs]).T
-    ax.errorbar(d, y, xerr=np.nan_to_num(err), fmt="o", capsize=3)
-    ax.axvline(0, color="0.3", lw=0.8)
-    ax.set_yticks(y, [labels[s] if len(labels[s]) <= 40 else s for s in others], fontsize=8)   # a long one: its name
-    ax.set_xlabel(f"accuracy − real only ({mean('k0'):.3f}), 95% CI paired by (fold, seed)")
-    ax.set_title(f"{title}: each arm against real only", fontsize=10)
-    ax.grid(alpha=0.3, axis="x")
+    # each arm against real only; where there are fine-tuned arms, those against fine-tuning alone instead
+    tuned = [s for s in settings if s.startswith("ft-")] if "ft" in settings else []
+    panels = [("k0", [s for s in settings if s != "k0" and s not in tuned], "real only")]
+    if tuned:
+        panels.append(("ft", tuned, "fine-tuning alone"))
+    fig = new_figure(figsize=(7.5 * len(panels), 0.35 * len(panels[0][1]) + 1.9))
+    for ax, (base, others, word) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
+        diffs = [compare_settings(runs, s, base) for s in others]
+        y = np.arange(len(others))[::-1]
+        d = np.asarray([x[0] for x in diffs])
+        err = np.asarray([[x[0] - x[1], x[2] - x[0]] for x in diffs]).T
+        ax.errorbar(d, y, xerr=np.nan_to_num(err), fmt="o", capsize=3)
+        ax.axvline(0, color="0.3", lw=0.8)
+        names = [labels[s] if len(labels[s]) <= 40 else s for s in others]   # a long label: the arm's name
+        ax.set_yticks(y, names, fontsize=8)
+        ax.set_xlabel(f"accuracy − {word} ({mean(base):.3f}), 95% CI paired by (fold, seed)")
+        ax.set_title(f"{title}: each arm against {word}", fontsize=10)
+        ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     save_figure(fig, out / "compare.png", dpi=110)
     return text

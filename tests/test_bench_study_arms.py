@@ -53,6 +53,26 @@ def test_each_generated_arm_is_compared_with_its_own_baselines():
     assert bench.baselines("ft-gan1+over", settings) == ["ft", "ft-over", "ft-gan1", "gan1+over"]
     assert bench.baselines("ft-over", settings) == ["ft", "over"]
     assert bench.baselines("over", settings) == [] and bench.baselines("ft", settings) == []
+    assert bench.baselines("proc1", settings) == ["aug", "gan1", "fer1"]
+    assert bench.baselines("ft-proc1", settings + ["ft-proc1"]) == ["ft", "ft-gan1", "proc1"]
+
+
+def test_compare_states_each_pair_once_and_plots_fine_tuned_arms_against_fine_tuning(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    acc = {"k0": 0.3, "aug": 0.31, "gan1": 0.32, "proc1": 0.28, "ft": 0.5, "ft-gan1": 0.49, "ft-proc1": 0.52}
+    rows = [f"f{f}_{s}_s0,{s},{s},{f},0,{a + 0.01 * f:.4f},{a - 0.1:.4f}\n" for s, a in acc.items() for f in (1, 2, 3)]
+    (study / "runs.csv").write_text("run_id,setting,label,fold,seed,accuracy,macro_f1\n" + "".join(rows))
+    text = bench.compare(study, tmp_path)
+    pairs = [tuple(cell.strip("` ") for cell in line.split("|")[1:3]) for line in text.splitlines()[2:]
+             if line.startswith("| `")]
+    assert ("gan1", "proc1") in pairs and ("proc1", "gan1") not in pairs
+    assert len(pairs) == len(set(pairs)) and ("ft-proc1", "ft") in pairs and ("ft-gan1", "ft") in pairs
+    line = next(x for x in text.splitlines() if x.startswith("| `ft-proc1` | `ft` |"))
+    assert line.split("|")[3].strip().startswith("+0.0200")     # 0.52 - 0.50 on every fold
+    from PIL import Image
+
+    assert Image.open(tmp_path / "compare.png").size[0] > 1200     # two panels side by side
 
 
 def test_runs_of_two_studies_join_once_and_must_agree(tmp_path):
