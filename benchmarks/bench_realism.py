@@ -11,7 +11,11 @@ Per domain (each ``--real``), the two-sample AUC and the high-frequency energy r
 (c) the faces "edited" to their own expression, G(x, y): the generator's fingerprint without an
     expression change;
 (d) the real faces against their own JPEG round trip: the test's sensitivity to compression alone.
-Prints a markdown table; writes nothing.
+``--residual SIGMA:GAIN,...`` adds, per domain, edits made as x + GAIN * blur_SIGMA(G(x, c) - G(x, y)):
+the expression change without the generator's own rendering of the face (SIGMA 0: no blur), each
+with its AUC, HF ratio and the target read / source kept by ``--judge`` (default ``ferplus-vgg16``,
+as the generator docs' table): where does the judge's "target read" live?
+Prints markdown tables; writes nothing.
 """
 from __future__ import annotations
 
@@ -27,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 from ferkit.runtime import select_device  # noqa: E402
-from ferkit.synth.gan import generate, load_generator  # noqa: E402
-from ferkit.synth.quality import load_real_faces, plan_domain_edits  # noqa: E402
+from ferkit.synth.gan import generate, load_generator, open_classifier  # noqa: E402
+from ferkit.synth.quality import load_real_faces, plan_domain_edits, predict_columns  # noqa: E402
 from ferkit.synth.realism import paired_realism  # noqa: E402
 
 
@@ -36,6 +40,15 @@ def jpeg(faces: np.ndarray, quality: int) -> np.ndarray:
     import cv2
     return np.stack([cv2.imdecode(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1],
                                   cv2.IMREAD_GRAYSCALE) for f in faces])
+
+
+def residual_edits(x: np.ndarray, edited: np.ndarray, own: np.ndarray, sigma: float, gain: float) -> np.ndarray:
+    """x + gain * (G(x, c) - G(x, y)), the difference blurred by a Gaussian of ``sigma`` px (0: none)."""
+    import cv2
+    diff = edited.astype(np.float32) - own.astype(np.float32)
+    if sigma > 0:
+        diff = np.stack([cv2.GaussianBlur(d, (0, 0), sigma) for d in diff])
+    return np.clip(x.astype(np.float32) + gain * diff, 0, 255).round().astype(np.uint8)
 
 
 def main() -> None:
@@ -46,6 +59,9 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=100, help="edits into each class per domain (default 100)")
     ap.add_argument("--jpeg", type=int, default=75, help="JPEG quality of the round trips (default 75)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--residual", default=None, metavar="SIGMA:GAIN,...",
+                    help="also residual edits x + GAIN * blur_SIGMA(G(x,c) - G(x,y)), e.g. 0:1,1:1,1:2")
+    ap.add_argument("--judge", default="ferplus-vgg16", help="classifier reading the residual edits' expression")
     a = ap.parse_args()
     print(machine())
     dev = select_device("cpu")
@@ -64,6 +80,22 @@ def main() -> None:
                 for faces in (edited, jpeg(edited, a.jpeg), own, jpeg(real.images[src], a.jpeg))]
         cells = [f"{r['auc']['mean']:.3f} ± {r['auc']['std']:.3f} | {r['hf_ratio']:.3f}" for r in rows]
         print(f"| {name} ({rows[0]['pairs']} faces) | " + " | ".join(cells) + " |")
+    if not a.residual:
+        return
+    clf, crec, _, columns, _ = open_classifier(a.judge, grec.classes, "--judge", dev)
+    x = real.images[src]
+    variants = [("edits", edited)] + [(f"residual, blur {sg:g}, x{gn:g}", residual_edits(x, edited, own, sg, gn))
+                                      for sg, gn in (map(float, v.split(":")) for v in a.residual.split(","))]
+    print(f"\n| domain | faces | AUC | HF ratio | target read ({a.judge}) | source kept | edit L1 |\n"
+          "|---|---|---|---|---|---|---|")
+    for d, name in enumerate(real.names):
+        sel = real.domain[src] == d
+        for vname, faces in variants:
+            r = paired_realism(real.images, src[sel], faces[sel], seed=a.seed)
+            pred = predict_columns(clf, faces[sel], crec.input, dev, columns)
+            l1 = np.abs(faces[sel].astype(float) - x[sel]).mean() / 255
+            print(f"| {name} | {vname} | {r['auc']['mean']:.3f} ± {r['auc']['std']:.3f} | {r['hf_ratio']:.2f} | "
+                  f"{(pred == targets[sel]).mean():.3f} | {(pred == real.labels[src][sel]).mean():.3f} | {l1:.3f} |")
 
 
 if __name__ == "__main__":

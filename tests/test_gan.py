@@ -118,7 +118,7 @@ def test_quality_report_on_tiny_data(faces, tmp_path, capsys, monkeypatch):
     (src_faces, targets), (_, source_labels), _ = calls      # edits, their cycles, own-class edits
     from ferkit.models import load_checkpoint
     clf, rec = load_checkpoint(tmp_path / "clf" / "best.safetensors", "cpu", kind="classifier")
-    pred = quality._predict(clf.eval(), src_faces, rec.input, torch.device("cpu"),
+    pred = quality.predict_columns(clf.eval(), src_faces, rec.input, torch.device("cpu"),
                             [rec.classes.index(c) for c in CLASSES])
     acc = r["expression_accuracy"]
     assert acc["generated_read_as_source"] == pytest.approx((pred == source_labels).mean())

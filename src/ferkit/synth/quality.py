@@ -79,7 +79,7 @@ def kid(x: np.ndarray, y: np.ndarray, subsets: int = 50, subset_size: int = 500,
     return float(np.mean(values)), float(np.std(values))
 
 
-def _predict(model, faces, spec, device, columns) -> np.ndarray:
+def predict_columns(model, faces, spec, device, columns) -> np.ndarray:
     """Argmax over the given classifier columns only (the generator's classes)."""
     with torch.no_grad():
         logits = torch.cat([model(spec.to_tensor(faces[s:s + 256], device)).float().cpu()
@@ -281,8 +281,8 @@ def evaluate_gan(gan_run, real, judge=None, out=None, per_class: int = 200, seed
         if crec.image_size == grec.image_size:
             return faces
         return np.stack([preprocess_gray(f, crec.image_size) for f in faces])
-    real_pred = _predict(clf.eval(), for_classifier(images), crec.input, dev, columns)
-    gen_pred = _predict(clf, for_classifier(edited), crec.input, dev, columns)
+    real_pred = predict_columns(clf.eval(), for_classifier(images), crec.input, dev, columns)
+    gen_pred = predict_columns(clf, for_classifier(edited), crec.input, dev, columns)
     f_real = penultimate_features(clf, for_classifier(images), crec.input, dev)
     f_gen = penultimate_features(clf, for_classifier(edited), crec.input, dev)
     half = np.random.default_rng(seed).permutation(len(f_real))
