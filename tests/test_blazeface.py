@@ -273,27 +273,28 @@ def test_tiles_stay_few_whatever_the_photo_and_tiny_images_find_nothing(monkeypa
     for shape in ((480, 640), (3000, 4000), (30, 4000)):
         seen.clear()
         assert det.detect_faces(np.zeros(shape, np.uint8)) == []
-        assert 0 < sum(seen) <= 36, (shape, seen)           # two levels: at most 6 + 30 tiles
+        assert 0 < sum(seen) <= 66, (shape, seen)   # two levels of at most 6 + 30 tiles, the finest again (full)
     seen.clear()
     assert BlazeFaceDetector(min_face=0.1).detect_faces(np.zeros((181, 143), np.uint8)) == [] and not seen
     assert det.detect_faces(np.zeros((0, 0), np.uint8)) == [] and det.detect_faces(np.zeros((4, 900), np.uint8)) == []
 
 
 def test_tile_pyramid_reaches_the_smallest_face_and_every_face_lies_whole_in_a_tile():
-    from ferkit.predict.blazeface import TILE_REACH, tile_levels, tile_starts
+    from ferkit.predict.blazeface import FULL_BELOW, TILE_REACH, tile_levels, tile_starts
 
-    assert tile_levels(480, 640, 96) == []                    # the whole image's look reaches 96 px
-    assert tile_levels(480, 640, 48) == [320]
-    assert tile_levels(480, 640, 24) == [320, 160]
+    assert tile_levels(480, 640, 250) == []                   # the whole image's look reaches 250 px
+    assert tile_levels(480, 640, 96) == [320, 160]            # short range reaches a third of a tile
+    assert tile_levels(480, 640, 24) == [320, 160]            # never below a quarter of the longer side
     assert tile_levels(3000, 4000, 150) == [2000, 1000]       # the same pyramid, scaled
     assert tile_levels(181, 143, 24) == []                     # tiles under 128 px are never made
-    assert tile_levels(1080, 1920, 30) == [960, 480]          # never below a quarter of the longer side
+    assert tile_levels(1080, 1920, 30) == [960, 480]
     rng = np.random.default_rng(0)
-    for h, w, want in ((480, 640, 24), (1080, 1920, 70), (500, 333, 36)):
+    for h, w, want in ((480, 640, 24), (480, 640, 60), (1080, 1920, 70), (500, 333, 36)):
         levels = tile_levels(h, w, want)
-        assert levels and levels[-1] / TILE_REACH <= want      # the finest level reaches the smallest face
+        finest = levels[-1]       # seen by short range (a third), and by full range (a seventh) below a quarter
+        assert finest / (7 if want < finest / FULL_BELOW else TILE_REACH) <= want
         for tile in levels:
-            face = int(2 * tile / TILE_REACH)                  # the largest face the level is for
+            face = int(tile / TILE_REACH)                      # the smallest face the level is for
             for _ in range(50):
                 x, y = rng.integers(0, w - face), rng.integers(0, h - face)
                 assert any(tx <= x and x + face <= tx + tile and ty <= y and y + face <= ty + tile

@@ -38,19 +38,25 @@ MODELS = {
 RAW_SCORE_LIMIT = 80.0   # MediaPipe clips at 100; exp(100) overflows float32
 MIN_SCORE = 0.5
 NMS_IOU = 0.3
-# Each extra look is another chance of a false positive: tiles and short range on the whole image ask
-# for a higher score than full range's one look, the retries (padded, turned copies) higher still, and
-# a level of many small tiles (more than MANY_TILES) as much as short range.
-# Chosen on pasted FER+/SFEW faces and face-free scenes of benchmarks/bench_detect.py (another seed).
-TILE_SCORE_LIFT, SHORT_SCORE_LIFT, RETRY_SCORE = 0.05, 0.1, 0.65
-MANY_TILES = 9
-# Full range finds a face down to about a seventh of what it looks at (27 px of its 192): smaller
-# faces asked for are looked for on a pyramid of overlapping square tiles, each level half the side
-# of the one above (the whole image, then halves, quarters) until a level reaches the smallest face
-# asked for, and never below a quarter of the longer side (at most 6 x 5 tiles a level) nor 128 px
-# (smaller ones are a small image's, whose whole look reaches its faces). Tiles
-# overlap by a third of their side, so a face as large as the level looks for lies whole in one.
-TILE_REACH, TILE_OVERLAP, MIN_TILE, MIN_TILE_PX, TILE_RATIO = 7.0, 1 / 3, 0.25, 128, 0.5
+# Each extra look is another chance of a false positive: short range on the whole image asks for a
+# higher score than full range's one look, the retries (padded, turned copies) higher still, and the
+# tiles (up to 36 looks a photo) the most. Chosen on pasted FER+/SFEW faces and face-free scenes of
+# benchmarks/bench_detect.py (another seed).
+SHORT_SCORE_LIFT, RETRY_SCORE, TILE_SCORE_LIFT = 0.1, 0.65, 0.2
+# Faces smaller than the whole image's look reaches are looked for on a pyramid of overlapping square
+# tiles, each level half the side of the one above (the whole image, then halves, quarters) until a
+# level reaches the smallest face asked for, and never below a quarter of the longer side (at most
+# 6 x 5 tiles a level) nor 128 px (smaller ones are a small image's, whose whole look reaches its
+# faces). Tiles overlap by a third of their side, so a face as large as the level looks for lies
+# whole in one. The tiles are seen by **short range**, which finds a face a third of what it looks at
+# (43 px of its 128) far more surely than full range finds one a seventh of its view: whole film
+# photos pasted into scenes, faces 48 / 96 px, found 0.96 / 0.74 by short range on tiles three times
+# the face against 0.74 / 0.43 by full range on the same tiles and 0.43 / 0.09 by full range at
+# five times (docs/predict.md, "Short range on the tiles"). Where the faces asked for are smaller
+# than a quarter of the finest level (FULL_BELOW; e.g. --min-face 0.05), full range looks at that
+# level's tiles too: it reaches a seventh.
+TILE_REACH, TILE_OVERLAP, MIN_TILE, MIN_TILE_PX, TILE_RATIO = 3.0, 1 / 3, 0.25, 128, 0.5
+FULL_BELOW = 4.0
 # A face that fills the whole image (a tight crop) is larger than either model saw in training:
 # full range scores it low, short range often just under its threshold. Short range on a framed copy
 # (black margins of a quarter of the longer side, so the face spans two thirds of the input) finds it,
@@ -282,7 +288,8 @@ class BlazeFaceDetector:
         ``image``'s pixels (default ``min_face`` of its shorter side).
 
         Full range on the whole image; a pyramid of overlapping tiles (:func:`tile_levels`, each seen
-        at 192 px) where faces smaller than that look reaches are asked for; short range on the whole
+        by short range at 128 px, the finest level by full range too where the faces asked for are
+        smaller than a quarter of its tiles) where faces smaller than that look reaches are asked for; short range on the whole
         image where nothing else was found or the faces asked for are large (tight crops), and where
         still nothing was found, short range on a framed copy and its mirror image
         (:data:`FRAME_MARGIN`: a face that fills the image). ``quick`` (video frames): no tiles, no
@@ -302,10 +309,11 @@ class BlazeFaceDetector:
         if self.model in ("auto", "full"):
             found += self._run("full", [rgb], self.min_score + lift)[0]
         if self.model != "short" and not (quick or thorough):
-            for tile in tile_levels(h, w, want):
-                n = len(tile_starts(h, tile)) * len(tile_starts(w, tile))
-                lift_tiles = SHORT_SCORE_LIFT if n > MANY_TILES else TILE_SCORE_LIFT
-                found += self._tiles(rgb, tile, self.min_score + lift_tiles)
+            levels = tile_levels(h, w, want)
+            for tile in levels:
+                found += self._tiles(rgb, tile, self.min_score + TILE_SCORE_LIFT)
+            if levels and want < levels[-1] / FULL_BELOW:    # faces too small for short range's tiles
+                found += self._tiles(rgb, levels[-1], self.min_score + SHORT_SCORE_LIFT, "full")
         short = self.min_score + SHORT_SCORE_LIFT + lift
         if self.model == "short" or (self.model == "auto" and (thorough or not found or want >= 0.3 * min(h, w))):
             found += self._run("short", [rgb], short)[0]
@@ -322,7 +330,7 @@ class BlazeFaceDetector:
             out.append(Detection(keypoint_box(kps), score, kps.astype(np.float32), tuple(map(float, box))))
         return sorted(out, key=lambda d: (d.box[0], d.box[1]))
 
-    def _tiles(self, rgb: np.ndarray, tile: int, min_score: float) -> list:
+    def _tiles(self, rgb: np.ndarray, tile: int, min_score: float, name: str = "short") -> list:
         h, w = rgb.shape[:2]        # tiles are squares; along a side shorter than one, a single strip
         crops, offsets = [], []
         for y in tile_starts(h, tile):
@@ -330,7 +338,7 @@ class BlazeFaceDetector:
                 crops.append(rgb[y:y + tile, x:x + tile])
                 offsets.append((x, y))
         out = []
-        for (x, y), dets in zip(offsets, self._run_batched("full", crops, min_score)):
+        for (x, y), dets in zip(offsets, self._run_batched(name, crops, min_score)):
             for box, kps, score in dets:
                 out.append((box + np.array([x, y, x, y]), kps + np.array([x, y]), score))
         return out
