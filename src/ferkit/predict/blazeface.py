@@ -289,9 +289,9 @@ class BlazeFaceDetector:
 
         Full range on the whole image; a pyramid of overlapping tiles (:func:`tile_levels`, each seen
         by short range at 128 px, the finest level by full range too where the faces asked for are
-        smaller than a quarter of its tiles) where faces smaller than that look reaches are asked for; short range on the whole
-        image where nothing else was found or the faces asked for are large (tight crops), and where
-        still nothing was found, short range on a framed copy and its mirror image
+        smaller than a quarter of its tiles) where faces smaller than that look reaches are asked for;
+        short range on the whole image where nothing else was found or the faces asked for are large
+        (tight crops), and where still nothing was found, short range on a framed copy and its mirror image
         (:data:`FRAME_MARGIN`: a face that fills the image). ``quick`` (video frames): no tiles, no
         framed copy.
         ``thorough`` (the retries on padded, turned copies): full and short range on the whole image
