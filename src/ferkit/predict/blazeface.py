@@ -48,13 +48,13 @@ SHORT_SCORE_LIFT, RETRY_SCORE, TILE_SCORE_LIFT = 0.1, 0.65, 0.2
 # level reaches the smallest face asked for, and never below a quarter of the longer side (at most
 # 6 x 5 tiles a level) nor 128 px (smaller ones are a small image's, whose whole look reaches its
 # faces). Tiles overlap by a third of their side, so a face as small as a level looks for (a third
-# of a tile) lies whole in one; larger ones may be cut. The tiles are seen by **short range**, which finds a face a third of what it looks at
-# (43 px of its 128) far more surely than full range finds one a seventh of its view: whole film
-# photos pasted into scenes, faces 48 / 96 px, found 0.96 / 0.74 by short range on tiles three times
-# the face against 0.74 / 0.43 by full range on the same tiles and 0.22 / 0.00 by full range at
-# five times, each at score 0.6 (docs/predict.md, "Short range on the tiles"). Where the faces asked for are smaller
-# than a quarter of the finest level (FULL_BELOW; e.g. --min-face 0.05), full range looks at that
-# level's tiles too: it reaches a seventh.
+# of a tile) lies whole in one; larger ones may be cut. The tiles are seen by **short range**, which
+# finds a face a third of what it looks at (43 px of its 128) far more surely than full range finds
+# one a seventh of its view: whole film photos pasted into scenes, faces 48 / 96 px, found 0.96 /
+# 0.74 by short range on tiles three times the face against 0.74 / 0.43 by full range on the same
+# tiles and 0.22 / 0.00 by full range at five times, each at score 0.6 (docs/predict.md, "Short
+# range on the tiles"). Where the faces asked for are smaller than a quarter of the finest level
+# (FULL_BELOW; e.g. --min-face 0.05), full range looks at that level's tiles too: it reaches a seventh.
 TILE_REACH, TILE_OVERLAP, MIN_TILE, MIN_TILE_PX, TILE_RATIO = 3.0, 1 / 3, 0.25, 128, 0.5
 FULL_BELOW = 4.0
 # A face that fills the whole image (a tight crop) is larger than either model saw in training:
