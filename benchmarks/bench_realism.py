@@ -63,6 +63,12 @@ def main() -> None:
                     help="also residual edits x + GAIN * blur_SIGMA(G(x,c) - G(x,y)), e.g. 0:1,1:1,1:2")
     ap.add_argument("--judge", default="ferplus-vgg16", help="classifier reading the residual edits' expression")
     a = ap.parse_args()
+    try:
+        residual = [tuple(float(x) for x in v.split(":")) for v in (a.residual or "").split(",") if v.strip()]
+        if any(len(r) != 2 or r[0] < 0 for r in residual):
+            raise ValueError
+    except ValueError:
+        sys.exit(f"bench_realism: --residual {a.residual!r}: give SIGMA:GAIN pairs, SIGMA >= 0 (e.g. 0:1,1:2)")
     print(machine())
     dev = select_device("cpu")
     G, grec, _ = load_generator(a.generator, dev)
@@ -80,12 +86,12 @@ def main() -> None:
                 for faces in (edited, jpeg(edited, a.jpeg), own, jpeg(real.images[src], a.jpeg))]
         cells = [f"{r['auc']['mean']:.3f} ± {r['auc']['std']:.3f} | {r['hf_ratio']:.3f}" for r in rows]
         print(f"| {name} ({rows[0]['pairs']} faces) | " + " | ".join(cells) + " |")
-    if not a.residual:
+    if not residual:
         return
     clf, crec, _, columns, _ = open_classifier(a.judge, grec.classes, "--judge", dev)
     x = real.images[src]
     variants = [("edits", edited)] + [(f"residual, blur {sg:g}, x{gn:g}", residual_edits(x, edited, own, sg, gn))
-                                      for sg, gn in (map(float, v.split(":")) for v in a.residual.split(","))]
+                                      for sg, gn in residual]
     print(f"\n| domain | faces | AUC | HF ratio | target read ({a.judge}) | source kept | edit L1 |\n"
           "|---|---|---|---|---|---|---|")
     for d, name in enumerate(real.names):
