@@ -18,6 +18,7 @@ Two ways to use it:
 
     # the same folds scored with their weights moved 25% back towards the model they started from
     python benchmarks/bench_domains.py folds --work ~/runs/domains-a --blend-with ferplus-vgg16:0.75 -- ...
+    python benchmarks/bench_domains.py folds --work ~/runs/domains-a --ensemble-with ferplus-vgg24:0.3 -- ...
 
 In ``folds`` mode every argument after ``--`` goes to ``ferkit train`` (``{ferplus}``, ``{ferplus_valid}``,
 ``{sfew}``, ``{ckplus}`` become this fold's paths, ``{run}`` its run name, ``fold0`` ... or ``final``,
@@ -244,12 +245,16 @@ def cmd_folds(a) -> dict:
     oof = {d.name: None for d in DOMAINS}
     fer = []
     stab = {d.name: [] for d in DOMAINS}
+    partner = open_model(a.ensemble_with[0], precision="fp32") if a.ensemble_with else None
     for k in range(a.folds):
         model = open_model(blended(work / f"fold{k}" / a.checkpoint, a.blend_with, work), precision="fp32")
         for d in DOMAINS:
             ds = data[d.name]
             pick = np.arange(len(ds)) if d.group_by is None else np.flatnonzero(folds[d.name] == k)
             z = scores(model, ds.images[pick], d.classes, calibrated=False)
+            if partner is not None:    # two networks' logits averaged: both run on every face
+                w = a.ensemble_with[1]
+                z = (1 - w) * z + w * scores(partner, ds.images[pick], d.classes, calibrated=False)
             if d.group_by is None:
                 fer.append(z)
             else:
@@ -323,10 +328,16 @@ def main(argv=None) -> int:
     f.add_argument("--blend-with", metavar="MODEL:ALPHA", type=blend_spec,
                    help="score each fold model with its weights interpolated towards MODEL's (the model it was "
                         "fine-tuned from): ALPHA x fold + (1 - ALPHA) x MODEL; the runs themselves are untouched")
+    f.add_argument("--ensemble-with", metavar="MODEL:WEIGHT", type=blend_spec,
+                   help="score each fold model's logits averaged with MODEL's: (1 - WEIGHT) x fold + WEIGHT x "
+                        "MODEL (an ensemble of two networks, twice the cost per face; no stability figure)")
     f.add_argument("train", nargs=argparse.REMAINDER, help="after --: the ferkit train arguments")
     a = ap.parse_args(argv)
     if a.cmd == "folds":
         a.train = [x for x in a.train if x != "--"]
+        if a.ensemble_with and a.blend_with:
+            ap.error("--ensemble-with and --blend-with: one at a time")
+        a.no_stability = a.no_stability or bool(a.ensemble_with)   # stability() sees one model only
     for d in DOMAINS:
         if not (a.data / d.folder).exists():
             print(f"bench_domains: {a.data / d.folder} not found (extract ../shared/data's archives into --data)",

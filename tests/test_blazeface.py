@@ -270,17 +270,20 @@ def test_tiles_stay_few_whatever_the_photo_and_tiny_images_find_nothing(monkeypa
     monkeypatch.setattr(det, "_run", lambda name, images, min_score, margin=0.0: [[] for _ in images])
     monkeypatch.setattr(det, "_run_batched", lambda name, crops, min_score: seen.append(len(crops)) or
                         [[] for _ in crops])
+    from ferkit.predict.blazeface import MAX_FINE_TILES
+
     for shape in ((480, 640), (3000, 4000), (30, 4000)):
         seen.clear()
         assert det.detect_faces(np.zeros(shape, np.uint8)) == []
-        assert 0 < sum(seen) <= 66, (shape, seen)   # two levels of at most 6 + 30 tiles, the finest again (full)
+        # two levels of at most 6 + 30 tiles, then the fine level or the finest again (full range)
+        assert 0 < sum(seen) <= 36 + max(30, MAX_FINE_TILES), (shape, seen)
     seen.clear()
     assert BlazeFaceDetector(min_face=0.1).detect_faces(np.zeros((181, 143), np.uint8)) == [] and not seen
     assert det.detect_faces(np.zeros((0, 0), np.uint8)) == [] and det.detect_faces(np.zeros((4, 900), np.uint8)) == []
 
 
 def test_tile_pyramid_reaches_the_smallest_face_and_every_face_lies_whole_in_a_tile():
-    from ferkit.predict.blazeface import FULL_BELOW, TILE_REACH, tile_levels, tile_starts
+    from ferkit.predict.blazeface import FULL_BELOW, TILE_REACH, fine_levels, tile_levels, tile_starts
 
     assert tile_levels(480, 640, 250) == []                   # the whole image's look reaches 250 px
     assert tile_levels(480, 640, 96) == [320, 160]            # short range reaches a third of a tile
@@ -288,11 +291,19 @@ def test_tile_pyramid_reaches_the_smallest_face_and_every_face_lies_whole_in_a_t
     assert tile_levels(3000, 4000, 150) == [2000, 1000]       # the same pyramid, scaled
     assert tile_levels(181, 143, 24) == []                     # tiles under 128 px are never made
     assert tile_levels(1080, 1920, 30) == [960, 480]
+    assert fine_levels(480, 640, 24, [320, 160]) == [72]        # 24-px faces: a third of 72-px tiles
+    assert fine_levels(480, 640, 48, [320, 160]) == [120]       # 3 x 48 = 144, but at most 3/4 of 160
+    assert fine_levels(480, 640, 60, [320, 160]) == []          # 160-px tiles reach a third: 53 px
+    assert fine_levels(181, 143, 24, []) == []                  # a small image: no tiles at all
+    assert fine_levels(1080, 1920, 30, [960, 480]) == []        # 90-px tiles: too many of them
+    assert fine_levels(4000, 4000, 60, [2000, 1000]) == []      # 180-px tiles: too many of them
     rng = np.random.default_rng(0)
-    for h, w, want in ((480, 640, 24), (480, 640, 60), (1080, 1920, 70), (500, 333, 36)):
+    for h, w, want in ((480, 640, 24), (480, 640, 32), (480, 640, 60), (1080, 1920, 70), (500, 333, 36)):
         levels = tile_levels(h, w, want)
+        fine = fine_levels(h, w, want, levels)
+        levels += fine
         finest = levels[-1]       # seen by short range (a third), and by full range (a seventh) below a quarter
-        assert finest / (7 if want < finest / FULL_BELOW else TILE_REACH) <= want
+        assert finest / (7 if not fine and want < finest / FULL_BELOW else TILE_REACH) <= want + 1
         for tile in levels:
             face = int(tile / TILE_REACH)                      # the smallest face the level is for
             for _ in range(50):

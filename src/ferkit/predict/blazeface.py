@@ -57,6 +57,17 @@ SHORT_SCORE_LIFT, RETRY_SCORE, TILE_SCORE_LIFT = 0.1, 0.65, 0.2
 # (FULL_BELOW; e.g. --min-face 0.05), full range looks at that level's tiles too: it reaches a seventh.
 TILE_REACH, TILE_OVERLAP, MIN_TILE, MIN_TILE_PX, TILE_RATIO = 3.0, 1 / 3, 0.25, 128, 0.5
 FULL_BELOW = 4.0
+# Below the pyramid's last level, where that level does not reach the smallest face asked for (48 px
+# at the default --min-face in 640x480 is 0.3 of its 160-px tiles; 24 px at --min-face 0.05 a sixth),
+# one **fine level** of tiles TILE_REACH times that face, seen by short range: never under
+# FINE_TILE_PX, never over FINE_RATIO of the last level, at most MAX_FINE_TILES of them (else full
+# range on the last level, FULL_BELOW). Tiles upscaled by a third or more (under FINE_LIFT_BELOW px)
+# answer more often on plain texture, so they ask FINE_SCORE_LIFT more than the other tiles. Chosen
+# on bench_detect.py's photo scenes of another seed than its table (docs/predict.md, "A fine level
+# for small faces"; 6 faces a size): 24 / 32 / 48-px faces found by 72 / 96 / 120-px tiles 0.83 /
+# 1.00 / 1.00 at score 0.7, face-free photos answering 0.04 / 0.02 / 0.00 times; at 0.75 the 72-px
+# tiles found 0.50 and no false positive.
+FINE_TILE_PX, FINE_RATIO, MAX_FINE_TILES, FINE_SCORE_LIFT, FINE_LIFT_BELOW = 72, 0.75, 160, 0.05, 100
 # A face that fills the whole image (a tight crop) is larger than either model saw in training:
 # full range scores it low, short range often just under its threshold. Short range on a framed copy
 # (black margins of a quarter of the longer side, so the face spans two thirds of the input) finds it,
@@ -210,6 +221,23 @@ def tile_levels(h: int, w: int, want: float) -> list[int]:
     return levels
 
 
+def fine_levels(h: int, w: int, want: float, levels: list[int]) -> list[int]:
+    """The sides of the fine levels' tiles (see :data:`FINE_TILE_PX`) below ``levels``, each
+    TILE_REACH x ``want`` but at least FINE_TILE_PX and at most FINE_RATIO of the level above, until
+    one reaches ``want`` px. None where there is no pyramid (a small image: its whole look reaches
+    its faces) or its last level already reaches them; they stop before a level of more than
+    :data:`MAX_FINE_TILES` tiles or larger than the image's shorter side."""
+    out: list[int] = []
+    last = levels[-1] if levels else 0
+    while last and last / TILE_REACH > want:
+        tile = int(math.ceil(min(FINE_RATIO * last, max(FINE_TILE_PX, TILE_REACH * want))))
+        if tile > min(h, w) or len(tile_starts(h, tile)) * len(tile_starts(w, tile)) > MAX_FINE_TILES:
+            break
+        out.append(tile)
+        last = tile
+    return out
+
+
 def tile_starts(n: int, tile: int) -> list[int]:
     """Where the tiles of side ``tile`` start along a side of ``n`` px: a step of two thirds of a
     tile (:data:`TILE_OVERLAP`), the last one flush with the end; one when the side is shorter."""
@@ -288,8 +316,10 @@ class BlazeFaceDetector:
         ``image``'s pixels (default ``min_face`` of its shorter side).
 
         Full range on the whole image; a pyramid of overlapping tiles (:func:`tile_levels`, each seen
-        by short range at 128 px, the finest level by full range too where the faces asked for are
-        smaller than a quarter of its tiles) where faces smaller than that look reaches are asked for;
+        by short range at 128 px, then fine levels (:func:`fine_levels`) for faces the pyramid's last
+        level does not reach; where those would take too many tiles, full range on the last level's
+        tiles where the faces asked for are smaller than a quarter of them) where faces smaller than
+        that look reaches are asked for;
         short range on the whole image where nothing else was found or the faces asked for are large
         (tight crops), and where still nothing was found, short range on a framed copy and its mirror image
         (:data:`FRAME_MARGIN`: a face that fills the image). ``quick`` (video frames): no tiles, no
@@ -312,6 +342,11 @@ class BlazeFaceDetector:
             levels = tile_levels(h, w, want)
             for tile in levels:
                 found += self._tiles(rgb, tile, self.min_score + TILE_SCORE_LIFT)
+            fine = fine_levels(h, w, want, levels)
+            for tile in fine:     # tiles upscaled by a third or more ask a little more
+                lift = TILE_SCORE_LIFT + (FINE_SCORE_LIFT if tile < FINE_LIFT_BELOW else 0.0)
+                found += self._tiles(rgb, tile, self.min_score + lift)
+            levels += fine
             if levels and want < levels[-1] / FULL_BELOW:    # faces too small for short range's tiles
                 found += self._tiles(rgb, levels[-1], self.min_score + SHORT_SCORE_LIFT, "full")
         short = self.min_score + SHORT_SCORE_LIFT + lift
