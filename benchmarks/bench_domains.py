@@ -229,6 +229,82 @@ def blended(checkpoint: Path, blend: tuple[str, float] | None, work: Path) -> Pa
     return out
 
 
+def features_and_logits(model, images: np.ndarray, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The input of the network's last linear layer (its face embedding) and the logits over ``classes``."""
+    import torch
+
+    last = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    grabbed: list[np.ndarray] = []
+    hook = last.register_forward_hook(lambda mod, inp, out: grabbed.append(inp[0].detach().float().numpy()))
+    try:
+        z = scores(model, images, classes, calibrated=False)
+    finally:
+        hook.remove()
+    return np.concatenate(grabbed), z
+
+
+def domain_temperatures(a, work: Path, data: dict, folds: dict) -> dict:
+    """Does a temperature that knows the domain calibrate every domain? Cross-fitted over the K folds:
+    for fold k, a logistic regression reads the domain from the face embedding and one temperature
+    per domain is fitted, both on the other folds' out-of-fold faces (FER+ valid split K ways by face,
+    scored by the other fold models); fold k's own faces are then scored by fold k's model with
+    softmax(z / sum_d P(d | face) T_d). Against it: one pooled temperature, and each domain's own
+    temperature (an oracle: the domain given, not read)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from ferkit.models import open_model
+    from ferkit.train.calibrate import expected_calibration_error, fit_temperature
+
+    emb: dict[tuple[str, int], np.ndarray] = {}
+    z: dict[tuple[str, int], np.ndarray] = {}
+    for k in range(a.folds):
+        model = open_model(work / f"fold{k}" / a.checkpoint, precision="fp32", device="cpu")
+        for d in DOMAINS:
+            emb[d.name, k], z[d.name, k] = features_and_logits(model, data[d.name].images, d.classes)
+    face_fold = {d.name: folds[d.name] if d.group_by else np.arange(len(data[d.name])) % a.folds
+                 for d in DOMAINS}
+
+    def faces(name: str, k: int, held: bool):
+        """(embeddings, logits, labels): fold k's faces by fold k's model, or the other folds' faces
+        by every other fold model (grouped domains: by the model that never saw them)."""
+        y, ff = data[name].labels, face_fold[name]
+        if held:
+            m = ff == k
+            return emb[name, k][m], z[name, k][m], y[m]
+        grouped = next(d for d in DOMAINS if d.name == name).group_by is not None
+        models = [[j] if grouped else [i for i in range(a.folds) if i != k] for j in range(a.folds)]
+        parts = [(emb[name, i][ff == j], z[name, i][ff == j], y[ff == j])
+                 for j in range(a.folds) if j != k for i in models[j]]
+        return tuple(np.concatenate(x) for x in zip(*parts))
+
+    got = {m: {d.name: [] for d in DOMAINS} for m in ("pooled", "own domain's (oracle)", "read from the face")}
+    for k in range(a.folds):
+        train = {d.name: faces(d.name, k, False) for d in DOMAINS}
+        weights = np.concatenate([np.full(len(train[d.name][2]), 1 / len(train[d.name][2])) for d in DOMAINS])
+        weights *= len(weights) / weights.sum()
+        reader = LogisticRegression(max_iter=2000).fit(
+            np.concatenate([train[d.name][0] for d in DOMAINS]),
+            np.concatenate([np.full(len(train[d.name][2]), j) for j, d in enumerate(DOMAINS)]), sample_weight=weights)
+        own = np.array([fit_temperature(train[d.name][1], train[d.name][2]) for d in DOMAINS])
+        pooled = fit_temperature(np.concatenate([np.pad(train[d.name][1], ((0, 0), (0, 8 - len(d.classes))),
+                                                        constant_values=-np.inf) for d in DOMAINS]),
+                                 np.concatenate([train[d.name][2] for d in DOMAINS]), weights=weights)
+        for j, d in enumerate(DOMAINS):
+            e, zz, y = faces(d.name, k, True)
+            read = reader.predict_proba(e) @ own
+            for m, t in (("pooled", pooled), ("own domain's (oracle)", own[j]), ("read from the face", read)):
+                got[m][d.name].append((zz / np.reshape(t, (-1, 1)), y))
+    out = {}
+    for m, per in got.items():
+        out[m] = {}
+        for name, parts in per.items():
+            zz, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            p_ = np.exp(zz - zz.max(1, keepdims=True))
+            out[m][name] = float(expected_calibration_error(p_ / p_.sum(1, keepdims=True), y))
+        print(f"ECE, {m} temperature: " + ", ".join(f"{n} {v:.3f}" for n, v in out[m].items()))
+    return out
+
+
 def cmd_folds(a) -> dict:
     from ferkit.models import open_model
     from ferkit.train.calibrate import domain_weights, fit_temperature
@@ -297,6 +373,8 @@ def cmd_folds(a) -> dict:
         mean_stab = float(sum(n * v for n, v in s) / sum(n for n, _ in s)) if s else None
         for r in rows.values():
             r[d.name]["stability"] = mean_stab
+    if a.domain_temperature:
+        rows["_domain_temperature_ece"] = domain_temperatures(a, work, data, folds)
     final_t = pooled_temperature()   # for a model trained on everything: all out-of-fold logits
     rows["_temperatures"] = {"per_fold": temps, "final": final_t}
     print(f"temperatures: per fold {', '.join(f'{t:.3f}' for t in temps)}; for the final model {final_t:.4f}")
@@ -331,6 +409,9 @@ def main(argv=None) -> int:
     f.add_argument("--ensemble-with", metavar="MODEL:WEIGHT", type=blend_spec,
                    help="score each fold model's logits averaged with MODEL's: (1 - WEIGHT) x fold + WEIGHT x "
                         "MODEL (an ensemble of two networks, twice the cost per face; no stability figure)")
+    f.add_argument("--domain-temperature", action="store_true",
+                   help="also: cross-fitted ECE with a temperature per domain, the domain read from the face "
+                        "embedding by a logistic regression (against one pooled temperature and the domain given)")
     f.add_argument("train", nargs=argparse.REMAINDER, help="after --: the ferkit train arguments")
     a = ap.parse_args(argv)
     if a.cmd == "folds":
