@@ -294,7 +294,12 @@ def domain_temperatures(a, work: Path, data: dict, folds: dict) -> dict:
             read = reader.predict_proba(e) @ own
             for m, t in (("pooled", pooled), ("own domain's (oracle)", own[j]), ("read from the face", read)):
                 got[m][d.name].append((zz / np.reshape(t, (-1, 1)), y))
-    out = {}
+    # for a model trained on everything: each domain's temperature on all its out-of-fold faces
+    final = [fit_temperature(np.concatenate([faces(d.name, k, True)[1] for k in range(a.folds)]),
+                             np.concatenate([faces(d.name, k, True)[2] for k in range(a.folds)])) for d in DOMAINS]
+    print("per-domain temperatures for the final model (ferkit calibrate ... --per-domain --domain-temperatures): "
+          + ",".join(f"{t:.4f}" for t in final))
+    out = {"_final_temperatures": dict(zip([d.name for d in DOMAINS], final))}
     for m, per in got.items():
         out[m] = {}
         for name, parts in per.items():

@@ -264,3 +264,108 @@ def test_damaged_temperature_in_a_record_is_one_line(models, tmp_path, capsys, v
     assert written == ["bad.safetensors"]                        # nothing written (predict's output lock aside)
     with pytest.raises(FerkitError, match="temperature"):
         CheckpointRecord("tiny", CLASSES, InputSpec(32), temperature=-1.0)
+
+
+# ----------------------------------------------------------------------------- a temperature per domain
+@pytest.fixture(scope="module")
+def per_domain(models):
+    """``over`` calibrated per domain on two sets: the validation faces and a darker second domain."""
+    from PIL import Image
+
+    dark = make_folder(models / "dark", CLASSES, 8, seed=3)
+    for f in dark.rglob("*.png"):
+        Image.fromarray((np.asarray(Image.open(f).convert("L")) * 0.4).astype(np.uint8)).save(f)
+    out = models / "per-domain.safetensors"
+    assert run(["calibrate", str(models / "over.safetensors"), "--val-dir", str(models / "val"), "--val-dir",
+                str(dark), "--per-domain", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def _by_hand(checkpoint, spec, faces):
+    """Raw logits and softmax(logits / sum_d P(d | embedding) T_d), computed here from the record."""
+    from ferkit.models import load_checkpoint
+
+    model, record = load_checkpoint(checkpoint)
+    body, head = torch.nn.Sequential(*list(model)[:-1]), list(model)[-1]
+    assert isinstance(head, torch.nn.Linear)
+    d = spec or record.domain_temperature
+    with torch.no_grad():
+        h = body(record.input.to_tensor(faces, torch.device("cpu")))
+        z = head(h)
+        read = torch.softmax(h @ torch.tensor(d["weight"]).T + torch.tensor(d["bias"]), 1)
+        t = read @ torch.tensor(d["temperatures"])
+    return z.numpy(), torch.softmax(z / t[:, None], 1).numpy(), t.numpy()
+
+
+def test_per_domain_temperature_is_fitted_stored_and_applied(models, per_domain, capsys):
+    from ferkit.models import open_model, read_checkpoint_record
+    from ferkit.predict import Recognizer
+
+    record = read_checkpoint_record(per_domain)
+    d = record.domain_temperature
+    assert d["domains"] == [f"{models.name}/val", "dark"] and len(d["temperatures"]) == 2 and len(d["weight"]) == 2
+    assert all(t > 1 for t in d["temperatures"])            # the x10 head is over-confident in both domains
+    faces = np.random.default_rng(2).integers(0, 256, (7, 32, 32), dtype=np.uint8)
+    raw, want, t = _by_hand(per_domain, None, faces)
+    assert not np.allclose(t, t[0])                          # each face its own temperature
+    got = Recognizer.load(per_domain, detect=False, device="cpu").probabilities(faces)
+    assert np.abs(got - want).max() < 1e-5 and (got.argmax(1) == raw.argmax(1)).all()
+    opened = open_model(per_domain, backend="torch", device="cpu")
+    assert np.abs(opened.logits(faces, calibrated=False) - raw).max() < 1e-4      # the model's own logits
+    # calibrating again without --per-domain replaces it
+    again = models / "pooled-again.safetensors"
+    assert run(["calibrate", str(per_domain), "--val-dir", str(models / "val"), "--out", str(again)]) == 0
+    assert read_checkpoint_record(again).domain_temperature == {}
+
+
+def test_onnx_export_carries_the_per_domain_temperature(per_domain, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from ferkit.models import open_model
+
+    assert run(["export", str(per_domain), "--out", str(tmp_path / "pd.onnx")]) == 0
+    faces = np.random.default_rng(3).integers(0, 256, (9, 32, 32), dtype=np.uint8)
+    torch_model = open_model(per_domain, backend="torch", device="cpu")
+    onnx_model = open_model(tmp_path / "pd.onnx", backend="onnx")
+    for calibrated in (True, False):
+        a, b = torch_model.logits(faces, calibrated=calibrated), onnx_model.logits(faces, calibrated=calibrated)
+        assert np.abs(a - b).max() < 1e-4, calibrated
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "two or more --val-dir"),
+    (["--domain-temperatures", "1.5,2"], "two or more --val-dir"),
+])
+def test_per_domain_needs_several_domains(models, tmp_path, capsys, extra, message):
+    out = tmp_path / "x.safetensors"
+    assert run(["calibrate", str(models / "over.safetensors"), "--val-dir", str(models / "val"), "--per-domain",
+                "--out", str(out), *extra]) == 1
+    assert message in _one_line_error(capsys) and not out.exists()
+
+
+def test_domain_temperatures_are_checked(models, tmp_path, capsys):
+    base = ["calibrate", str(models / "over.safetensors"), "--val-dir", str(models / "val"), "--val-dir",
+            str(models / "val"), "--out", str(tmp_path / "x.safetensors")]
+    assert run([*base, "--domain-temperatures", "1,2"]) == 1
+    assert "needs --per-domain" in _one_line_error(capsys)
+    assert run([*base, "--per-domain", "--domain-temperatures", "1,2,3"]) == 1
+    assert "3 domain temperatures for 2" in _one_line_error(capsys)
+    assert run([*base, "--per-domain", "--domain-temperatures", "1,-2"]) == 1
+    assert "must be a number from 0.01 to 100" in _one_line_error(capsys)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("damage", [{"temperatures": [1.0]}, {"weight": [[float("nan")], [1.0]]}, {"bias": "x"}])
+def test_damaged_per_domain_temperature_is_one_line(per_domain, tmp_path, capsys, damage):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(per_domain), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["ferkit"])
+    meta["domain_temperature"].update(damage)
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(per_domain)), str(bad), metadata={"ferkit": json.dumps(meta)})
+    assert run(["predict", str(bad), str(next(per_domain.parent.joinpath("val").rglob("*.png"))), "--no-detect",
+                "--out", str(tmp_path / "pred")]) == 1
+    line = _one_line_error(capsys)
+    assert "bad.safetensors" in line and "domain temperature" in line

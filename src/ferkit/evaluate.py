@@ -45,6 +45,7 @@ class EvalResult:
     temperature: float = 1.0         # the checkpoint's temperature (ferkit calibrate), applied to the logits
     reliability: dict | None = None  # per-bin counts, confidence, accuracy (ferkit.train.calibrate)
     labels: str = "one class per image"  # or, for vote-label test data, the protocol that made the labels
+    domains: tuple[str, ...] = ()    # a temperature per domain read from the face (it replaces ``temperature``)
 
     def text(self) -> str:
         """What ``ferkit evaluate`` prints: the per-class report, macro-F1, calibration, where the
@@ -189,7 +190,8 @@ def evaluate(model_path, test_dir, out_dir=None, batch_size: int = 256, shared_o
     result = EvalResult(m["accuracy"], m["macro_f1"], m["report"], m["report_text"], m["confusion"],
                         eval_classes, None, len(y_true), tta, negative_log_likelihood(logits, y_true), table["ece"],
                         record.temperature, table,
-                        f"vote labels, {data.protocol} protocol" if data.protocol else "one class per image")
+                        f"vote labels, {data.protocol} protocol" if data.protocol else "one class per image",
+                        tuple(record.domain_temperature.get("domains", ())))
     if out_dir is not False:
         name = f"eval-{Path(test_dir).stem}"
         # never write reports into the installed package: a bundled model's go to the working folder
@@ -209,7 +211,8 @@ def _write_outputs(out: Path, r: EvalResult, paths, y_true, probs, model_classes
     metrics = {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "n": r.n, "tta": r.tta, "classes": list(r.classes),
                "checkpoint": str(ckpt), "test_data": str(test_dir), "labels": r.labels, "per_class": r.report,
                "confusion_matrix": r.confusion.tolist(), "nll": r.nll, "ece": r.ece, "ece_bins": r.reliability["bins"],
-               "temperature": r.temperature, "mean_confidence": r.reliability["mean_confidence"],
+               "temperature": r.temperature, "temperature_per_domain": list(r.domains),
+               "mean_confidence": r.reliability["mean_confidence"],
                "reliability": {k: r.reliability[k] for k in ("edges", "count", "confidence", "accuracy")}}
     write_json(out / "metrics.json", metrics)
     write_text(out / "report.txt", f"accuracy: {r.accuracy:.4f}\nmacro-F1: {r.macro_f1:.4f}\nlabels: {r.labels}\n"
@@ -231,5 +234,8 @@ def calibration_line(r: EvalResult) -> str:
     """One line on how far the probabilities are from what they say (printed and in report.txt)."""
     bins = r.reliability["bins"] if r.reliability else 15
     conf = f", mean confidence {r.reliability['mean_confidence']:.4f}" if r.reliability else ""
+    if r.domains:
+        return (f"calibration: ECE {r.ece:.4f} ({bins} bins), NLL {r.nll:.4f}{conf}, a temperature per domain "
+                f"({', '.join(r.domains)}), the domain read from each face")
     return (f"calibration: ECE {r.ece:.4f} ({bins} bins), NLL {r.nll:.4f}{conf}, temperature {r.temperature:.4g}"
             + ("" if r.temperature != 1.0 else " (uncalibrated: see `ferkit calibrate`)"))

@@ -39,9 +39,11 @@ DEFAULT_OPSET = 17
 OPSETS = range(11, 22)
 
 
-def _wrapped(model, spec, temperature: float = 1.0):
+def _wrapped(model, spec, temperature: float = 1.0, per_domain: dict | None = None):
     """The exported module: [0, 1] gray input -> the model's normalisation -> logits (divided by the
-    record's temperature unless it is 1), softmax."""
+    record's temperature unless it is 1), softmax. With a record's ``per_domain`` temperature
+    (:mod:`ferkit.models.domain_temperature`) the logits are divided by each face's own, which is a
+    third output."""
     class WithSoftmax(nn.Module):
         def __init__(self, net):
             super().__init__()
@@ -53,14 +55,29 @@ def _wrapped(model, spec, temperature: float = 1.0):
                 logits = logits / temperature
             return logits, torch.softmax(logits, dim=1)
 
-    return WithSoftmax(model).eval()
+    class WithDomainSoftmax(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            from .models.domain_temperature import WithDomainTemperature
+
+            self.net = WithDomainTemperature(net, per_domain)
+
+        def forward(self, x):
+            logits, t = self.net(spec.normalize(x))
+            return logits, torch.softmax(logits, dim=1), t
+
+    return (WithDomainSoftmax(model) if per_domain else WithSoftmax(model)).eval()
 
 
-def _torch_export(module, example, path: Path, opset: int) -> None:
+def _outputs(per_domain) -> tuple[str, ...]:
+    return ("logits", "probabilities", "temperature") if per_domain else ("logits", "probabilities")
+
+
+def _torch_export(module, example, path: Path, opset: int, outputs=("logits", "probabilities")) -> None:
     """torch.onnx.export with the TorchScript exporter (needs no onnxscript); the torch.export-based
     exporter is the fallback where the legacy one is gone."""
-    kwargs = dict(input_names=["input"], output_names=["logits", "probabilities"],
-                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+    kwargs = dict(input_names=["input"], output_names=list(outputs),
+                  dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                   opset_version=opset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -111,14 +128,20 @@ def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True)
         require_finite(_wrapped(model, record.input)(probe)[0], f"model {ckpt}")
     make_dir(out.parent)
     with atomic_path(out) as tmp:
-        _torch_export(_wrapped(model, record.input, record.temperature), torch.zeros(2, 1, size, size), tmp, opset)
+        per_domain = record.domain_temperature
+        _torch_export(_wrapped(model, record.input, record.temperature, per_domain), torch.zeros(2, 1, size, size),
+                      tmp, opset, _outputs(per_domain))
         proto = onnx.load(str(tmp))
+        outputs = {"logits": "float32 (batch, classes)" + (
+                   ", the model's logits / each face's temperature (applied in the graph)" if per_domain else
+                   f", the model's logits / temperature {record.temperature:g} (applied in the graph)"
+                   if record.temperature != 1.0 else ""), "probabilities": "softmax of logits"}
+        if per_domain:
+            outputs["temperature"] = "float32 (batch,), each face's temperature (its domain read from the face)"
         meta = {**record.to_json(), "train_config": {}, "source_checkpoint": ckpt.name,
                 "source_sha256": file_sha256(ckpt),
                 "onnx_input": f"input: float32 (batch, 1, {size}, {size}), gray face / 255 in [0, 1]",
-                "onnx_outputs": {"logits": "float32 (batch, classes)" + (
-                    f", the model's logits / temperature {record.temperature:g} (applied in the graph)"
-                    if record.temperature != 1.0 else ""), "probabilities": "softmax of logits"}}
+                "onnx_outputs": outputs}
         for key, value in (("ferkit", json.dumps(meta)), ("classes", json.dumps(list(record.classes))),
                            ("image_size", str(size))):
             entry = proto.metadata_props.add()
@@ -129,12 +152,13 @@ def export_onnx(model_path, out, opset: int = DEFAULT_OPSET, check: bool = True)
         onnx.save(proto, str(tmp))
     info = {"path": str(out), "classes": list(record.classes), "image_size": size, "arch": record.arch}
     if check:
-        info["max_abs_diff"] = parity(model, out, record.input, temperature=record.temperature)
+        info["max_abs_diff"] = parity(model, out, record.input, temperature=record.temperature,
+                                      per_domain=record.domain_temperature)
     return info
 
 
 def parity(model, onnx_path, spec, n: int = 8, seed: int = 0, inputs: np.ndarray | None = None,
-           temperature: float = 1.0) -> float:
+           temperature: float = 1.0, per_domain: dict | None = None) -> float:
     """Max |logits_onnxruntime - logits_torch| on ``inputs`` (float32 (N,1,S,S) in [0,1]) or random ones;
     ``spec`` is the model's InputSpec and ``temperature`` its record's (the ONNX graph applies both
     inside, PyTorch gets them applied here)."""
@@ -148,7 +172,7 @@ def parity(model, onnx_path, spec, n: int = 8, seed: int = 0, inputs: np.ndarray
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = sess.run(["logits"], {"input": inputs})[0]
     with torch.inference_mode():
-        want = (model.eval()(spec.normalize(torch.from_numpy(inputs))).float() / temperature).numpy()
+        want = _wrapped(model.eval(), spec, temperature, per_domain)(torch.from_numpy(inputs))[0].float().numpy()
     return float(np.abs(got - want).max())
 
 

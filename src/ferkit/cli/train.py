@@ -153,6 +153,13 @@ def add_calibrate(sub):
     p.add_argument("--temperature", type=float, default=None,
                    help="set this temperature instead of fitting one (> 0; 1 = uncalibrated); with --val-dir "
                         "the figures are still measured")
+    p.add_argument("--per-domain", action="store_true",
+                   help="with two or more --val-dir sets (domains): a temperature per domain, and a logistic "
+                        "regression that reads each face's domain from the network's embedding; a face's logits "
+                        "are divided by the temperatures weighted by how sure the reader is of each domain")
+    p.add_argument("--domain-temperatures", type=_temperature_list, default=None, metavar="T1,T2,...",
+                   help="with --per-domain: these temperatures, one per --val-dir in order (e.g. fitted on "
+                        "out-of-fold logits), instead of fitting them on the sets (the reader is still fitted)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--strict", action="store_true", help="fail on undecodable images instead of skipping them")
@@ -162,12 +169,20 @@ def add_calibrate(sub):
     p.set_defaults(func=_cmd_calibrate)
 
 
+def _temperature_list(text: str) -> list[float]:
+    """``T1,T2,...`` -> floats (argparse turns the ValueError into one usage line)."""
+    return [float(t) for t in text.split(",")]
+
+
 def _cmd_calibrate(a) -> int:
     from ..train.calibrate import calibrate_checkpoint, describe
 
+    if a.domain_temperatures is not None and not a.per_domain:
+        raise FerkitError("--domain-temperatures needs --per-domain")
     r = calibrate_checkpoint(a.model, a.val_dir, a.out, temperature=a.temperature, overwrite=a.overwrite,
                              batch_size=a.batch_size, precision=a.precision, device=a.device, strict=a.strict,
-                             progress=not a.no_progress)
+                             progress=not a.no_progress, per_domain=a.per_domain,
+                             domain_temperatures=a.domain_temperatures)
     print("\n".join(describe(r)))
     return 0
 

@@ -205,7 +205,18 @@ class TorchModel(OpenedModel):
     def model(self) -> torch.nn.Module:
         return fuse_for_inference(self.module).to(memory_format=torch.channels_last)
 
+    @cached_property
+    def _per_domain(self) -> torch.nn.Module | None:
+        """The inference copy with the record's per-domain temperature (None where it has none)."""
+        if not self.record.domain_temperature:
+            return None
+        from .domain_temperature import WithDomainTemperature
+
+        return WithDomainTemperature(self.model, self.record.domain_temperature).to(self.device).eval()
+
     def _scores(self, faces, calibrated: bool):
+        if calibrated and self._per_domain is not None:   # each face its own temperature
+            return forward_logits(lambda x: self._per_domain(x)[0], faces, self.record.input, self.device, self.amp)
         return forward_logits(self.model, faces, self.record.input, self.device, self.amp,
                               self.record.temperature if calibrated else 1.0)
 
@@ -253,10 +264,15 @@ class OnnxModel(OpenedModel):
         self.input_name = self.session.get_inputs()[0].name
         names = [o.name for o in self.session.get_outputs()]
         self.output_name = "logits" if "logits" in names else names[0]
+        if self.record.domain_temperature and "temperature" not in names:
+            raise FerkitError(f"{p} has a per-domain temperature but no 'temperature' output: export it again")
 
     def _scores(self, faces, calibrated: bool):
-        x = (torch.as_tensor(faces).numpy().astype(np.float32) / np.float32(255.0))[:, None]
-        logits = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x)})[0]
+        x = np.ascontiguousarray((torch.as_tensor(faces).numpy().astype(np.float32) / np.float32(255.0))[:, None])
+        if self.record.domain_temperature:   # the graph divides each face by its own temperature, an output too
+            logits, t = self.session.run([self.output_name, "temperature"], {self.input_name: x})
+            return logits if calibrated else logits * t[:, None]
+        logits = self.session.run([self.output_name], {self.input_name: x})[0]
         # the graph divides by the temperature; undone for the model's own logits
         return logits * np.float32(self.record.temperature) if not calibrated and self.record.temperature != 1.0 \
             else logits

@@ -107,9 +107,13 @@ class CheckpointRecord:
     #: wherever ferkit produces them; 1.0 = uncalibrated (every checkpoint written before it existed).
     temperature: float = 1.0
     calibration: dict = field(default_factory=dict)   # how the temperature was fitted (data, n, NLL/ECE)
+    #: A temperature per domain, the domain read from the face (``ferkit calibrate --per-domain``; see
+    #: :mod:`ferkit.models.domain_temperature`); {} = none. It replaces ``temperature`` where set.
+    domain_temperature: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.temperature = check_temperature(self.temperature)
+        self.domain_temperature = check_domain_temperature(self.domain_temperature)
 
     @property
     def image_size(self) -> int:
@@ -128,13 +132,15 @@ class CheckpointRecord:
                 "model_args": _jsonable(self.model_args), "classes": list(self.classes),
                 "image_size": self.image_size, "input": self.input.to_json(), "epoch": self.epoch,
                 "val_metrics": self.val_metrics, "train_config": self.train_config,
-                "temperature": self.temperature, "calibration": self.calibration}
+                "temperature": self.temperature, "calibration": self.calibration,
+                **({"domain_temperature": self.domain_temperature} if self.domain_temperature else {})}
 
     @classmethod
     def from_json(cls, d: dict, where: str = "checkpoint") -> CheckpointRecord:
         version = _format_version(d.get("format"), where)
         known = {"format", "ferkit_version", "arch", "model_args", "classes", "image_size", "input", "epoch",
-                 "val_metrics", "train_config", "channels", "preprocessing", "kind", "temperature", "calibration"}
+                 "val_metrics", "train_config", "channels", "preprocessing", "kind", "temperature", "calibration",
+                 "domain_temperature"}
         temperature = check_temperature(d.get("temperature", 1.0), f"{where}: the record's temperature")
         try:
             if version == 1:  # ferkit 0.1: fixed architectures, [0, 1] scaling, no mean/std
@@ -150,7 +156,8 @@ class CheckpointRecord:
                        ferkit_version=str(d.get("ferkit_version", "?")),
                        extra={k: v for k, v in d.items() if k not in known}, kind=str(d.get("kind", "classifier")),
                        temperature=temperature,
-                       calibration=d["calibration"] if isinstance(d.get("calibration"), dict) else {})
+                       calibration=d["calibration"] if isinstance(d.get("calibration"), dict) else {},
+                       domain_temperature=d.get("domain_temperature") or {})
         except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
             raise FerkitError(f"{where}: ferkit metadata is damaged") from None
         except FerkitError as exc:   # a class list or input contract that fails its check
@@ -421,3 +428,29 @@ def init_from_checkpoint(model: nn.Module, path: str | os.PathLike, classes: tup
     fresh = [c for c in classes if c not in known]
     return (f"initial weights: {p} (epoch {record.epoch}); output weights kept for {len(kept)} of {len(classes)} "
             "classes" + (f", new: {', '.join(fresh)}" if fresh else ""))
+
+
+#: The keys of a record's ``domain_temperature`` (see :mod:`ferkit.models.domain_temperature`)
+DOMAIN_TEMPERATURE_KEYS = ("domains", "temperatures", "weight", "bias")
+
+
+def check_domain_temperature(spec, what: str = "domain temperature") -> dict:
+    """``spec`` as a record keeps it ({} = none), checked: D >= 2 domain names, D temperatures within
+    the record's limits, a D x F reader weight and D biases, every number finite."""
+    if not spec:
+        return {}
+    try:
+        domains = [str(d) for d in spec["domains"]]
+        temps = [check_temperature(t, f"{what}: the temperature of {d}") for d, t in zip(domains, spec["temperatures"])]
+        weight = [[float(v) for v in row] for row in spec["weight"]]
+        bias = [float(v) for v in spec["bias"]]
+    except (KeyError, TypeError, ValueError):
+        raise FerkitError(f"{what} is damaged (needs {', '.join(DOMAIN_TEMPERATURE_KEYS)})") from None
+    n = len(domains)
+    if n < 2 or len(temps) != n or len(weight) != n or len(bias) != n or len({len(r) for r in weight}) != 1:
+        raise FerkitError(f"{what} is damaged: {n} domains, {len(temps)} temperatures, {len(weight)} x "
+                          f"{len(weight[0]) if weight else 0} reader weights, {len(bias)} biases")
+    if not all(math.isfinite(v) for row in weight for v in row) or not all(math.isfinite(v) for v in bias):
+        raise FerkitError(f"{what}: the reader's weights must be finite numbers")
+    return {"domains": domains, "temperatures": temps, "weight": weight, "bias": bias,
+            **{k: v for k, v in spec.items() if k not in DOMAIN_TEMPERATURE_KEYS}}

@@ -210,6 +210,7 @@ class CalibrationResult:
     before: dict = field(default_factory=dict)   # nll, ece, accuracy, mean_confidence, temperature
     after: dict = field(default_factory=dict)
     domains: list = field(default_factory=list)  # several validation sets: val_data, n, before, after of each
+    per_domain: dict = field(default_factory=dict)   # the record's domain_temperature, when fitted
 
 
 def default_output(ckpt: Path) -> Path:
@@ -242,10 +243,11 @@ def _check_output(out: Path, ckpt: Path, overwrite: bool) -> Path:
 
 
 def _val_logits(model_path: Path, val_dir, batch_size: int, precision: str, device: str, strict: bool,
-                progress: bool):
-    """(raw logits, labels in model order, record) of a checkpoint on a labelled folder; raw = T 1.
-    Data with fewer classes than the model (SFEW has no contempt) is scored among the classes it has:
-    the others' logits are -inf, so they take no probability at any temperature."""
+                progress: bool, embed: bool = False):
+    """(raw logits, labels in model order, record, embeddings or None) of a checkpoint on a labelled
+    folder; raw = T 1. Data with fewer classes than the model (SFEW has no contempt) is scored among
+    the classes it has: the others' logits are -inf, so they take no probability at any temperature.
+    ``embed``: also the faces' embeddings (:func:`ferkit.models.domain_temperature.face_embeddings`)."""
     from ..data import load_dataset, scan_source
     from ..models import open_model
 
@@ -262,12 +264,44 @@ def _val_logits(model_path: Path, val_dir, batch_size: int, precision: str, devi
     if absent:
         logits = np.array(logits, dtype=np.float32)
         logits[:, absent] = -np.inf
-    return logits, to_model[data.labels], record
+    emb = None
+    if embed:
+        from ..models.domain_temperature import face_embeddings
+
+        emb = face_embeddings(opened, data.images, batch_size)
+    return logits, to_model[data.labels], record, emb
+
+
+def fit_domain_temperature(names, embeddings, logits, labels, temperatures=None) -> dict:
+    """A record's ``domain_temperature`` (see :mod:`ferkit.models.domain_temperature`) from several
+    labelled domains, one entry of each list per domain: a temperature per domain (fitted on its
+    logits, or ``temperatures`` given, e.g. fitted on out-of-fold logits elsewhere), and a logistic
+    regression that reads the domain from the embedding, every domain weighing the same."""
+    from sklearn.linear_model import LogisticRegression
+
+    from ..models.record import check_domain_temperature
+
+    if len(names) < 2:
+        raise FerkitError("a per-domain temperature needs two or more --val-dir sets (one per domain)")
+    if temperatures is None:
+        temperatures = [fit_temperature(z, y) for z, y in zip(logits, labels)]
+    elif len(temperatures) != len(names):
+        raise FerkitError(f"{len(temperatures)} domain temperatures for {len(names)} --val-dir sets")
+    x = np.concatenate(embeddings).astype(np.float64)
+    domain = np.concatenate([np.full(len(e), i) for i, e in enumerate(embeddings)])
+    reader = LogisticRegression(max_iter=5000).fit(x, domain, sample_weight=domain_weights(domain))
+    weight, bias = reader.coef_, reader.intercept_
+    if len(names) == 2:   # scikit-learn's binary form: one row; softmax([-a/2, a/2]) = sigmoid(a)
+        weight, bias = np.concatenate([-weight / 2, weight / 2]), np.concatenate([-bias / 2, bias / 2])
+    return check_domain_temperature({"domains": list(names), "temperatures": [float(t) for t in temperatures],
+                                     "weight": weight.tolist(), "bias": bias.tolist(),
+                                     "reader_accuracy": float(reader.score(x, domain))})
 
 
 def calibrate_checkpoint(model, val_dir=None, out=None, temperature: float | None = None, overwrite: bool = False,
                          batch_size: int = 256, precision: str = "fp32", device: str = "auto", strict: bool = False,
-                         progress: bool = True) -> CalibrationResult:
+                         progress: bool = True, per_domain: bool = False,
+                         domain_temperatures=None) -> CalibrationResult:
     """Fit (or set) a checkpoint's temperature and write a calibrated copy; the original is never touched.
 
     Args:
@@ -280,6 +314,10 @@ def calibrate_checkpoint(model, val_dir=None, out=None, temperature: float | Non
         out: the calibrated checkpoint (default: :func:`default_output`); never the input itself.
         temperature: set this temperature instead of fitting one (``val_dir`` then only measures).
         overwrite: replace an existing ``out``.
+        per_domain: also a temperature per ``val_dir`` set, the domain read from the face
+            (:func:`fit_domain_temperature`); it then replaces the one temperature wherever ferkit
+            computes probabilities. ``domain_temperatures``: those temperatures given, one per set
+            (e.g. fitted on out-of-fold logits), instead of fitted on the sets themselves.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -299,31 +337,28 @@ def calibrate_checkpoint(model, val_dir=None, out=None, temperature: float | Non
     result = CalibrationResult(temperature if temperature is not None else 1.0, record.temperature,
                                temperature is None, out, ckpt, classes=record.classes)
     sets = [] if val_dir is None else [val_dir] if isinstance(val_dir, (str, os.PathLike)) else list(val_dir)
+    if (per_domain or domain_temperatures is not None) and len(sets) < 2:
+        raise FerkitError("--per-domain needs two or more --val-dir sets, one per domain")
     if sets:
-        parts = [_val_logits(ckpt, v, batch_size, precision, device, strict, progress) for v in sets]
-        logits = np.concatenate([z for z, _, _ in parts])
-        labels = np.concatenate([y for _, y, _ in parts])
-        weights = domain_weights(np.concatenate([np.full(len(y), i) for i, (_, y, _) in enumerate(parts)]))
-        result.n = len(labels)
-        result.before = calibration_metrics(logits, labels, record.temperature)
-        if temperature is None:
-            result.temperature = fit_temperature(logits, labels, weights=None if len(sets) == 1 else weights)
-        result.after = calibration_metrics(logits, labels, result.temperature)
-        if len(sets) > 1:
-            result.domains = [{"val_data": str(v), "n": len(y),
-                               "before": calibration_metrics(z, y, record.temperature),
-                               "after": calibration_metrics(z, y, result.temperature)}
-                              for v, (z, y, _) in zip(sets, parts)]
+        parts = [_val_logits(ckpt, v, batch_size, precision, device, strict, progress, embed=per_domain)
+                 for v in sets]
+        _fit_and_measure(result, record, sets, parts, temperature is None, per_domain, domain_temperatures)
     calibration = {"method": ("temperature scaling, NLL minimised on validation data"
                               + (f" ({len(sets)} domains weighing the same)" if len(sets) > 1 else ""))
                    if result.fitted else "temperature set by hand", "source_checkpoint": ckpt.name,
                    "ferkit_version": __version__}
+    if result.per_domain:
+        calibration["per_domain"] = (f"a temperature per domain ({', '.join(result.per_domain['domains'])}), "
+                                     + ("given" if domain_temperatures is not None else "fitted on each set")
+                                     + "; each face's domain read from its embedding by a logistic regression "
+                                     "fitted on these sets; it replaces the one temperature")
     if sets:
         calibration.update(val_data=str(sets[0]) if len(sets) == 1 else [str(v) for v in sets], n=result.n,
                            ece_bins=ECE_BINS, before=result.before, after=result.after)
         if result.domains:
             calibration["domains"] = result.domains
-    new_record = replace(record, temperature=result.temperature, calibration=calibration)
+    new_record = replace(record, temperature=result.temperature, calibration=calibration,
+                         domain_temperature=result.per_domain)   # a new calibration replaces an old per-domain one
     # The weights are copied as stored (dtype and all); only the record changes.
     try:
         with safe_open(str(ckpt), framework="pt") as fh:
@@ -336,6 +371,47 @@ def calibrate_checkpoint(model, val_dir=None, out=None, temperature: float | Non
     return result
 
 
+def _fit_and_measure(result: CalibrationResult, record, sets, parts, fit: bool, per_domain: bool,
+                     domain_temperatures) -> None:
+    """Fill ``result`` from each set's (logits, labels, record, embeddings): the temperature (fitted
+    when ``fit``, every set weighing the same), the per-domain one, and the figures before/after."""
+    logits = np.concatenate([z for z, *_ in parts])
+    labels = np.concatenate([y for _, y, *_ in parts])
+    weights = domain_weights(np.concatenate([np.full(len(y), i) for i, (_, y, *_) in enumerate(parts)]))
+    result.n = len(labels)
+    result.before = calibration_metrics(logits, labels, record.temperature)
+    if fit:
+        result.temperature = fit_temperature(logits, labels, weights=None if len(sets) == 1 else weights)
+    result.after = calibration_metrics(logits, labels, result.temperature)
+    if per_domain:
+        result.per_domain = fit_domain_temperature([_domain_name(v) for v in sets], [e for *_, e in parts],
+                                                   [z for z, *_ in parts], [y for _, y, *_ in parts],
+                                                   domain_temperatures)
+    if len(sets) > 1:
+        result.domains = [{"val_data": str(v), "n": len(y), "before": calibration_metrics(z, y, record.temperature),
+                           "after": _after(z, y, e, result)} for v, (z, y, _, e) in zip(sets, parts)]
+
+
+def _domain_name(path) -> str:
+    """A domain's name from its folder: ``sfew-train``, or ``ferplus/valid`` where the last part is a split."""
+    p = Path(path)
+    name = p.stem if p.suffix.lower() == ".csv" else p.name
+    return f"{p.parent.name}/{name}" if name.lower() in ("train", "valid", "validation", "val", "test") else name
+
+
+def _after(logits, labels, emb, result: CalibrationResult) -> dict:
+    """A domain's figures after calibration: with the per-domain temperature where there is one."""
+    if not result.per_domain:
+        return calibration_metrics(logits, labels, result.temperature)
+    import torch
+
+    from ..models.domain_temperature import DomainTemperature
+
+    with torch.no_grad():
+        t = DomainTemperature(result.per_domain)(torch.from_numpy(emb)).numpy()
+    return {**calibration_metrics(logits / t[:, None], labels), "temperature": float(t.mean())}
+
+
 def describe(r: CalibrationResult) -> list[str]:
     """The lines ``ferkit calibrate`` prints."""
     lines = []
@@ -346,6 +422,11 @@ def describe(r: CalibrationResult) -> list[str]:
         for name, m in (("before", r.before), ("after", r.after)):
             lines.append(f"{name:8s}{m['nll']:8.4f}{m['ece']:8.4f}{m['mean_confidence']:11.4f}{m['accuracy']:10.4f}"
                          f"   (temperature {m['temperature']:.4g})")
+    if r.per_domain:
+        pd = r.per_domain
+        lines.append("per-domain temperatures (the domain read from the face; they replace the one above): "
+                     + ", ".join(f"{d} {t:.4f}" for d, t in zip(pd["domains"], pd["temperatures"]))
+                     + f"; the reader names the right domain for {pd['reader_accuracy']:.1%} of these faces")
     for d in r.domains:
         lines.append(f"  {d['val_data']} ({d['n']} faces): ECE {d['before']['ece']:.4f} -> {d['after']['ece']:.4f}, "
                      f"NLL {d['before']['nll']:.4f} -> {d['after']['nll']:.4f}")
@@ -355,5 +436,5 @@ def describe(r: CalibrationResult) -> list[str]:
 
 __all__ = ["CALIBRATED_SUFFIX", "ECE_BINS", "TEMPERATURE_RANGE", "CalibrationResult", "calibrate_checkpoint",
            "calibration_metrics", "default_output", "describe", "domain_weights", "expected_calibration_error",
-           "fit_temperature",
+           "fit_domain_temperature", "fit_temperature",
            "log_softmax", "negative_log_likelihood", "plot_reliability", "reliability_table"]
