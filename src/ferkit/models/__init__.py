@@ -49,7 +49,7 @@ def list_models_info() -> dict:
             rec = read_checkpoint_record(b.path)
             entry.update(arch=rec.arch, model_args=rec.model_args, classes=list(rec.classes),
                          image_size=rec.image_size, size_mb=b.path.stat().st_size / 1e6, val_metrics=rec.val_metrics,
-                         temperature=rec.temperature)
+                         temperature=rec.temperature, temperature_per_domain=rec.domain_temperature.get("domains", []))
             if b.kind == "generator":   # the card fields scripts/bundle_generator.py wrote into the record
                 entry["bundled"] = rec.extra.get("bundled", {})
         bundled.append(entry)
