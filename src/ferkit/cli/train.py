@@ -138,7 +138,9 @@ def add_calibrate(sub):
                                    "softmax(logits / T). Predicted labels and accuracy do not change. Prints NLL "
                                    "and ECE (15 bins) before and after.\n\n"
                                    "  ferkit calibrate runs/exp1 --val-dir data/val\n"
-                                   "  ferkit calibrate fer2013-vgg --val-dir fer/validation --out vgg.cal.safetensors",
+                                   "  ferkit calibrate fer2013-vgg --val-dir fer/validation --out vgg.cal.safetensors\n"
+                                   "  ferkit calibrate runs/mixed --val-dir fer/valid --val-dir films --val-dir lab "
+                                   "--per-domain   # a temperature per domain",
                        epilog="The original checkpoint is never modified: the calibrated copy goes to --out, by\n"
                               "default <name>.calibrated.safetensors beside it (for a bundled model, in the\n"
                               "current folder). Use validation data the model was not trained on.")
