@@ -229,20 +229,6 @@ def blended(checkpoint: Path, blend: tuple[str, float] | None, work: Path) -> Pa
     return out
 
 
-def features_and_logits(model, images: np.ndarray, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """The input of the network's last linear layer (its face embedding) and the logits over ``classes``."""
-    import torch
-
-    last = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    grabbed: list[np.ndarray] = []
-    hook = last.register_forward_hook(lambda mod, inp, out: grabbed.append(inp[0].detach().float().numpy()))
-    try:
-        z = scores(model, images, classes, calibrated=False)
-    finally:
-        hook.remove()
-    return np.concatenate(grabbed), z
-
-
 def domain_temperatures(a, work: Path, data: dict, folds: dict) -> dict:
     """Does a temperature that knows the domain calibrate every domain? Cross-fitted over the K folds:
     for fold k, a logistic regression reads the domain from the face embedding and one temperature
@@ -250,17 +236,24 @@ def domain_temperatures(a, work: Path, data: dict, folds: dict) -> dict:
     scored by the other fold models); fold k's own faces are then scored by fold k's model with
     softmax(z / sum_d P(d | face) T_d). Against it: one pooled temperature, and each domain's own
     temperature (an oracle: the domain given, not read)."""
-    from sklearn.linear_model import LogisticRegression
+    import torch
 
     from ferkit.models import open_model
-    from ferkit.train.calibrate import expected_calibration_error, fit_temperature
+    from ferkit.models.domain_temperature import DomainTemperature, face_embeddings
+    from ferkit.train.calibrate import (
+        domain_weights,
+        expected_calibration_error,
+        fit_domain_temperature,
+        fit_temperature,
+    )
 
     emb: dict[tuple[str, int], np.ndarray] = {}
     z: dict[tuple[str, int], np.ndarray] = {}
     for k in range(a.folds):
-        model = open_model(work / f"fold{k}" / a.checkpoint, precision="fp32", device="cpu")
+        model = open_model(work / f"fold{k}" / a.checkpoint, precision="fp32", device="cpu", backend="torch")
         for d in DOMAINS:
-            emb[d.name, k], z[d.name, k] = features_and_logits(model, data[d.name].images, d.classes)
+            images = data[d.name].images
+            emb[d.name, k], z[d.name, k] = face_embeddings(model, images), scores(model, images, d.classes, False)
     face_fold = {d.name: folds[d.name] if d.group_by else np.arange(len(data[d.name])) % a.folds
                  for d in DOMAINS}
 
@@ -280,18 +273,17 @@ def domain_temperatures(a, work: Path, data: dict, folds: dict) -> dict:
     got = {m: {d.name: [] for d in DOMAINS} for m in ("pooled", "own domain's (oracle)", "read from the face")}
     for k in range(a.folds):
         train = {d.name: faces(d.name, k, False) for d in DOMAINS}
-        weights = np.concatenate([np.full(len(train[d.name][2]), 1 / len(train[d.name][2])) for d in DOMAINS])
-        weights *= len(weights) / weights.sum()
-        reader = LogisticRegression(max_iter=2000).fit(
-            np.concatenate([train[d.name][0] for d in DOMAINS]),
-            np.concatenate([np.full(len(train[d.name][2]), j) for j, d in enumerate(DOMAINS)]), sample_weight=weights)
-        own = np.array([fit_temperature(train[d.name][1], train[d.name][2]) for d in DOMAINS])
-        pooled = fit_temperature(np.concatenate([np.pad(train[d.name][1], ((0, 0), (0, 8 - len(d.classes))),
-                                                        constant_values=-np.inf) for d in DOMAINS]),
-                                 np.concatenate([train[d.name][2] for d in DOMAINS]), weights=weights)
+        # ferkit calibrate --per-domain's own fit: a temperature per domain, the reader on the embeddings
+        emb_, z_, y_ = ([train[d.name][i] for d in DOMAINS] for i in range(3))
+        spec = fit_domain_temperature([d.name for d in DOMAINS], emb_, z_, y_)
+        reader, own = DomainTemperature(spec), np.asarray(spec["temperatures"])
+        pooled = fit_temperature(np.concatenate([np.pad(z, ((0, 0), (0, 8 - z.shape[1])), constant_values=-np.inf)
+                                                 for z in z_]), np.concatenate(y_),
+                                 weights=domain_weights(np.concatenate([np.full(len(y), j) for j, y in enumerate(y_)])))
         for j, d in enumerate(DOMAINS):
             e, zz, y = faces(d.name, k, True)
-            read = reader.predict_proba(e) @ own
+            with torch.no_grad():
+                read = reader(torch.from_numpy(e)).numpy()
             for m, t in (("pooled", pooled), ("own domain's (oracle)", own[j]), ("read from the face", read)):
                 got[m][d.name].append((zz / np.reshape(t, (-1, 1)), y))
     # for a model trained on everything: each domain's temperature on all its out-of-fold faces
