@@ -352,6 +352,11 @@ def test_domain_temperatures_are_checked(models, tmp_path, capsys):
     assert "3 domain temperatures for 2" in _one_line_error(capsys)
     assert run([*base, "--per-domain", "--domain-temperatures", "1,-2"]) == 1
     assert "must be a number from 0.01 to 100" in _one_line_error(capsys)
+    with pytest.raises(SystemExit) as stop:
+        run([*base, "--per-domain", "--domain-temperatures", "abc"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2
+    assert len(err.splitlines()) == 1 and "give numbers separated by commas" in err, err
     assert not (tmp_path / "x.safetensors").exists()
 
 

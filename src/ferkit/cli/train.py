@@ -172,8 +172,11 @@ def add_calibrate(sub):
 
 
 def _temperature_list(text: str) -> list[float]:
-    """``T1,T2,...`` -> floats (argparse turns the ValueError into one usage line)."""
-    return [float(t) for t in text.split(",")]
+    """``T1,T2,...`` -> floats; anything else is argparse's one error line, naming the form."""
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers separated by commas, e.g. 0.78,0.69,1.37") from None
 
 
 def _cmd_calibrate(a) -> int:
