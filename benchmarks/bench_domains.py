@@ -41,7 +41,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -311,6 +311,9 @@ def cmd_folds(a) -> dict:
     data = {d.name: load(a.data, d) for d in DOMAINS}
     folds = plan(a, data)
     (work / "folds.json").write_text(json.dumps({k: v.tolist() for k, v in folds.items()}))
+    # the fold of each face by its file, for scripts that judge these faces with the fold that never saw them
+    (work / "fold_of_path.json").write_text(json.dumps(
+        {str(Path(p).resolve()): int(k) for name, f in folds.items() for p, k in zip(data[name].paths, f)}))
     for k in range(a.folds):
         if not (work / f"fold{k}" / "summary.json").is_file():
             run_fold(train_args(a, k, work, data, folds))
@@ -392,6 +395,8 @@ def main(argv=None) -> int:
                        help="folder with ferplus/, ckplus48-dev/ and sfew-train/ (default /tmp/ferkit-data)")
         p.add_argument("--json", type=Path, help="also write the figures here")
         p.add_argument("--no-stability", action="store_true", help="skip the stability figure (faster)")
+        p.add_argument("--classes", help="score only these classes (comma-separated); faces of the others are left "
+                                         "out (for a model that lacks some of a set's classes, e.g. FER+'s contempt)")
     sub.choices["eval"].add_argument("--model", action="append", required=True,
                                      help="bundled name, run folder or checkpoint (repeatable)")
     f = sub.choices["folds"]
@@ -411,6 +416,10 @@ def main(argv=None) -> int:
                         "embedding by a logistic regression (against one pooled temperature and the domain given)")
     f.add_argument("train", nargs=argparse.REMAINDER, help="after --: the ferkit train arguments")
     a = ap.parse_args(argv)
+    if a.classes:
+        global DOMAINS
+        keep = {c.strip() for c in a.classes.split(",")}
+        DOMAINS = tuple(replace(d, classes=tuple(c for c in d.classes if c in keep)) for d in DOMAINS)
     if a.cmd == "folds":
         a.train = [x for x in a.train if x != "--"]
         if a.ensemble_with and a.blend_with:

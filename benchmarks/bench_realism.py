@@ -15,11 +15,16 @@ Per domain (each ``--real``), the two-sample AUC and the high-frequency energy r
 the expression change without the generator's own rendering of the face (SIGMA 0: no blur), each
 with its AUC, HF ratio and the target read / source kept by ``--judge`` (default ``ferplus-vgg16``,
 as the generator docs' table): where does the judge's "target read" live?
+``--judge-folds WORK`` adds a second judge that never saw FER2013's pixels: the fold models of a
+``bench_domains.py folds`` work folder (e.g. trained on CK+ dev and SFEW train only, folds by subject
+and film), each edit read by the fold model that never saw its source face (faces outside those folds,
+such as FER2013's, by fold i mod K), beside that judge's reading of the real faces themselves.
 Prints markdown tables; writes nothing.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -51,6 +56,32 @@ def residual_edits(x: np.ndarray, edited: np.ndarray, own: np.ndarray, sigma: fl
     return np.clip(x.astype(np.float32) + gain * diff, 0, 255).round().astype(np.uint8)
 
 
+class FoldJudges:
+    """The fold models of a ``bench_domains.py folds`` work folder as one judge: each face is read by the
+    fold model that never saw its source file (``fold_of_path.json``); other faces by fold i mod K."""
+
+    def __init__(self, work: Path, classes, checkpoint: str, dev):
+        work = Path(work).expanduser()
+        index = work / "fold_of_path.json"
+        if not index.is_file():
+            sys.exit(f"bench_realism: --judge-folds {work}: no fold_of_path.json (run bench_domains.py folds there)")
+        self.fold_of = json.loads(index.read_text())
+        runs = sorted(work.glob("fold[0-9]*"), key=lambda r: int(r.name[4:]))
+        self.judges = [open_classifier(r / checkpoint, classes, "--judge-folds", dev) for r in runs]
+        self.dev = dev
+
+    def folds(self, paths: list[str]) -> np.ndarray:
+        return np.asarray([self.fold_of.get(str(Path(p).resolve()), i % len(self.judges))
+                           for i, p in enumerate(paths)])
+
+    def read(self, faces: np.ndarray, fold: np.ndarray) -> np.ndarray:
+        pred = np.full(len(faces), -1)
+        for k, (clf, crec, _, columns, _) in enumerate(self.judges):
+            if (fold == k).any():
+                pred[fold == k] = predict_columns(clf, faces[fold == k], crec.input, self.dev, columns)
+        return pred
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generator", default="fer2013-editor", help="GAN run, checkpoint or bundled name")
@@ -62,6 +93,9 @@ def main() -> None:
     ap.add_argument("--residual", default=None, metavar="SIGMA:GAIN,...",
                     help="also residual edits x + GAIN * blur_SIGMA(G(x,c) - G(x,y)), e.g. 0:1,1:1,1:2")
     ap.add_argument("--judge", default="ferplus-vgg16", help="classifier reading the residual edits' expression")
+    ap.add_argument("--judge-folds", metavar="WORK", help="also read the edits with the fold models of this "
+                    "bench_domains.py folds folder, each edit by the fold that never saw its source face")
+    ap.add_argument("--judge-checkpoint", default="last.safetensors", help="which checkpoint of each fold run")
     a = ap.parse_args()
     try:
         residual = [tuple(float(x) for x in v.split(":")) for v in (a.residual or "").split(",") if v.strip()]
@@ -86,22 +120,33 @@ def main() -> None:
                 for faces in (edited, jpeg(edited, a.jpeg), own, jpeg(real.images[src], a.jpeg))]
         cells = [f"{r['auc']['mean']:.3f} ± {r['auc']['std']:.3f} | {r['hf_ratio']:.3f}" for r in rows]
         print(f"| {name} ({rows[0]['pairs']} faces) | " + " | ".join(cells) + " |")
-    if not residual:
+    if not residual and not a.judge_folds:
         return
     clf, crec, _, columns, _ = open_classifier(a.judge, grec.classes, "--judge", dev)
+    folds = FoldJudges(a.judge_folds, grec.classes, a.judge_checkpoint, dev) if a.judge_folds else None
     x = real.images[src]
     variants = [("edits", edited)] + [(f"residual, blur {sg:g}, x{gn:g}", residual_edits(x, edited, own, sg, gn))
                                       for sg, gn in residual]
-    print(f"\n| domain | faces | AUC | HF ratio | target read ({a.judge}) | source kept | edit L1 |\n"
-          "|---|---|---|---|---|---|---|")
+    if folds is not None:
+        fold_all = folds.folds(real.paths)
+        right = folds.read(real.images, fold_all) == real.labels
+        print("\nfold judges (" + a.judge_folds + ") on the real faces, out of fold: "
+              + ", ".join(f"{name} {right[real.domain == d].mean():.3f}" for d, name in enumerate(real.names)))
+    extra = " target read (fold judges) | source kept (fold judges) |" if folds is not None else ""
+    print(f"\n| domain | faces | AUC | HF ratio | target read ({a.judge}) | source kept |{extra} edit L1 |\n"
+          "|---|---|---|---|---|---|" + "---|---|" * (folds is not None) + "---|")
     for d, name in enumerate(real.names):
         sel = real.domain[src] == d
         for vname, faces in variants:
             r = paired_realism(real.images, src[sel], faces[sel], seed=a.seed)
-            pred = predict_columns(clf, faces[sel], crec.input, dev, columns)
+            reads = [predict_columns(clf, faces[sel], crec.input, dev, columns)]
+            if folds is not None:
+                reads.append(folds.read(faces[sel], fold_all[src[sel]]))
+            cells = " | ".join(f"{(p == targets[sel]).mean():.3f} | {(p == real.labels[src][sel]).mean():.3f}"
+                               for p in reads)
             l1 = np.abs(faces[sel].astype(float) - x[sel]).mean() / 255
             print(f"| {name} | {vname} | {r['auc']['mean']:.3f} ± {r['auc']['std']:.3f} | {r['hf_ratio']:.2f} | "
-                  f"{(pred == targets[sel]).mean():.3f} | {(pred == real.labels[src][sel]).mean():.3f} | {l1:.3f} |")
+                  f"{cells} | {l1:.3f} |")
 
 
 if __name__ == "__main__":

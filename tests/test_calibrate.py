@@ -312,6 +312,12 @@ def test_per_domain_temperature_is_fitted_stored_and_applied(models, per_domain,
     assert np.abs(got - want).max() < 1e-5 and (got.argmax(1) == raw.argmax(1)).all()
     opened = open_model(per_domain, backend="torch", device="cpu")
     assert np.abs(opened.logits(faces, calibrated=False) - raw).max() < 1e-4      # the model's own logits
+    # evaluate names what it applied: no single temperature, the domains instead
+    assert run(["evaluate", str(per_domain), "--test-dir", str(models / "val"), "--out", str(models / "pd-eval"),
+                "--no-progress"]) == 0
+    metrics = json.loads((models / "pd-eval" / "metrics.json").read_text())
+    assert metrics["temperature"] is None and metrics["temperature_per_domain"] == d["domains"]
+    assert "a temperature per domain" in capsys.readouterr().out
     # calibrating again without --per-domain replaces it
     again = models / "pooled-again.safetensors"
     assert run(["calibrate", str(per_domain), "--val-dir", str(models / "val"), "--out", str(again)]) == 0

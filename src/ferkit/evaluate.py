@@ -211,7 +211,8 @@ def _write_outputs(out: Path, r: EvalResult, paths, y_true, probs, model_classes
     metrics = {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "n": r.n, "tta": r.tta, "classes": list(r.classes),
                "checkpoint": str(ckpt), "test_data": str(test_dir), "labels": r.labels, "per_class": r.report,
                "confusion_matrix": r.confusion.tolist(), "nll": r.nll, "ece": r.ece, "ece_bins": r.reliability["bins"],
-               "temperature": r.temperature, "temperature_per_domain": list(r.domains),
+               # the temperature applied: one number, or null where a temperature per domain replaces it
+               "temperature": None if r.domains else r.temperature, "temperature_per_domain": list(r.domains),
                "mean_confidence": r.reliability["mean_confidence"],
                "reliability": {k: r.reliability[k] for k in ("edges", "count", "confidence", "accuracy")}}
     write_json(out / "metrics.json", metrics)
@@ -227,7 +228,7 @@ def _write_outputs(out: Path, r: EvalResult, paths, y_true, probs, model_classes
 
     plot_reliability(probs, y_true, out / "reliability.png",
                      title=f"{Path(test_dir).name}: ECE {r.ece:.4f} ({r.reliability['bins']} bins), NLL {r.nll:.4f}, "
-                           f"temperature {r.temperature:.3g}")
+                           + ("a temperature per domain" if r.domains else f"temperature {r.temperature:.3g}"))
 
 
 def calibration_line(r: EvalResult) -> str:

@@ -26,7 +26,7 @@ one grid of edits of real faces per domain (``edits-<domain>.png``):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +129,7 @@ def _domain_names(sources: list) -> list[str]:
 @dataclass
 class RealFaces:
     """The real faces of every ``--real`` source, one after another: uint8 images, labels as the
-    generator's class indices, each face's domain (index into ``names``) and each domain's classes."""
+    generator's class indices, each face's domain (index into ``names``), each domain's classes and each face's file."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -137,6 +137,7 @@ class RealFaces:
     names: list[str]
     classes: list[tuple[str, ...]]
     sources: list[str]
+    paths: list[str] = field(default_factory=list)
 
 
 def load_real_faces(real, grec, classes=None, progress: bool = True) -> RealFaces:
@@ -145,7 +146,7 @@ def load_real_faces(real, grec, classes=None, progress: bool = True) -> RealFace
     sources = [real] if isinstance(real, (str, os.PathLike)) else list(real)
     if not sources:
         raise FerkitError("--real: give at least one source of real faces")
-    images, labels, domain, domain_classes = [], [], [], []
+    images, labels, domain, domain_classes, paths = [], [], [], [], []
     for d, source in enumerate(sources):
         cls = source_classes(source, grec, classes, option="--classes")
         data = load_dataset(source, cls, grec.image_size, progress=progress, role="real data")
@@ -154,8 +155,9 @@ def load_real_faces(real, grec, classes=None, progress: bool = True) -> RealFace
         labels.append(to_gen[data.labels])
         domain.append(np.full(len(data), d))
         domain_classes.append(tuple(cls))
+        paths += data.paths
     return RealFaces(np.concatenate(images), np.concatenate(labels), np.concatenate(domain), _domain_names(sources),
-                     domain_classes, [str(s) for s in sources])
+                     domain_classes, [str(s) for s in sources], paths)
 
 
 def plan_domain_edits(real: RealFaces, grec, per_class: int, seed: int) -> dict[int, np.ndarray]:
