@@ -102,7 +102,8 @@ def edit_command(a, root: Path, work: Path, per_class: int) -> tuple[list[str], 
 def rare_table(out: Path, rare=RARE, dest: Path | None = None, also=()) -> str:
     """rare-table.md (in ``out`` or at ``dest``): per arm the accuracy, macro-F1 and the ``rare``
     classes' recalls (mean ± sd over seeds, and folds in a grouped study), and the differences to the
-    real-only arm (95% intervals paired by seed, and fold); ``also``: more study folders of the same split."""
+    real-only arm (95% intervals paired by seed, and fold); an arm ``A+B`` (edits + oversampling) also to
+    arm ``B`` when the table has it; ``also``: more study folders of the same split."""
     import numpy as np
 
     from ferkit.experiments import compare_settings, format_ci
@@ -116,13 +117,21 @@ def rare_table(out: Path, rare=RARE, dest: Path | None = None, also=()) -> str:
     metrics = ["accuracy", "macro_f1"] + [f"recall_{c}" for c in rare]
     head = ["arm", "faces (added; mean of runs)", "runs"] + metrics
     head += [f"Δ {m} vs k0 [95% CI]" for m in ("accuracy", "macro-F1")]
+    arms = list(dict.fromkeys(r["setting"] for r in runs))
+    within = {arm: arm.split("+", 1)[1] for arm in arms if "+" in arm and arm.split("+", 1)[1] in arms}
+    if within:
+        head.append("Δ macro-F1 vs the arm without its first part [95% CI]")
     md = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for arm in dict.fromkeys(r["setting"] for r in runs):
+    for arm in arms:
         rs = [r for r in runs if r["setting"] == arm]
         cells = [f"{np.mean([r[m] for r in rs]):.4f} ± {np.std([r[m] for r in rs], ddof=1) if len(rs) > 1 else 0:.4f}"
                  for m in metrics]
         deltas = ["–" if arm == "k0" else format_ci(*compare_settings(runs, arm, "k0", metric=m)[:3])
                   for m in ("accuracy", "macro_f1")]
+        if within:
+            base = within.get(arm)
+            deltas.append(f"vs {base}: " + format_ci(*compare_settings(runs, arm, base, metric="macro_f1")[:3])
+                          if base else "–")
         faces = "{:.0f} ({:.0f})".format(*(np.mean([float(r[k]) for r in rs]) for k in ("n_train", "n_synthetic")))
         md.append("| " + " | ".join([arm, faces, str(len(rs)), *cells, *deltas]) + " |")
     text = "\n".join(md) + "\n"
