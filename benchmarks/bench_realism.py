@@ -14,7 +14,8 @@ Per domain (each ``--real``), the two-sample AUC and the high-frequency energy r
 ``--residual SIGMA:GAIN,...`` adds, per domain, edits made as x + GAIN * blur_SIGMA(G(x, c) - G(x, y)):
 the expression change without the generator's own rendering of the face (SIGMA 0: no blur), each
 with its AUC, HF ratio and the target read / source kept by ``--judge`` (default ``ferplus-vgg16``,
-as the generator docs' table): where does the judge's "target read" live?
+as the generator docs' table): where does the judge's "target read" live? The same table has the
+edits and G(x, y) (whose "source kept" is the judge's accuracy on the generator's own rendering).
 ``--judge-folds WORK`` adds a second judge that never saw FER2013's pixels: the fold models of a
 ``bench_domains.py folds`` work folder (e.g. trained on CK+ dev and SFEW train only, folds by subject
 and film), each edit read by the fold model that never saw its source face (faces outside those folds,
@@ -125,8 +126,10 @@ def main() -> None:
     clf, crec, _, columns, _ = open_classifier(a.judge, grec.classes, "--judge", dev)
     folds = FoldJudges(a.judge_folds, grec.classes, a.judge_checkpoint, dev) if a.judge_folds else None
     x = real.images[src]
-    variants = [("edits", edited)] + [(f"residual, blur {sg:g}, x{gn:g}", residual_edits(x, edited, own, sg, gn))
-                                      for sg, gn in residual]
+    # G(x, own class): the generator's rendering without an expression change; its "source kept" is the
+    # judge's accuracy on the generator's pictures (does the rendering alone confuse the judge?)
+    variants = [("edits", edited), ("G(x, own class)", own)]
+    variants += [(f"residual, blur {sg:g}, x{gn:g}", residual_edits(x, edited, own, sg, gn)) for sg, gn in residual]
     if folds is not None:
         fold_all = folds.folds(real.paths)
         right = folds.read(real.images, fold_all) == real.labels
