@@ -1,4 +1,5 @@
-"""Face detectors side by side: OpenCV's Haar cascade (ferkit's default) against dlib's HOG (not a test).
+"""Face detectors side by side: the classic suite, OpenCV's Haar cascade against dlib's HOG; ``--suite photos``, Haar
+against the bundled BlazeFace (ferkit's default detector since issue 32) (not a test).
 
     .venv/bin/pip install dlib-bin scikit-image          # dlib's weights ship inside its wheel
     .venv/bin/python benchmarks/bench_detect.py [--scenes 60] [--fer-dir DIR]

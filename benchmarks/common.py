@@ -42,13 +42,21 @@ def shared_dataset(archive: str, folder: str) -> Path | None:
                     lambda tmp: next((p for p in tmp.rglob(folder) if p.is_dir()), tmp))
 
 
+#: the CPU flags that decide which kernels run (what the figures depend on), as lscpu names them
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """The CPU's model, its vector/matrix flags among :data:`ISA_FLAGS`, cores, torch and its threads."""
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    isa = (" ".join(f for f in ISA_FLAGS if f in flags) or "no AVX2") if flags else "flags unknown"
+    return f"{cpu} ({isa}), {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
