@@ -213,3 +213,32 @@ def test_kid_spread_is_not_zero_when_a_side_fits_in_one_subset():
     assert kid(x, y, subsets=10, subset_size=500)[1] > 0       # subsets of the whole sets would all be equal
     with pytest.raises(FerkitError, match="at least 4 faces"):
         kid(x[:3], y)
+
+
+def test_init_starts_the_generator_from_another_run_and_a_mismatch_is_one_line(faces, tmp_path, capsys):
+    """--init: a fine-tune's generator starts from the given one (with a negligible learning rate it
+    stays there), its discriminator afresh; the start's file is part of the run's identity; classes
+    or architecture that differ are one line naming the option to give."""
+    from ferkit.synth.gan import load_generator
+
+    base = tmp_path / "base"
+    train_gan(GanConfig(str(faces), str(base), iterations=10, **TINY))
+    tuned = tmp_path / "tuned"
+    r = train_gan(GanConfig(str(faces), str(tuned), iterations=10, init=str(base), g_lr=1e-12, **TINY))
+    # (without --init the tuned run would stay at the random start, which 10 steps at 1e-4 left behind)
+    a = load_generator(base)[0].state_dict()
+    b = load_generator(tuned)[0].state_dict()
+    assert r.iterations == 10 and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a)
+    config = json.loads((tuned / "config.json").read_text())
+    assert config["init"] == str(base) and len(config["init_sha256"]) == 64
+
+    capsys.readouterr()
+    for extra, words in ((["--classes", "angry,happy"], "--classes angry,happy,sad"),
+                         (["--g-width", "16"], "--g-width")):
+        argv = ["gan", "train", "--data", str(faces), "--out", str(tmp_path / "bad"), "--init", str(base),
+                "--image-size", "32", "--batch-size", "8", "--g-width", "8", "--d-width", "8", "--g-res-blocks", "1",
+                "--d-layers", "3", "--held-out", "3", "--iterations", "2", "--no-progress", *extra]
+        assert run(argv) == 1
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("note:")]
+        assert len(err) == 1 and words in err[0] and "--init" in err[0], err
+        assert not (tmp_path / "bad").exists()

@@ -121,6 +121,9 @@ GAN_OPTIONS = {
     "lambda_id": "weight of the identity loss, L1 between G(x, own class) and x (0 = off)",
     "guide": "frozen classifier (run folder, checkpoint or bundled name such as fer2013-vgg) whose cross-entropy "
              "on G(x, t) towards t joins the generator's loss; it must know every GAN class (default: none)",
+    "init": "start the generator from these weights (a GAN run folder, generator checkpoint or bundled generator "
+            "such as fer2013-editor): fine-tune an editor on new faces; it must have the run's classes, size and "
+            "architecture; the discriminator starts afresh (default: random weights)",
     "lambda_guide": "weight of the guide's cross-entropy",
     "guide_views": "augmented views (random flip and shift) of each edit that the guide reads",
     "mask": "attention-mask generator (GANimation): output = mask * change + (1 - mask) * input",

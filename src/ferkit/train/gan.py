@@ -54,12 +54,12 @@ import torch.nn.functional as F
 from ..console import log, progress_bar
 from ..data import ImageSet, load_dataset
 from ..errors import FerkitError, Interrupted
-from ..files import atomic_path, make_dir
+from ..files import atomic_path, file_sha256, make_dir
 from ..labels import parse_classes
 from ..models import CheckpointRecord, InputSpec, count_parameters
 from ..models.gan import MIN_IMAGE_SIZE, create_discriminator, create_generator, resolve_gan_args, to_uint8
 from ..runtime import autocast, global_rng_state, resolve_precision, set_global_rng_state
-from ..synth.gan import open_classifier
+from ..synth.gan import load_generator, open_classifier
 from .config import Machine, ResumableConfig
 from .distributed import Dist, check_world, launch
 from .run_folder import RunFolder
@@ -109,6 +109,8 @@ class GanConfig(ResumableConfig, Machine):
     lambda_guide: float = 1.0       # weight of the guide's cross-entropy towards the target
     guide_views: int = 2            # augmented views (random flip and shift) of each edit the guide reads
     guide_sha256: str | None = None  # set from the guide's weights file: a changed guide does not resume
+    init: str | None = None         # generator to start from (run folder, checkpoint, bundled name): fine-tuning
+    init_sha256: str | None = None  # set from its weights file: a changed start does not resume
     mask: bool = False              # attention-mask generator: mask * change + (1 - mask) * input
     lambda_mask: float = 0.1        # weight of the mask's mean (sparsity)
     lambda_tv: float = 1.0          # weight of the mask's total variation (smoothness)
@@ -151,6 +153,8 @@ class GanConfig(ResumableConfig, Machine):
             raise FerkitError(f"guide-views must be 1 to {MAX_GUIDE_VIEWS} (got {self.guide_views})")
         if self.guide is not None and not str(self.guide).strip():
             raise FerkitError("--guide is empty: give a classifier (run folder, checkpoint or bundled name)")
+        if self.init is not None and not str(self.init).strip():
+            raise FerkitError("--init is empty: give a generator (run folder, checkpoint or bundled name)")
         for name, needs, on in (("lambda_guide", "--guide MODEL", self.guide is not None),
                                 ("guide_views", "--guide MODEL", self.guide is not None),
                                 ("lambda_mask", "--mask", self.mask), ("lambda_tv", "--mask", self.mask),
@@ -300,7 +304,8 @@ class GanTrainer:
     before each optimiser step, so N processes take the steps one process would."""
 
     def __init__(self, cfg: GanConfig, n_classes: int, device: torch.device, dist: Dist | None = None,
-                 guide: tuple[torch.nn.Module, CheckpointRecord, list[int]] | None = None):
+                 guide: tuple[torch.nn.Module, CheckpointRecord, list[int]] | None = None,
+                 init: dict[str, torch.Tensor] | None = None):
         self.cfg, self.device, self.n_classes = cfg, device, n_classes
         self.dist = dist or Dist()
         torch.manual_seed(cfg.seed)
@@ -313,6 +318,8 @@ class GanTrainer:
         self.guide = Guide(guide[0].to(device), guide[1], guide[2], cfg.guide_views, self.guide_gen) if guide \
             else None
         self.G = create_generator(n_classes, cfg.image_size, **cfg.generator_args()).to(device)
+        if init is not None:    # --init: the generator starts from these weights, the discriminator afresh
+            self.G.load_state_dict(init)
         self.D = create_discriminator(n_classes, cfg.image_size, **cfg.discriminator_args()).to(device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.g_lr, betas=(cfg.beta1, cfg.beta2))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=(cfg.beta1, cfg.beta2))
@@ -553,15 +560,37 @@ def _train_gan(cfg: GanConfig, overwrite: bool, dist: Dist, device: torch.device
         guide = (model, grec, columns)
         log(f"guide: {gpath} ({grec.arch}, {grec.image_size} px, classes {', '.join(grec.classes)}), "
             f"{cfg.guide_views} augmented view(s) per edit, weight {cfg.lambda_guide:g}")
+    init = _init_weights(cfg) if cfg.init is not None else None
     if device.type == "cuda" and cfg.batch_size < GPU_BATCH:
         log(f"note: a batch of {cfg.batch_size} leaves most of a GPU idle; --batch-size {GPU_BATCH} (with the same "
             "iterations) trains on more faces per second of GPU time. A run keeps its batch size: it is part of its "
             "config")
     folder = RunFolder(cfg.out, writer=dist.main)
     try:
-        return _train_gan_in(folder, cfg, overwrite, data, dist, device, t0, guide)
+        return _train_gan_in(folder, cfg, overwrite, data, dist, device, t0, guide, init)
     finally:
         folder.release()
+
+
+def _init_weights(cfg: GanConfig) -> dict[str, torch.Tensor]:
+    """--init: the generator's weights (fp32, CPU), which must have the run's classes, size and
+    architecture; sets ``cfg.init_sha256``. A mismatch is one line naming what to give."""
+    gen, rec, path = load_generator(cfg.init, "cpu")
+    if tuple(rec.classes) != tuple(cfg.classes):
+        raise FerkitError(f"--init {cfg.init}: its classes are {', '.join(rec.classes)} and the data's "
+                          f"{', '.join(cfg.classes)}: give --classes {','.join(rec.classes)} (the same, in that order)")
+    want = {"image size": rec.image_size, **rec.model_args}
+    have = {"image size": cfg.image_size, **cfg.generator_args()}
+    differ = [k for k in want if want[k] != have.get(k)]
+    if differ:
+        options = {"image size": "--image-size", "width": "--g-width", "res_blocks": "--g-res-blocks",
+                   "mask": "--mask", "residual": "--residual"}
+        raise FerkitError(f"--init {cfg.init} is a generator with " + ", ".join(f"{k} {want[k]}" for k in differ)
+                          + " (this run: " + ", ".join(f"{have.get(k)}" for k in differ) + "): give "
+                          + " ".join(options.get(k, k) for k in differ) + " to match")
+    cfg.init_sha256 = file_sha256(path)
+    log(f"init: the generator starts from {path} ({rec.epoch:,} iterations); the discriminator starts afresh")
+    return {k: v.float() for k, v in gen.state_dict().items()}
 
 
 def _config_record(cfg: GanConfig, tr: GanTrainer, data: ImageSet, held, device: torch.device) -> dict:
@@ -582,7 +611,7 @@ def _history_line(row: dict, iterations: int) -> str:
 
 
 def _train_gan_in(folder: RunFolder, cfg: GanConfig, overwrite: bool, data, dist: Dist, device: torch.device,
-                  t0: float, guide=None) -> GanResult:
+                  t0: float, guide=None, init=None) -> GanResult:
     saved = folder.prepare(cfg, overwrite)
     dist.barrier()
     check_world(saved, dist, folder.path)
@@ -592,7 +621,7 @@ def _train_gan_in(folder: RunFolder, cfg: GanConfig, overwrite: bool, data, dist
                                                for c in range(len(cfg.classes))], np.int64)
     images = torch.from_numpy(data.images[train_idx]).to(device)
     labels = torch.from_numpy(data.labels[train_idx]).to(device)
-    tr = GanTrainer(cfg, len(cfg.classes), device, dist, guide)
+    tr = GanTrainer(cfg, len(cfg.classes), device, dist, guide, init)
     record = _config_record(cfg, tr, data, held, device)
     history: list[dict] = []
     if saved is not None:
