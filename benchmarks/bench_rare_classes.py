@@ -136,7 +136,33 @@ def rare_table(out: Path, rare=RARE, dest: Path | None = None, also=()) -> str:
         md.append("| " + " | ".join([arm, faces, str(len(rs)), *cells, *deltas]) + " |")
     text = "\n".join(md) + "\n"
     write_text(dest or out / "rare-table.md", text)
+    rare_plot(runs, arms, metrics, (dest or out / "rare-table.md").with_name("rare-classes.png"))
     return text
+
+
+def rare_plot(runs: list[dict], arms: list[str], metrics: list[str], path: Path) -> Path:
+    """rare-classes.png beside rare-table.md: per arm, macro-F1 and each rare class's recall (mean
+    over seeds, bars; each seed, dots)."""
+    import numpy as np
+
+    from ferkit.files import new_figure, save_figure
+
+    shown = metrics[1:]                     # macro-F1 and the recalls (accuracy barely moves)
+    fig = new_figure(figsize=(1.6 + 1.5 * len(shown), 3.4))
+    ax = fig.add_subplot()
+    width = 0.8 / len(arms)
+    for j, arm in enumerate(arms):
+        x = np.arange(len(shown)) + (j - (len(arms) - 1) / 2) * width
+        per_seed = np.array([[r[m] for m in shown] for r in runs if r["setting"] == arm])
+        ax.bar(x, per_seed.mean(0), width, label=f"{arm} ({len(per_seed)} runs)")
+        for row in per_seed:
+            ax.plot(x, row, "k.", markersize=3)
+    ax.set_xticks(np.arange(len(shown)), [m.replace("recall_", "recall ").replace("_", "-") for m in shown])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("FER+ validation")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
 
 
 def main() -> None:
