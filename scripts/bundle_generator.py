@@ -31,7 +31,7 @@ from ferkit.train.gan import GanConfig
 
 MAX_MB = 8.0
 #: GanConfig fields that are not options of the training command (or are given separately).
-_NOT_OPTIONS = ("data", "out", "progress", "num_threads", "guide_sha256", "classes", "strict")
+_NOT_OPTIONS = ("data", "out", "progress", "num_threads", "guide_sha256", "init_sha256", "classes", "strict")
 
 
 def training_command(cfg: dict, run_name: str) -> str:
@@ -50,7 +50,7 @@ def training_command(cfg: dict, run_name: str) -> str:
             continue
         if isinstance(value, bool):
             words.append(flag if value else "--no-" + flag[2:])
-        elif f.name == "guide":
+        elif f.name in ("guide", "init"):
             words.append(f"{flag} {Path(str(value)).name if Path(str(value)).exists() else value}")
         else:
             words.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
