@@ -67,7 +67,9 @@ class FoldJudges:
         if not index.is_file():
             sys.exit(f"bench_realism: --judge-folds {work}: no fold_of_path.json (run bench_domains.py folds there)")
         self.fold_of = json.loads(index.read_text())
-        runs = sorted(work.glob("fold[0-9]*"), key=lambda r: int(r.name[4:]))
+        runs = sorted((r for r in work.glob("fold[0-9]*") if r.name[4:].isdigit()), key=lambda r: int(r.name[4:]))
+        if not runs:
+            sys.exit(f"bench_realism: --judge-folds {work}: no fold0, fold1, ... run folders in it")
         self.judges = [open_classifier(r / checkpoint, classes, "--judge-folds", dev) for r in runs]
         self.dev = dev
 
